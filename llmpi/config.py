@@ -1,0 +1,326 @@
+"""Jobs: one validated dataclass tree, loaded from YAML, overridden from the command line.
+
+    python -m llmpi.sweep jobs/vgg56.yaml --set grid.x=[-0.5,0.5,21] --set output=surfaces/zoom.h5
+
+Every default below says why it is what it is. A key that is not in the tree is an error naming the nearest
+valid key, a value of the wrong type or outside its range is an error naming the key and what it accepts:
+a typo must never silently fall back to a default and cost a cluster night.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import JobError
+
+Auto = Literal["auto"]
+
+
+def _why(default: Any, why: str) -> Any:
+    """A field default together with the reason for it (kept in the field's metadata, shown by ``--help-keys``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"why": why})
+    return field(default=default, metadata={"why": why})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str = _why(None, "required: a name from llmpi.models (vgg56 = resnet56_noshort, the paper's name)")
+    checkpoint: str | None = _why(None, "the trained minimiser θ*; required by sweeps, absent for training")
+
+    def __post_init__(self) -> None:
+        if self.arch is not None:
+            from .models import canonical_arch
+
+            object.__setattr__(self, "arch", canonical_arch(self.arch))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: Literal["cifar10", "synthetic"] = _why("cifar10", "the paper's dataset")
+    root: str = _why("data", "holds cifar-10-batches-py/, the standard python-pickle release")
+    split: Literal["train", "test"] = _why("train", "the paper's surfaces are of the training loss")
+    subset: int | None = _why(None, "all images, as in the paper; N = first N of a permutation seeded by data.seed")
+    seed: int = _why(0, "fixes which images a subset holds")
+    batch_size: int | Auto = _why("auto", "a speed knob only: the loss is an exactly-rounded sum of per-image values")
+
+    def __post_init__(self) -> None:
+        if self.subset is not None and self.subset < 1:
+            raise JobError(f"data.subset must be null or a positive number of images, not {self.subset}")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise JobError(f"data.batch_size must be 'auto' or a positive integer, not {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class DirectionsSpec:
+    kind: Literal["random"] = _why("random", "Gaussian directions, the paper's main method")
+    seed: int = _why(0, "directions are reproducible from the seed alone")
+    norm: Literal["filter", "layer", "weight", "none"] = _why(
+        "filter", "filter normalisation makes sharpness comparable across nets (the paper's point)"
+    )
+    ignore: Literal["biasbn", "none"] = _why("biasbn", "the paper zeroes biases and BatchNorm parameters")
+    type: Literal["weights", "states"] = _why("weights", "states also perturbs BN running statistics")
+
+
+GridAxis = tuple[float, float, int]
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    x: GridAxis = _why((-1.0, 1.0, 51), "the paper's 51x51 surfaces over [-1, 1]")
+    y: GridAxis | None = _why(None, "omitted: a 1D line along x")
+    block: int | Auto = _why("auto", "points handed to a worker at a time; auto balances load and overhead")
+
+    def __post_init__(self) -> None:
+        for name in ("x", "y"):
+            axis = getattr(self, name)
+            if axis is None:
+                continue
+            lo, hi, num = axis
+            if num < 1:
+                raise JobError(f"grid.{name}: num must be at least 1, not {num} (grid.{name} is [min, max, num])")
+            if lo > hi:
+                raise JobError(f"grid.{name}: min {lo} is greater than max {hi} (grid.{name} is [min, max, num])")
+            if num > 1 and lo == hi:
+                raise JobError(f"grid.{name}: {num} points between equal min and max {lo}; use num: 1 or widen it")
+        if isinstance(self.block, int) and self.block < 1:
+            raise JobError(f"grid.block must be 'auto' or a positive integer, not {self.block}")
+
+    @property
+    def size(self) -> int:
+        return self.x[2] * (self.y[2] if self.y is not None else 1)
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    device: Literal["auto", "cuda", "cpu"] = _why("auto", "a GPU when there is one, else the CPU")
+    threads: int | Auto = _why(
+        "auto", "cores / ranks on the node: MPICH's mpirun otherwise leaves torch one thread per rank"
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threads, int) and self.threads < 1:
+            raise JobError(f"runtime.threads must be 'auto' or a positive integer, not {self.threads}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A sweep: the loss at every grid point around ``model.checkpoint`` along two directions."""
+
+    name: str = _why(None, "required: names the job in messages and in the default output path")
+    model: ModelSpec = _why(ModelSpec(), "")
+    data: DataSpec = _why(DataSpec(), "")
+    directions: DirectionsSpec = _why(DirectionsSpec(), "")
+    grid: GridSpec = _why(GridSpec(), "")
+    output: str | None = _why(None, "surfaces/<name>.h5")
+    runtime: RuntimeSpec = _why(RuntimeSpec(), "")
+
+    def __post_init__(self) -> None:
+        if self.output is None:
+            object.__setattr__(self, "output", f"surfaces/{self.name}.h5")
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generic loading: raw YAML mapping -> dataclass tree, with messages that name the key and suggest the fix.
+
+
+def _nearest(word: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{hint}valid: {', '.join(choices)}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "[" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
+    if origin in (dict, Mapping):
+        return "a mapping"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it in its canonical Python form."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        raise JobError(f"{path}: {value!r} is not allowed; {_nearest(str(value), [str(c) for c in choices])}")
+    if origin in (Union, types.UnionType):
+        for alternative in typing.get_args(tp):
+            try:
+                return _coerce(value, alternative, path)
+            except JobError:
+                continue
+        if isinstance(value, str):
+            literals = [
+                str(c) for a in typing.get_args(tp) if typing.get_origin(a) is Literal for c in typing.get_args(a)
+            ]
+            if literals:
+                raise JobError(f"{path}: {value!r} is not allowed; {_nearest(value, literals)} or {_type_name(tp)}")
+        raise JobError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        items = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise JobError(f"{path}: expected a list {_type_name(tp)}, got {value!r}")
+        return tuple(_coerce(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise JobError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise JobError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+    else:
+        raise AssertionError(f"unsupported annotation {tp!r} at {path}")
+    raise JobError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, raw: Any, path: str = "") -> Any:
+    """Build the dataclass ``cls`` from a raw mapping, rejecting unknown and missing keys by name."""
+    where = path or "the job"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise JobError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            full = f"{path}.{key}" if path else str(key)
+            raise JobError(f"unknown key '{full}'; {_nearest(str(key), names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        full = f"{path}.{f.name}" if path else f.name
+        if f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], full)
+        elif f.default is None and f.metadata.get("why", "").startswith("required"):
+            raise JobError(f"missing required key '{full}' ({f.metadata['why'][len('required: ') :]})")
+        elif dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = from_dict(hints[f.name], {}, full)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """The dataclass tree as plain YAML-able Python (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def to_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
+
+
+def _schema_child(cls: type, key: str, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    if key not in hints:
+        raise JobError(f"--set: unknown key '{path}'; {_nearest(key, list(hints))}")
+    return hints[key]
+
+
+def apply_override(raw: dict, cls: type, assignment: str) -> None:
+    """Apply one ``--set a.b=value`` (value parsed as YAML) to the raw mapping, checking the key exists."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise JobError(f"--set expects key=value, e.g. --set grid.x=[-0.5,0.5,21]; got {assignment!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise JobError(f"--set {key}: the value {text!r} is not valid YAML ({e})") from None
+    parts = key.split(".")
+    node, tp = raw, cls
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        tp = _schema_child(tp, part, here)
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
+        if not dataclasses.is_dataclass(tp):
+            raise JobError(f"--set: '{here}' is a value, not a section; use --set {here}=...")
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise JobError(f"--set: '{here}' in the job file is not a mapping")
+        node = child
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, turning every way it can be unreadable into a one-line message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise JobError(f"job file {path} does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise JobError(f"job file {path} cannot be read: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise JobError(f"job file {path} is not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JobError(f"job file {path} must be a mapping of keys (name:, model:, ...), not {type(raw).__name__}")
+    return raw
+
+
+def load(cls: type, path: str | Path, overrides: Iterable[str] = ()) -> Any:
+    """Load a job of type ``cls`` from a YAML file with ``--set`` overrides applied in order."""
+    raw = read_yaml(path)
+    for assignment in overrides:
+        apply_override(raw, cls, assignment)
+    return from_dict(cls, raw)
+
+
+def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
+    return load(Job, path, overrides)

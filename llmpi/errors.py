@@ -1,0 +1,22 @@
+"""Errors a user can cause and fix.
+
+The command lines print these as one message and exit non-zero, without a traceback (``--debug`` shows it).
+Everything else that escapes is a bug in llmpi and keeps its traceback. ``JobError`` is a ``ValueError`` so
+that library callers can catch bad input the usual way.
+"""
+
+
+class JobError(ValueError):
+    """Bad input: a job file, a command-line value, a checkpoint, a dataset or an output file."""
+
+
+class DataError(JobError):
+    """The dataset is missing, corrupted or not what the job says."""
+
+
+class CheckpointError(JobError):
+    """The checkpoint is missing, unsafe, or does not fit the architecture."""
+
+
+class StoreError(JobError):
+    """The surface file cannot be used for this job (another job's file, not HDF5, locked, not writable)."""

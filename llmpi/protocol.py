@@ -1,0 +1,420 @@
+"""The coordinator/worker protocol: rank 0 hands out blocks on demand, every rank (rank 0 too) computes.
+
+    outcome = protocol.run(MPI.COMM_WORLD, tasks, compute, commit)   # on every rank, same call
+
+This module knows MPI and nothing of torch: a task is a plain tuple ``(block_id, payload, points)``, ``compute``
+turns a payload into a reply, ``commit`` receives ``[(block_id, reply), ...]`` on rank 0. One code path for
+every size: rank 0 runs the coordinator in a thread and the same worker loop as everyone else in its main
+thread, talking to its own coordinator by MPI messages to itself, so ``-n 1`` is the same program as ``-n 8``.
+
+The two halves, in symmetric pairs (two duplicated communicators keep their messages apart):
+
+    down (coordinator -> worker)            up (worker -> coordinator)
+    TASK   (block_id, payload)              RESULT (block_id, reply, seconds)
+    CANCEL (block_id,)                      ERROR  (where, traceback)       where = "rank r of n on host"
+    STOP   (reason,)                        SIGNAL (signal name,)
+                                            BYE    ()                        answers STOP
+
+Scheduling: each worker holds up to ``depth`` blocks (it computes the first while the next is already queued, so
+it never waits for the coordinator). When no block is left to hand out, an idle worker takes a queued block that
+another worker has not started (the other gets CANCEL), or a copy of a block running longer than
+``straggler_factor`` times the median block time: the first result wins, later copies are dropped and their
+holders told to stop. A worker's exception travels to rank 0 with its traceback; a SIGTERM/SIGUSR1/SIGINT on any
+rank makes the coordinator stop handing out work, collect the blocks in flight for up to ``drain_seconds``,
+and stop everyone. No call here blocks inside MPI: waits poll with a short back-off, so oversubscribed ranks and
+the coordinator thread do not steal a core from the computation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpi4py import MPI
+
+COORDINATOR = 0
+TASK, CANCEL, STOP = 1, 2, 3  # down
+RESULT, ERROR, SIGNAL, BYE = 11, 12, 13, 14  # up
+
+COMPLETE, INTERRUPTED, FAILED = "complete", "interrupted", "failed"
+
+
+class Cancelled(Exception):
+    """Raised inside ``compute`` (by its ``check`` callable) when the block it works on is no longer wanted."""
+
+
+class Stopped(Cancelled):
+    """Raised inside ``compute`` when the coordinator stops the whole job."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Signals: a flag, set by the handler, read by the loops. Nothing else happens in a signal handler.
+
+
+class Interrupts:
+    """Turns SIGTERM, SIGUSR1 (SLURM's --signal) and SIGINT into a request to stop cleanly."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.at: float | None = None
+
+    def install(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                signal.signal(getattr(signal, name), self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is None:
+            self.requested = signal.Signals(signum).name
+            self.at = time.monotonic()
+
+    def request(self, reason: str) -> None:
+        if self.requested is None:
+            self.requested, self.at = reason, time.monotonic()
+
+
+def where(comm: MPI.Comm) -> str:
+    return f"rank {comm.Get_rank()} of {comm.Get_size()} on {socket.gethostname()} (pid {os.getpid()})"
+
+
+class _Backoff:
+    """Sleep a little longer each idle round, up to ``cap`` seconds; reset as soon as something happens."""
+
+    def __init__(self, cap: float = 0.002) -> None:
+        self.cap, self.delay = cap, 0.0
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+    def wait(self) -> None:
+        self.delay = min(self.cap, self.delay * 2 if self.delay else 1e-5)
+        time.sleep(self.delay)
+
+
+def _receive(comm: MPI.Comm, source: int) -> tuple[int, int, Any] | None:
+    """One pending message (source, tag, body) if there is one, without blocking."""
+    status = MPI.Status()
+    msg = comm.improbe(source=source, tag=MPI.ANY_TAG, status=status)
+    if msg is None:
+        return None
+    return status.Get_source(), status.Get_tag(), msg.recv()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Worker half.
+
+
+@dataclass
+class _WorkerState:
+    queue: deque = field(default_factory=deque)
+    cancelled: set = field(default_factory=set)
+    stop: str | None = None
+    current: int | None = None
+    signalled: bool = False
+
+
+def work(
+    up: MPI.Comm,
+    down: MPI.Comm,
+    compute: Callable[[Any, Callable[[], None]], Any],
+    interrupts: Interrupts,
+    alive: Callable[[], bool] = lambda: True,
+) -> str:
+    """Compute blocks as they come until STOP; returns the coordinator's reason (complete/interrupted/failed)."""
+    state = _WorkerState()
+    me = where(up)
+
+    def pump() -> None:
+        while (m := _receive(down, COORDINATOR)) is not None:
+            _, tag, body = m
+            if tag == TASK:  # a block cancelled here earlier may come back (stolen back, or a straggler's copy)
+                state.cancelled.discard(body[0])
+                state.queue.append(body)
+            elif tag == CANCEL:
+                state.cancelled.add(body[0])
+            elif tag == STOP:
+                state.stop = body[0]
+        if interrupts.requested and not state.signalled:
+            state.signalled = True
+            up.send((interrupts.requested,), dest=COORDINATOR, tag=SIGNAL)
+
+    def check() -> None:
+        pump()
+        if state.stop is not None:
+            raise Stopped(state.stop)
+        if state.current in state.cancelled:
+            raise Cancelled(state.current)
+
+    backoff = _Backoff()
+    failed = False
+    while True:
+        pump()
+        if state.stop is not None:
+            break
+        if failed or not state.queue:
+            if not alive():  # our own coordinator thread died without a word: nothing will ever come
+                state.stop = FAILED
+                break
+            backoff.wait()
+            continue
+        backoff.reset()
+        block_id, payload = state.queue.popleft()
+        if block_id in state.cancelled:
+            continue
+        state.current = block_id
+        started = time.perf_counter()
+        try:
+            reply = compute(payload, check)
+        except Stopped:
+            break
+        except Cancelled:
+            continue
+        except Exception:
+            up.send((me, traceback.format_exc()), dest=COORDINATOR, tag=ERROR)
+            failed = True  # wait for the coordinator's STOP; compute nothing more
+            continue
+        finally:
+            state.current = None
+        up.send((block_id, reply, time.perf_counter() - started), dest=COORDINATOR, tag=RESULT)
+    up.send((), dest=COORDINATOR, tag=BYE)
+    return state.stop
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Coordinator half.
+
+
+@dataclass
+class Outcome:
+    state: str  # complete | interrupted | failed
+    error: str | None = None  # the failing rank's traceback, with where it happened
+    reason: str | None = None  # what interrupted the run (a signal name)
+    unresponsive: list[int] = field(default_factory=list)  # ranks that did not answer STOP in time
+    duplicates: int = 0  # results of blocks someone else had already returned (dropped)
+    stats: dict[int, dict[str, float]] = field(default_factory=dict)  # per rank: blocks, points, seconds
+
+
+class Coordinator:
+    """Rank 0's dispatcher: hands out blocks, gathers results, commits them, stops everyone at the end."""
+
+    def __init__(
+        self,
+        up: MPI.Comm,
+        down: MPI.Comm,
+        tasks: Sequence[tuple[int, Any, int]],
+        commit: Callable[[list[tuple[int, Any]]], None],
+        interrupts: Interrupts,
+        progress: Callable[[Outcome, int], None] | None = None,
+        depth: int = 2,
+        straggler_factor: float = 3.0,
+        min_straggler_seconds: float = 1.0,
+        drain_seconds: float = 5.0,
+        bye_seconds: float = 3.0,
+    ) -> None:
+        self.up, self.down = up, down
+        self.size = up.Get_size()
+        self.payload = {bid: payload for bid, payload, _ in tasks}
+        self.points = {bid: n for bid, _, n in tasks}
+        self.pending = deque(bid for bid, _, _ in tasks)
+        self.commit, self.progress, self.interrupts = commit, progress, interrupts
+        self.depth, self.factor, self.min_timeout = depth, straggler_factor, min_straggler_seconds
+        self.drain_seconds, self.bye_seconds = drain_seconds, bye_seconds
+        self.queue: dict[int, list[int]] = {r: [] for r in range(self.size)}
+        self.started: dict[int, float] = {}
+        self.holders: dict[int, set[int]] = {bid: set() for bid in self.payload}
+        self.done: set[int] = set()
+        self.durations: list[float] = []
+        self.outcome = Outcome(
+            COMPLETE, stats={r: {"blocks": 0, "points": 0, "seconds": 0.0} for r in range(self.size)}
+        )
+
+    # -- dispatch -------------------------------------------------------------------------------------------------
+
+    def _send(self, rank: int, bid: int) -> None:
+        if not self.queue[rank]:
+            self.started[rank] = time.monotonic()
+        self.queue[rank].append(bid)
+        self.holders[bid].add(rank)
+        self.down.send((bid, self.payload[bid]), dest=rank, tag=TASK)
+
+    def _cancel(self, rank: int, bid: int) -> None:
+        if bid in self.queue[rank]:
+            was_head = self.queue[rank][0] == bid
+            self.queue[rank].remove(bid)
+            if was_head:
+                self.started[rank] = time.monotonic()
+        self.holders[bid].discard(rank)
+        self.down.send((bid,), dest=rank, tag=CANCEL)
+
+    def _timeout(self) -> float | None:
+        if not self.durations:
+            return None
+        return max(self.min_timeout, self.factor * statistics.median(self.durations[-64:]))
+
+    def _next_for(self, rank: int) -> int | None:
+        if self.pending:
+            return self.pending.popleft()
+        # steal a block another worker holds but has not started
+        for other, q in self.queue.items():
+            if other != rank and len(q) > 1:
+                bid = q[-1]
+                self._cancel(other, bid)
+                return bid
+        # copy a straggler's running block, if this worker is idle and that block is overdue
+        timeout = self._timeout()
+        if self.queue[rank] or timeout is None:
+            return None
+        now = time.monotonic()
+        for other, q in self.queue.items():
+            if other != rank and q and len(self.holders[q[0]]) == 1 and now - self.started[other] > timeout:
+                return q[0]
+        return None
+
+    def _refill(self) -> None:
+        if self.interrupts.requested:
+            return
+        for rank in range(self.size):
+            while len(self.queue[rank]) < self.depth:
+                bid = self._next_for(rank)
+                if bid is None:
+                    break
+                self._send(rank, bid)
+
+    # -- receive --------------------------------------------------------------------------------------------------
+
+    def _on_result(self, rank: int, bid: int, reply: Any, seconds: float, fresh: list) -> None:
+        if bid in self.queue[rank]:
+            self.queue[rank].remove(bid)
+            self.started[rank] = time.monotonic()
+        self.holders[bid].discard(rank)
+        if bid in self.done:
+            self.outcome.duplicates += 1
+            return
+        self.done.add(bid)
+        fresh.append((bid, reply))
+        self.durations.append(seconds)
+        s = self.outcome.stats[rank]
+        s["blocks"] += 1
+        s["points"] += self.points[bid]
+        s["seconds"] += seconds
+        for other in list(self.holders[bid]):
+            self._cancel(other, bid)
+
+    def _pump(self) -> bool:
+        """Receive everything waiting, commit the new results together; True if anything arrived."""
+        fresh: list[tuple[int, Any]] = []
+        got = False
+        while (m := _receive(self.up, MPI.ANY_SOURCE)) is not None:
+            got = True
+            rank, tag, body = m
+            if tag == RESULT:
+                self._on_result(rank, *body, fresh)
+            elif tag == ERROR:
+                if self.outcome.state != FAILED:
+                    self.outcome.state, self.outcome.error = FAILED, f"{body[0]}:\n{body[1]}"
+            elif tag == SIGNAL:
+                self.interrupts.request(f"{body[0]} on rank {rank}")
+            elif tag == BYE:
+                self._byes.add(rank)
+        if fresh:
+            self.commit(fresh)
+            if self.progress is not None:
+                self.progress(self.outcome, sum(self.points[b] for b, _ in fresh))
+        return got
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        self._byes: set[int] = set()
+        total = len(self.payload)
+        backoff = _Backoff()
+        try:
+            self._refill()
+            while self.outcome.state != FAILED and len(self.done) < total:
+                if self.interrupts.requested:
+                    for rank, q in self.queue.items():  # blocks queued but not started are abandoned at once
+                        for bid in q[1:]:
+                            self._cancel(rank, bid)
+                    in_flight = any(self.queue.values())
+                    if not in_flight or time.monotonic() - self.interrupts.at > self.drain_seconds:
+                        self.outcome.state, self.outcome.reason = INTERRUPTED, self.interrupts.requested
+                        break
+                if self._pump():
+                    backoff.reset()
+                    self._refill()
+                    assert (
+                        self.pending
+                        or any(self.queue.values())
+                        or len(self.done) == total
+                        or self.interrupts.requested
+                        or self.outcome.state == FAILED
+                    ), "blocks lost by the coordinator"
+                else:
+                    self._refill()  # a straggler may have become overdue
+                    backoff.wait()
+        except BaseException:
+            if self.outcome.state != FAILED:
+                self.outcome.state = FAILED
+                self.outcome.error = f"{where(self.up)} (coordinator):\n{traceback.format_exc()}"
+        finally:
+            self._stop_everyone()
+        return self.outcome
+
+    def _stop_everyone(self) -> None:
+        reason = self.outcome.state
+        for rank in range(self.size):
+            self.down.send((reason,), dest=rank, tag=STOP)
+        deadline = time.monotonic() + self.bye_seconds
+        backoff = _Backoff()
+        while len(self._byes) < self.size and time.monotonic() < deadline:
+            try:
+                self._pump()  # late results still count: commit them
+            except BaseException:
+                if self.outcome.state != FAILED:
+                    self.outcome.state = FAILED
+                    self.outcome.error = f"{where(self.up)} (coordinator):\n{traceback.format_exc()}"
+            backoff.wait()
+        self.outcome.unresponsive = sorted(set(range(self.size)) - self._byes)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run(
+    comm: MPI.Comm,
+    tasks: Sequence[tuple[int, Any, int]],
+    compute: Callable[[Any, Callable[[], None]], Any],
+    commit: Callable[[list[tuple[int, Any]]], None],
+    interrupts: Interrupts,
+    progress: Callable[[Outcome, int], None] | None = None,
+    **tuning: float,
+) -> Outcome:
+    """Run the job on every rank of ``comm`` (collective). Rank 0 returns the full outcome, others their reason.
+
+    ``tasks`` and ``commit`` matter on rank 0 only. Every rank must call this, with the same ``comm``.
+    """
+    # Two duplicates keep the directions apart: on rank 0 the worker (main thread) listens only on ``down``
+    # and the coordinator thread only on ``up``, so neither can take the other's messages. They are not freed:
+    # MPI_Comm_free may wait for a rank that did not answer STOP, and the process ends soon after anyway.
+    up, down = comm.Dup(), comm.Dup()
+    if comm.Get_rank() != COORDINATOR:
+        return Outcome(work(up, down, compute, interrupts))
+    coordinator = Coordinator(up, down, tasks, commit, interrupts, progress, **tuning)
+    box: list[Outcome] = []
+    thread = threading.Thread(target=lambda: box.append(coordinator.run()), name="llmpi-coordinator", daemon=True)
+    thread.start()
+    work(up, down, compute, interrupts, alive=thread.is_alive)
+    thread.join()
+    return box[0] if box else Outcome(FAILED, error=f"{where(comm)}: the coordinator thread died")

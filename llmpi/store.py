@@ -1,0 +1,354 @@
+"""The surface file: the only code that writes it, and the one way to read it.
+
+    store = SurfaceStore.open("surfaces/vgg56.h5", grid, "train", fingerprint, job_yaml, make_directions)
+    store.write([(start, stop, {"loss": ..., "acc": ...}), ...])      # rank 0 only
+    surface = read_surface("surfaces/vgg56.h5")                           # anyone, any time
+
+Layout (compatible with the paper's plotting scripts): ``xcoordinates`` (nx,), ``ycoordinates`` (ny,) float64;
+``<split>_loss``, ``<split>_acc`` float64 of shape (ny, nx) -- ``[j, i]`` is the point (x[i], y[j]) -- or (nx,) in
+1D, NaN where not computed; ``done`` uint8, the only record of what is computed; ``directions/x/<entry>``,
+``directions/y/<entry>`` float32; root attributes ``job`` (resolved YAML), ``fingerprint`` and
+``fingerprint_fields`` (what determines the values), ``llmpi_version``.
+
+Crash safety, by construction rather than by luck:
+
+1. The file's whole structure (every dataset, attribute and direction, raw storage allocated) is written once,
+   to a temporary file that is fsync'd and then renamed over the target. A kill during creation leaves the old
+   file or none, never half a file.
+2. After that the sweep only overwrites bytes inside the preallocated contiguous raw data of the value and
+   ``done`` datasets (no chunk index, no attribute, no timestamp changes; ``test_store`` checks every other byte
+   of the file stays identical). HDF5 metadata is never rewritten, so a kill at any instant, even mid-write,
+   leaves a file that opens.
+3. A block's values are written and fsync'd before its ``done`` flags are written and fsync'd. A point marked
+   done therefore always holds its final value; a point whose values were cut short is not marked done and is
+   computed again (to the same bits) on resume.
+
+One writer per file: the writer holds an exclusive ``flock`` on ``<file>.lock`` (host and pid inside), released
+by the kernel when the process dies, so a stale lock never blocks a resume. HDF5's own file locking is not used
+(``locking=False``): readers can open the file while a sweep writes it, and nobody needs
+HDF5_USE_FILE_LOCKING=FALSE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import StoreError
+from .grid import Grid, slabs
+
+VALUES = ("loss", "acc")
+
+
+def fingerprint_digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+class WriterLock:
+    """An exclusive flock on ``<file>.lock`` naming its holder; the kernel drops it when the holder dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = lock_path(path)
+        self.fd: int | None = None
+
+    @staticmethod
+    def holder(path: Path) -> dict:
+        try:
+            return json.loads(lock_path(path).read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def is_held(path: Path) -> bool:
+        """Whether a live process holds the writer lock of ``path`` (a shared probe, released at once)."""
+        try:
+            fd = os.open(lock_path(path), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return False
+
+    def acquire(self, target: Path) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot create {self.path} ({e.strerror}); is {self.path.parent} writable?") from None
+        for attempt in range(20):  # a reader's probe holds a shared lock for microseconds: retry briefly
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 19:
+                    os.close(fd)
+                    who = self.holder(target)
+                    raise StoreError(
+                        f"{target} is being written by another live sweep (host {who.get('host', '?')}, pid "
+                        f"{who.get('pid', '?')}, since {who.get('since', '?')}); wait for it, stop it, or choose "
+                        f"another output (--set output=...)"
+                    ) from None
+                time.sleep(0.05)
+            except OSError as e:
+                if e.errno in (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    break  # this filesystem has no locks (e.g. Lustre without -o flock): carry on unprotected
+                raise
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays (unlinking it would race a new writer)
+            self.fd = None
+
+
+@dataclass
+class Surface:
+    """What a surface file holds, as numpy arrays (``values`` keyed by dataset name, e.g. 'train_loss')."""
+
+    path: Path
+    x: np.ndarray
+    y: np.ndarray | None
+    values: dict[str, np.ndarray]
+    done: np.ndarray
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+
+def read_surface(path: str | Path) -> Surface:
+    """Read a surface file, also while a sweep is writing it (never blocks or disturbs the writer)."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise StoreError(f"{path} does not exist") from None
+    except OSError as e:
+        raise StoreError(f"{path} is not a readable HDF5 file ({e})") from None
+    with f:
+        if "xcoordinates" not in f:
+            raise StoreError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
+        x = f["xcoordinates"][()]
+        y = f["ycoordinates"][()] if "ycoordinates" in f else None
+        values = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset) and k.split("_", 1)[-1] in VALUES}
+        shape = (len(x),) if y is None else (len(y), len(x))
+        if "done" in f:
+            done = f["done"][()].astype(bool)
+        else:  # a file from the paper's code: no mask, so a finite value is the only evidence
+            first = next(iter(values.values()), np.full(shape, np.nan))
+            done = np.isfinite(first)
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    return Surface(path, x, y, values, done, attrs)
+
+
+class SurfaceStore:
+    """The single writer of one surface file (rank 0 only)."""
+
+    def __init__(self, path: Path, file: h5py.File, grid: Grid, split: str, lock: WriterLock) -> None:
+        self.path, self.f, self.grid, self.split, self.lock = path, file, grid, split, lock
+        self.names = {v: f"{split}_{v}" for v in VALUES}
+        self._datasets = {v: file[n] for v, n in self.names.items()}
+        self._done = file["done"]
+        self._fd = file.id.get_vfd_handle()
+
+    # -- opening --------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        grid: Grid,
+        split: str,
+        fingerprint: dict,
+        job_yaml: str,
+        make_directions: Callable[[], Sequence[dict[str, np.ndarray]]],
+        restart: bool = False,
+        attrs: dict | None = None,
+    ) -> SurfaceStore:
+        """Open the file to resume it, or create it; refuse another job's file, a locked file, a non-HDF5 file."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the output directory {path.parent} ({e.strerror}); set output to a writable place"
+            ) from None
+        if not os.access(path.parent, os.W_OK):
+            raise StoreError(f"the output directory {path.parent} is not writable; set output to a writable place")
+        if path.exists() and not path.is_file():
+            raise StoreError(f"output {path} exists and is not a file; choose another output")
+        lock = WriterLock(path)
+        lock.acquire(path)
+        try:
+            if path.exists() and not restart:
+                cls._check(path, grid, split, fingerprint)
+            else:
+                cls._create(path, grid, split, fingerprint, job_yaml, make_directions(), attrs or {})
+            file = h5py.File(path, "r+", locking=False)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, file, grid, split, lock)
+
+    @staticmethod
+    def _check(path: Path, grid: Grid, split: str, fingerprint: dict) -> None:
+        try:
+            f = h5py.File(path, "r", locking=False)
+        except OSError:
+            raise StoreError(
+                f"output {path} exists but is not an HDF5 file; move it away, choose another output "
+                f"(--set output=...), or pass --restart to overwrite it"
+            ) from None
+        with f:
+            theirs = f.attrs.get("fingerprint_fields")
+            if theirs is None:
+                raise StoreError(
+                    f"output {path} is an HDF5 file that llmpi did not write; choose another output "
+                    f"(--set output=...) or pass --restart to overwrite it"
+                )
+            theirs = json.loads(theirs)
+            if theirs != fingerprint:
+                diff = _differences(theirs, fingerprint)
+                raise StoreError(
+                    f"output {path} holds another job's surface ({'; '.join(diff)}). Choose another output "
+                    f"(--set output=...), or pass --restart to start it anew (its computed points are lost)"
+                )
+            expected = {"done": grid.shape, f"{split}_loss": grid.shape, f"{split}_acc": grid.shape}
+            for name, shape in expected.items():
+                if name not in f or f[name].shape != shape:
+                    raise StoreError(
+                        f"output {path} is damaged: dataset {name!r} missing or not of shape {shape}; pass --restart"
+                    )
+
+    @staticmethod
+    def _create(
+        path: Path,
+        grid: Grid,
+        split: str,
+        fingerprint: dict,
+        job_yaml: str,
+        directions: Sequence[dict[str, np.ndarray]],
+        attrs: dict,
+    ) -> None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w", libver="earliest", locking=False) as f:
+                f.create_dataset("xcoordinates", data=np.asarray(grid.x, dtype=np.float64), track_times=False)
+                if grid.y is not None:
+                    f.create_dataset("ycoordinates", data=np.asarray(grid.y, dtype=np.float64), track_times=False)
+                for v in VALUES:  # writing the NaNs now allocates the contiguous storage the sweep overwrites
+                    f.create_dataset(f"{split}_{v}", data=np.full(grid.shape, np.nan), track_times=False)
+                f.create_dataset("done", data=np.zeros(grid.shape, np.uint8), track_times=False)
+                group = f.create_group("directions", track_order=True)
+                for axis, direction in zip("xy", directions):
+                    sub = group.create_group(axis, track_order=True)
+                    for name, value in direction.items():
+                        sub.create_dataset(name, data=np.asarray(value, dtype=np.float32), track_times=False)
+                f.attrs["job"] = job_yaml
+                f.attrs["fingerprint"] = fingerprint_digest(fingerprint)
+                f.attrs["fingerprint_fields"] = json.dumps(fingerprint, sort_keys=True)
+                f.attrs["llmpi_version"] = __version__
+                for key, value in attrs.items():
+                    f.attrs[key] = value
+                f.flush()
+                os.fsync(f.id.get_vfd_handle())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    # -- state ----------------------------------------------------------------------------------------------------
+
+    def done_mask(self) -> np.ndarray:
+        return self._done[()].astype(bool)
+
+    def todo(self) -> np.ndarray:
+        """Flat indices (row-major) of the points not yet computed."""
+        return np.flatnonzero(~self.done_mask().ravel())
+
+    def directions(self) -> list[dict[str, np.ndarray]]:
+        group = self.f["directions"]
+        return [{name: ds[()] for name, ds in group[axis].items()} for axis in "xy" if axis in group]
+
+    # -- writing --------------------------------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        self.f.flush()
+        os.fsync(self._fd)
+
+    def write(self, blocks: Sequence[tuple[int, int, dict[str, np.ndarray]]]) -> None:
+        """Store computed blocks ``(start, stop, {value name: array})``: values first, then their done flags."""
+        shape = self.grid.shape
+        for start, stop, values in blocks:
+            for v, ds in self._datasets.items():
+                data = np.asarray(values[v], dtype=np.float64)
+                assert data.shape == (stop - start,), (v, data.shape, start, stop)
+                for index, part in slabs(shape, start, stop):
+                    ds[index] = _region(data[part], index)
+        self._sync()
+        ones = np.ones(max(stop - start for start, stop, _ in blocks), np.uint8) if blocks else None
+        for start, stop, _ in blocks:
+            for index, part in slabs(shape, start, stop):
+                self._done[index] = _region(ones[: part.stop - part.start], index)
+        self._sync()
+
+    def close(self) -> None:
+        try:
+            if self.f.id.valid:
+                self.f.close()
+        finally:
+            self.lock.release()
+
+
+def _region(flat: np.ndarray, index: tuple) -> np.ndarray:
+    """A slab's values in the shape of the array region ``index`` selects: whole rows, or part of one row."""
+    if len(index) == 2 and isinstance(index[0], slice):
+        return flat.reshape(index[0].stop - index[0].start, -1)
+    return flat
+
+
+def _differences(theirs: dict, ours: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(theirs) | set(ours)):
+        a, b = theirs.get(key), ours.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, name + "."))
+        elif a != b:
+            out.append(f"{name}: file {a!r}, job {b!r}")
+    return out

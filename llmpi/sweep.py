@@ -1,0 +1,324 @@
+"""Sweep a loss surface: every rank computes, rank 0 coordinates and writes one HDF5 file.
+
+    mpirun -n 8 python -m llmpi.sweep jobs/vgg56.yaml            # 8 ranks (one per GPU), all compute
+    python -m llmpi.sweep jobs/vgg56.yaml                         # the same job on one rank
+    python -m llmpi.sweep jobs/vgg56.yaml --set grid.x=[-0.5,0.5,21] --set output=surfaces/zoom.h5
+
+Rerunning the same command resumes: points already in the file are never computed again. Exit status:
+0 complete, 1 failed (a rank's error, printed with its traceback), 2 bad input (one message, what to do next),
+75 interrupted by SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable, rerun the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 75
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m llmpi.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("job", help="the job file (YAML), e.g. jobs/vgg56.yaml")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job key, YAML-typed, e.g. --set grid.x=[-0.5,0.5,21] (repeatable)",
+    )
+    p.add_argument("--restart", action="store_true", help="start the output file anew instead of resuming it")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for input errors too")
+    return p.parse_args(argv)
+
+
+class SetupFailed(Exception):
+    """Raised on every rank when any rank failed during set-up; carries the first failure."""
+
+    def __init__(self, user: bool, message: str) -> None:
+        super().__init__(message)
+        self.user = user
+
+
+def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
+    """Run ``step`` on every rank; if any rank fails, all raise SetupFailed with the first failure (no hang)."""
+    from .errors import JobError
+    from .protocol import where
+
+    failure = None
+    try:
+        value = step()
+    except JobError as e:
+        value = None
+        failure = (True, str(e) + (f"\n{traceback.format_exc()}" if debug else ""), where(comm))
+    except Exception:
+        value = None
+        failure = (False, traceback.format_exc(), where(comm))
+    failures = [f for f in comm.allgather(failure) if f is not None]
+    if failures:
+        user, message, place = failures[0]
+        raise SetupFailed(user, message if user else f"{place}:\n{message}")
+    return value
+
+
+@dataclass
+class Plan:
+    """What rank 0 decides and every rank needs (the tasks themselves stay on rank 0)."""
+
+    directions: list[dict[str, np.ndarray]]
+    batch_size: int
+    todo_points: int
+
+
+def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any) -> dict:
+    """Everything that determines the stored values, and nothing that does not (ranks, batch size, output)."""
+    from .config import to_dict
+
+    return {
+        "format": 1,
+        "arch": job.model.arch,
+        "checkpoint_sha256": checkpoint_sha256,
+        "data": {
+            "dataset": job.data.dataset,
+            "split": job.data.split,
+            "subset": job.data.subset,
+            "seed": job.data.seed,
+            "images_sha256": data_info.sha256,
+        },
+        "directions": to_dict(job.directions),
+        "grid": {"x": list(job.grid.x), "y": None if job.grid.y is None else list(job.grid.y)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mpi4py import MPI
+
+    from . import protocol
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    interrupts = protocol.Interrupts().install()
+    store = None
+    try:
+        import torch
+
+        from . import checkpoint, config, data, directions, runtime
+        from .evaluate import Evaluator
+        from .grid import Grid, auto_block, blocks
+        from .store import SurfaceStore
+
+        job = comm.bcast(
+            collective(comm, lambda: config.load_job(args.job, args.overrides) if rank == 0 else None, args.debug)
+        )
+        if job.model.checkpoint is None:
+            raise SetupFailed(True, "model.checkpoint is required: the trained network to sweep around")
+        grid = Grid.from_spec(job.grid.x, job.grid.y)
+        if size > grid.size:
+            raise SetupFailed(
+                True,
+                f"{size} ranks for a grid of {grid.size} points: use at most {grid.size} ranks "
+                f"(mpirun -n {grid.size}) or a finer grid",
+            )
+
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+
+        def setup_rank() -> tuple:
+            device = runtime.pick_device(job.runtime.device, local.Get_rank())
+            threads = runtime.pick_threads(job.runtime.threads, local.Get_size())
+            runtime.configure(device, threads)
+            images, labels, info = data.load_images(
+                job.data.dataset, job.data.root, job.data.split, job.data.subset, job.data.seed
+            )
+            model = checkpoint.load_model(job.model.arch, job.model.checkpoint)
+            return device, threads, images, labels, info, model
+
+        device, threads, images_u8, labels_np, info, model = collective(comm, setup_rank, args.debug)
+
+        tasks: list[tuple[int, tuple[int, int, np.ndarray], int]] = []
+
+        def setup_store() -> Plan | None:
+            nonlocal store
+            if rank != 0:
+                return None
+            weights = {k: v.detach() for k, v in directions.perturbed_entries(model, job.directions.type).items()}
+            make = lambda: [
+                {k: v.numpy() for k, v in d.items()}
+                for d in directions.random_directions(
+                    weights, job.directions.seed, job.directions.norm, job.directions.ignore, count=grid.ndim
+                )
+            ]
+            fields = fingerprint(job, checkpoint.sha256_file(job.model.checkpoint), info)
+            attrs = {
+                "dataset": info.describe(),
+                "synthetic": info.synthetic,
+                "arch": job.model.arch,
+                "split": job.data.split,
+                "images": info.count,
+            }
+            store = SurfaceStore.open(
+                job.output_path,
+                grid,
+                job.data.split,
+                fields,
+                config.to_yaml(job),
+                make,
+                restart=args.restart,
+                attrs=attrs,
+            )
+            todo = store.todo()
+            block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), size)
+            tasks.extend((b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(blocks(todo, block)))
+            batch = (
+                job.data.batch_size if job.data.batch_size != "auto" else runtime.auto_batch_size(device, info.count)
+            )
+            return Plan(store.directions(), batch, len(todo))
+
+        plan = comm.bcast(collective(comm, setup_store, args.debug))
+
+        def setup_evaluator() -> Evaluator:
+            images = data.normalize(images_u8, device=device)
+            labels = torch.as_tensor(labels_np, device=device)
+            dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
+            return Evaluator(model.to(device), dirs, images, labels, plan.batch_size, kind=job.directions.type)
+
+        evaluator = collective(comm, setup_evaluator, args.debug)
+
+        from .faults import Faults
+
+        faults = Faults.from_env(rank)
+
+        def compute(payload: tuple, check: Callable[[], None]) -> dict[str, np.ndarray]:
+            start, stop, coords = payload
+            out = {"loss": np.empty(stop - start), "acc": np.empty(stop - start)}
+            for k, point in enumerate(coords):
+                check()
+                faults.before_point()
+                out["loss"][k], out["acc"][k] = evaluator(tuple(point), between_batches=check)
+            return out
+
+        spans = {bid: payload[:2] for bid, payload, _ in tasks}
+        todo_points = plan.todo_points
+        progress = Progress(grid.size, grid.size - todo_points, info.count) if rank == 0 else None
+
+        if rank == 0:
+            print(
+                f"llmpi sweep {job.name}: {job.model.arch} on {info.describe()}; "
+                f"grid {'x'.join(map(str, grid.shape[::-1]))}"
+                f" = {grid.size} points, {grid.size - todo_points} already done; {size} rank(s) on {device.type}, "
+                f"{threads} thread(s) each, batch {plan.batch_size} -> {job.output}",
+                flush=True,
+            )
+
+        def commit(results: list[tuple[int, dict[str, np.ndarray]]]) -> None:
+            store.write([(*spans[bid], reply) for bid, reply in results])
+
+        outcome = protocol.run(comm, tasks, compute, commit, interrupts, progress=progress.update if progress else None)
+        if rank != 0:
+            return {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED}.get(outcome.state, EXIT_FAILED)
+        progress.close()
+        store.close()
+        store = None
+        return report(outcome, job, progress, size, comm)
+    except SetupFailed as e:
+        if rank == 0:
+            print(f"llmpi: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE if e.user else EXIT_FAILED
+    finally:
+        if store is not None:
+            store.close()
+
+
+def report(outcome: Any, job: Any, progress: Progress, size: int, comm: Any) -> int:
+    from . import protocol
+
+    if outcome.state == protocol.FAILED:
+        print(
+            f"llmpi: error: the sweep failed; every point finished before the failure is kept in {job.output}.\n"
+            f"{outcome.error}",
+            file=sys.stderr,
+            flush=True,
+        )
+        code = EXIT_FAILED
+    elif outcome.state == protocol.INTERRUPTED:
+        print(
+            f"llmpi: interrupted ({outcome.reason}) with {progress.done} of {progress.total} points done; "
+            f"rerun the same command to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        code = EXIT_INTERRUPTED
+    else:
+        print(progress.summary(size, job.output), flush=True)
+        code = EXIT_OK
+    if outcome.unresponsive:
+        print(
+            f"llmpi: ranks {outcome.unresponsive} did not stop in time; aborting them",
+            file=sys.stderr,
+            flush=True,
+        )
+        comm.Abort(code or EXIT_FAILED)
+    return code
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise a log line every ``every`` seconds. Rank 0 only."""
+
+    def __init__(self, total: int, done: int, images: int, every: float = 10.0) -> None:
+        self.total, self.done, self.images, self.every = total, done, images, every
+        self.start_done = done
+        self.t0 = self.last_line = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty() and done < total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="pt", desc="llmpi", dynamic_ncols=True)
+
+    def update(self, outcome: Any, new_points: int) -> None:
+        self.done += new_points
+        if self.bar is not None:
+            self.bar.update(new_points)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= self.every:
+            self.last_line = now
+            rate = (self.done - self.start_done) / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            print(
+                f"llmpi: {self.done}/{self.total} points, {rate:.2f} points/s, ETA {_duration(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def summary(self, ranks: int, output: str) -> str:
+        seconds = time.monotonic() - self.t0
+        points = self.done - self.start_done
+        rate = points / max(seconds, 1e-9)
+        return (
+            f"llmpi: {points} points in {seconds:.1f} s ({rate:.2f} points/s, {rate * self.images:.0f} images/s) "
+            f"on {ranks} rank(s); {self.done}/{self.total} done -> {output}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
