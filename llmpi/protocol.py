@@ -10,19 +10,21 @@ thread, talking to its own coordinator by MPI messages to itself, so ``-n 1`` is
 The two halves, in symmetric pairs (two duplicated communicators keep their messages apart):
 
     down (coordinator -> worker)            up (worker -> coordinator)
-    TASK   (block_id, payload)              RESULT (block_id, reply, seconds)
-    CANCEL (block_id,)                      ERROR  (where, traceback)       where = "rank r of n on host"
-    STOP   (reason,)                        SIGNAL (signal name,)
-                                            BYE    ()                        answers STOP
+    TASK   (block_id, payload)              RESULT  (block_id, reply, seconds)
+    CANCEL (block_id,)                      PARTIAL (block_id, reply)        what a stopped block got done
+    STOP   (reason,)                        ERROR   (where, traceback)       where = "rank r of n on host"
+                                            SIGNAL  (signal name,)
+                                            BYE     ()                       answers STOP
 
 Scheduling: each worker holds up to ``depth`` blocks (it computes the first while the next is already queued, so
 it never waits for the coordinator). When no block is left to hand out, an idle worker takes a queued block that
 another worker has not started (the other gets CANCEL), or a copy of a block running longer than
 ``straggler_factor`` times the median block time: the first result wins, later copies are dropped and their
 holders told to stop. A worker's exception travels to rank 0 with its traceback; a SIGTERM/SIGUSR1/SIGINT on any
-rank makes the coordinator stop handing out work, collect the blocks in flight for up to ``drain_seconds``,
-and stop everyone. No call here blocks inside MPI: waits poll with a short back-off, so oversubscribed ranks and
-the coordinator thread do not steal a core from the computation.
+rank makes the coordinator stop everyone at once: each worker leaves its block at the next ``check()`` and sends
+the part it finished (``Stopped.partial``), which is committed like any result, so an interruption loses at most
+the point each rank was computing. No call here blocks inside MPI: waits poll with a short back-off, so
+oversubscribed ranks and the coordinator thread do not steal a core from the computation.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from mpi4py import MPI
 
 COORDINATOR = 0
 TASK, CANCEL, STOP = 1, 2, 3  # down
-RESULT, ERROR, SIGNAL, BYE = 11, 12, 13, 14  # up
+RESULT, ERROR, SIGNAL, BYE, PARTIAL = 11, 12, 13, 14, 15  # up
 
 COMPLETE, INTERRUPTED, FAILED = "complete", "interrupted", "failed"
 
@@ -53,7 +55,13 @@ class Cancelled(Exception):
 
 
 class Stopped(Cancelled):
-    """Raised inside ``compute`` when the coordinator stops the whole job."""
+    """Raised inside ``compute`` when the coordinator stops the whole job.
+
+    ``compute`` may set ``partial`` to a reply covering the part of its block it finished before the stop; the
+    worker forwards it to the coordinator, which commits it (the block itself stays undone).
+    """
+
+    partial: Any = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,7 +185,9 @@ def work(
         started = time.perf_counter()
         try:
             reply = compute(payload, check)
-        except Stopped:
+        except Stopped as stop:
+            if stop.partial is not None:
+                up.send((block_id, stop.partial), dest=COORDINATOR, tag=PARTIAL)
             break
         except Cancelled:
             continue
@@ -216,12 +226,11 @@ class Coordinator:
         tasks: Sequence[tuple[int, Any, int]],
         commit: Callable[[list[tuple[int, Any]]], None],
         interrupts: Interrupts,
-        progress: Callable[[Outcome, int], None] | None = None,
+        progress: Callable[[Outcome], None] | None = None,
         depth: int = 2,
         straggler_factor: float = 3.0,
         min_straggler_seconds: float = 1.0,
-        drain_seconds: float = 5.0,
-        bye_seconds: float = 3.0,
+        bye_seconds: float = 5.0,
     ) -> None:
         self.up, self.down = up, down
         self.size = up.Get_size()
@@ -230,7 +239,7 @@ class Coordinator:
         self.pending = deque(bid for bid, _, _ in tasks)
         self.commit, self.progress, self.interrupts = commit, progress, interrupts
         self.depth, self.factor, self.min_timeout = depth, straggler_factor, min_straggler_seconds
-        self.drain_seconds, self.bye_seconds = drain_seconds, bye_seconds
+        self.bye_seconds = bye_seconds
         self.queue: dict[int, list[int]] = {r: [] for r in range(self.size)}
         self.started: dict[int, float] = {}
         self.holders: dict[int, set[int]] = {bid: set() for bid in self.payload}
@@ -324,6 +333,9 @@ class Coordinator:
             elif tag == ERROR:
                 if self.outcome.state != FAILED:
                     self.outcome.state, self.outcome.error = FAILED, f"{body[0]}:\n{body[1]}"
+            elif tag == PARTIAL:
+                if body[0] not in self.done:
+                    fresh.append(body)
             elif tag == SIGNAL:
                 self.interrupts.request(f"{body[0]} on rank {rank}")
             elif tag == BYE:
@@ -331,7 +343,7 @@ class Coordinator:
         if fresh:
             self.commit(fresh)
             if self.progress is not None:
-                self.progress(self.outcome, sum(self.points[b] for b, _ in fresh))
+                self.progress(self.outcome)
         return got
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -344,13 +356,8 @@ class Coordinator:
             self._refill()
             while self.outcome.state != FAILED and len(self.done) < total:
                 if self.interrupts.requested:
-                    for rank, q in self.queue.items():  # blocks queued but not started are abandoned at once
-                        for bid in q[1:]:
-                            self._cancel(rank, bid)
-                    in_flight = any(self.queue.values())
-                    if not in_flight or time.monotonic() - self.interrupts.at > self.drain_seconds:
-                        self.outcome.state, self.outcome.reason = INTERRUPTED, self.interrupts.requested
-                        break
+                    self.outcome.state, self.outcome.reason = INTERRUPTED, self.interrupts.requested
+                    break
                 if self._pump():
                     backoff.reset()
                     self._refill()
@@ -398,7 +405,7 @@ def run(
     compute: Callable[[Any, Callable[[], None]], Any],
     commit: Callable[[list[tuple[int, Any]]], None],
     interrupts: Interrupts,
-    progress: Callable[[Outcome, int], None] | None = None,
+    progress: Callable[[Outcome], None] | None = None,
     **tuning: float,
 ) -> Outcome:
     """Run the job on every rank of ``comm`` (collective). Rank 0 returns the full outcome, others their reason.

@@ -196,16 +196,22 @@ def main(argv: list[str] | None = None) -> int:
 
         faults = Faults.from_env(rank)
 
-        def compute(payload: tuple, check: Callable[[], None]) -> dict[str, np.ndarray]:
+        def compute(payload: tuple, check: Callable[[], None]) -> tuple[int, int, dict[str, np.ndarray]]:
+            """Evaluate a block's points; on a stop, hand back the points already finished."""
             start, stop, coords = payload
             out = {"loss": np.empty(stop - start), "acc": np.empty(stop - start)}
-            for k, point in enumerate(coords):
-                check()
-                faults.before_point()
-                out["loss"][k], out["acc"][k] = evaluator(tuple(point), between_batches=check)
-            return out
+            k = 0
+            try:
+                for k, point in enumerate(coords):
+                    check()
+                    faults.before_point()
+                    out["loss"][k], out["acc"][k] = evaluator(tuple(point), between_batches=check)
+            except protocol.Stopped as stopped:
+                if k > 0:
+                    stopped.partial = (start, start + k, {name: v[:k] for name, v in out.items()})
+                raise
+            return start, stop, out
 
-        spans = {bid: payload[:2] for bid, payload, _ in tasks}
         todo_points = plan.todo_points
         progress = Progress(grid.size, grid.size - todo_points, info.count) if rank == 0 else None
 
@@ -218,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-        def commit(results: list[tuple[int, dict[str, np.ndarray]]]) -> None:
-            store.write([(*spans[bid], reply) for bid, reply in results])
+        def commit(results: list[tuple[int, tuple[int, int, dict[str, np.ndarray]]]]) -> None:
+            store.write([reply for _, reply in results])
+            progress.update(sum(stop - start for _, (start, stop, _) in results))
 
-        outcome = protocol.run(comm, tasks, compute, commit, interrupts, progress=progress.update if progress else None)
+        outcome = protocol.run(comm, tasks, compute, commit, interrupts)
         if rank != 0:
             return {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED}.get(outcome.state, EXIT_FAILED)
         progress.close()
@@ -282,7 +289,7 @@ class Progress:
 
             self.bar = tqdm(total=total, initial=done, unit="pt", desc="llmpi", dynamic_ncols=True)
 
-    def update(self, outcome: Any, new_points: int) -> None:
+    def update(self, new_points: int) -> None:
         self.done += new_points
         if self.bar is not None:
             self.bar.update(new_points)

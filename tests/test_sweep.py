@@ -1,0 +1,191 @@
+"""The real command line under real MPI (mpirun -n 3, oversubscribed): complete, exact, rank-count independent,
+resumable, and refusing another job's file. Every run has a time limit, so a deadlock fails the test."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import MPIRUN, REPO, brute_force, job_dict, run_cli, write_job
+
+from llmpi import checkpoint
+from llmpi.store import read_surface
+
+pytestmark = pytest.mark.mpi
+
+
+def stored_directions(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return [{k: v[()] for k, v in f["directions"][axis].items()} for axis in ("x", "y") if axis in f["directions"]]
+
+
+@pytest.fixture(scope="module")
+def three_ranks(fixture_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweep")
+    job = write_job(d / "job.yaml", job_dict(fixture_data, d / "three.h5"))
+    result = run_cli("llmpi.sweep", str(job), ranks=3)
+    assert result.returncode == 0, result.stderr
+    return d, job, result
+
+
+def test_three_ranks_fill_the_file_with_the_exact_values(fixture_data, three_ranks):
+    d, _, result = three_ranks
+    s = read_surface(d / "three.h5")
+    assert s.complete and s.values["train_loss"].shape == (4, 5) and s.y is not None
+    assert "20 points in" in result.stdout and "3 rank(s)" in result.stdout
+    dirs = stored_directions(d / "three.h5")
+    for j, b in enumerate(s.y):
+        for i, a in enumerate(s.x):
+            loss, acc = brute_force(fixture_data, dirs, (a, b))
+            assert s.values["train_loss"][j, i] == pytest.approx(loss, rel=2e-5), (a, b)
+            assert s.values["train_acc"][j, i] == pytest.approx(acc, abs=1e-9), (a, b)
+
+
+def test_stored_directions_are_filter_normalised_to_the_checkpoint(fixture_data, three_ranks):
+    d, _, _ = three_ranks
+    state = checkpoint.read_state_dict(fixture_data.checkpoint)
+    dx, dy = stored_directions(d / "three.h5")
+    assert set(dx) == {k for k, v in state.items() if v.is_floating_point() and "running" not in k}
+    for name, w in state.items():
+        if name not in dx:
+            continue
+        w = w.double().numpy()
+        if w.ndim <= 1:
+            assert not dx[name].any() and not dy[name].any()
+        else:
+            for i in range(w.shape[0]):
+                assert np.linalg.norm(dx[name][i]) == pytest.approx(np.linalg.norm(w[i]), rel=1e-5)
+    assert not np.array_equal(dx["conv1.weight"], dy["conv1.weight"])
+
+
+def test_one_rank_without_mpirun_is_bitwise_equal(fixture_data, three_ranks, tmp_path):
+    d, _, _ = three_ranks
+    job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "one.h5"))
+    result = run_cli("llmpi.sweep", str(job))
+    assert result.returncode == 0, result.stderr
+    one, three = read_surface(tmp_path / "one.h5"), read_surface(d / "three.h5")
+    for name in ("train_loss", "train_acc"):
+        assert np.array_equal(one.values[name], three.values[name])
+    for a, b in zip(stored_directions(tmp_path / "one.h5"), stored_directions(d / "three.h5")):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_rerun_of_a_complete_job_computes_nothing(three_ranks):
+    d, job, _ = three_ranks
+    before = read_surface(d / "three.h5")
+    result = run_cli("llmpi.sweep", str(job), ranks=3)
+    assert result.returncode == 0, result.stderr
+    assert "20 already done" in result.stdout and "0 points in" in result.stdout
+    after = read_surface(d / "three.h5")
+    assert np.array_equal(before.values["train_loss"], after.values["train_loss"])
+
+
+def test_another_job_on_the_same_file_is_refused_and_the_file_untouched(three_ranks):
+    d, job, _ = three_ranks
+    before = (d / "three.h5").read_bytes()
+    result = run_cli("llmpi.sweep", str(job), "--set", "directions.seed=4", "--set", "grid.x=[-2,2,5]", ranks=3)
+    assert result.returncode == 2
+    assert "holds another job's surface" in result.stderr
+    assert (
+        "directions.seed: file 3, job 4" in result.stderr
+        and "grid.x: file [-1.0, 1.0, 5], job [-2.0, 2.0, 5]" in result.stderr
+    )
+    assert "Traceback" not in result.stderr and result.stderr.count("llmpi: error") == 1
+    assert (d / "three.h5").read_bytes() == before
+
+
+def test_interrupted_sweep_exits_75_quickly_and_resumes_to_the_same_bits(fixture_data, tmp_path):
+    job = job_dict(fixture_data, tmp_path / "cut.h5", grid={"x": [-1.0, 1.0, 7], "y": [-1.0, 1.0, 6], "block": 3})
+    path = write_job(tmp_path / "job.yaml", job)
+    env = {"LLMPI_FAULT": "slow:seconds=0.2", "PYTHONPATH": str(REPO), "LLMPI_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [MPIRUN, "-n", "3", sys.executable, "-m", "llmpi.sweep", str(path)],
+        cwd=REPO,
+        env={**__import__("os").environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if (tmp_path / "cut.h5").exists() and read_surface(tmp_path / "cut.h5").done.sum() >= 6:
+                break
+        else:
+            pytest.fail("the sweep made no progress")
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, err
+    assert took < 10, f"took {took:.1f} s to stop"
+    assert "rerun the same command to resume" in err
+    partial = read_surface(tmp_path / "cut.h5")
+    done_before = int(partial.done.sum())
+    assert 6 <= done_before < 42
+
+    resumed = run_cli("llmpi.sweep", str(path), ranks=3)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done_before} already done" in resumed.stdout
+    assert f"{42 - done_before} points in" in resumed.stdout
+
+    reference = write_job(tmp_path / "ref.yaml", {**job, "output": str(tmp_path / "ref.h5")})
+    assert run_cli("llmpi.sweep", str(reference)).returncode == 0
+    a, b = read_surface(tmp_path / "cut.h5"), read_surface(tmp_path / "ref.h5")
+    assert a.complete
+    for name in ("train_loss", "train_acc"):
+        assert np.array_equal(a.values[name], b.values[name])
+
+
+def test_worker_error_stops_everyone_with_its_traceback(fixture_data, tmp_path):
+    job = job_dict(fixture_data, tmp_path / "err.h5", grid={"x": [-1.0, 1.0, 6], "y": [-1.0, 1.0, 6], "block": 2})
+    path = write_job(tmp_path / "job.yaml", job)
+    t0 = time.monotonic()
+    result = run_cli("llmpi.sweep", str(path), ranks=3, env={"LLMPI_FAULT": "raise:rank=2:after=3"}, timeout=120)
+    assert result.returncode == 1
+    assert "rank 2 of 3 on" in result.stderr and "InjectedFault: injected fault after 3 points" in result.stderr
+    assert "every point finished before the failure is kept" in result.stderr
+    assert time.monotonic() - t0 < 60
+    s = read_surface(tmp_path / "err.h5")
+    assert 3 <= s.done.sum() < 36
+    assert np.all(np.isfinite(s.values["train_loss"][s.done])) and np.all(np.isnan(s.values["train_loss"][~s.done]))
+    dirs = stored_directions(tmp_path / "err.h5")
+    j, i = np.argwhere(s.done)[-1]
+    assert s.values["train_loss"][j, i] == pytest.approx(brute_force(fixture_data, dirs, (s.x[i], s.y[j]))[0], rel=2e-5)
+
+
+def test_one_dimensional_line_on_the_test_split(fixture_data, tmp_path):
+    job = job_dict(
+        fixture_data,
+        tmp_path / "line.h5",
+        grid={"x": [-0.5, 1.5, 9], "y": None, "block": 1},
+        data={"split": "test", "subset": 50},
+    )
+    path = write_job(tmp_path / "job.yaml", job)
+    result = run_cli("llmpi.sweep", str(path), ranks=3)
+    assert result.returncode == 0, result.stderr
+    s = read_surface(tmp_path / "line.h5")
+    assert s.y is None and s.values["test_loss"].shape == (9,) and s.complete and "train_loss" not in s.values
+    (dx,) = stored_directions(tmp_path / "line.h5")
+    for i in (0, 2, 8):
+        loss, acc = brute_force(fixture_data, [dx], (s.x[i],), subset=50, split="test")
+        assert s.values["test_loss"][i] == pytest.approx(loss, rel=2e-5)
+        assert s.values["test_acc"][i] == pytest.approx(acc, abs=1e-9)
+
+
+def test_more_ranks_than_points_is_refused(fixture_data, tmp_path):
+    job = job_dict(fixture_data, tmp_path / "tiny.h5", grid={"x": [0.0, 1.0, 2], "y": None})
+    result = run_cli("llmpi.sweep", str(write_job(tmp_path / "job.yaml", job)), ranks=3)
+    assert result.returncode == 2
+    assert "3 ranks for a grid of 2 points" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "tiny.h5").exists()
