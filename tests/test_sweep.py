@@ -122,7 +122,7 @@ def test_interrupted_sweep_exits_75_quickly_and_resumes_to_the_same_bits(fixture
             pytest.fail("the sweep made no progress")
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
         took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
