@@ -48,6 +48,8 @@ import numpy as np
 
 from . import __version__
 from .errors import StoreError
+from .faults import NONE as NO_FAULTS
+from .faults import Faults
 from .grid import Grid, slabs
 
 VALUES = ("loss", "acc")
@@ -134,6 +136,25 @@ class WriterLock:
             self.fd = None
 
 
+def run_info_path(path: Path) -> Path:
+    return path.with_name(path.name + ".run.json")
+
+
+def write_run_info(path: str | Path, info: dict) -> None:
+    """Replace ``<file>.run.json`` (what the last/current run is doing) atomically: readers see old or new."""
+    target = run_info_path(Path(path))
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, target)
+
+
+def read_run_info(path: str | Path) -> dict | None:
+    try:
+        return json.loads(run_info_path(Path(path)).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass
 class Surface:
     """What a surface file holds, as numpy arrays (``values`` keyed by dataset name, e.g. 'train_loss')."""
@@ -180,6 +201,7 @@ class SurfaceStore:
 
     def __init__(self, path: Path, file: h5py.File, grid: Grid, split: str, lock: WriterLock) -> None:
         self.path, self.f, self.grid, self.split, self.lock = path, file, grid, split, lock
+        self.faults: Faults = NO_FAULTS  # the fault tests set this to kill the writer inside a write
         self.names = {v: f"{split}_{v}" for v in VALUES}
         self._datasets = {v: file[n] for v, n in self.names.items()}
         self._done = file["done"]
@@ -313,18 +335,24 @@ class SurfaceStore:
 
     def write(self, blocks: Sequence[tuple[int, int, dict[str, np.ndarray]]]) -> None:
         """Store computed blocks ``(start, stop, {value name: array})``: values first, then their done flags."""
+        if not blocks:
+            return
         shape = self.grid.shape
+        self.faults.in_write("start")
         for start, stop, values in blocks:
             for v, ds in self._datasets.items():
                 data = np.asarray(values[v], dtype=np.float64)
                 assert data.shape == (stop - start,), (v, data.shape, start, stop)
                 for index, part in slabs(shape, start, stop):
                     ds[index] = _region(data[part], index)
+                self.faults.in_write("values")
         self._sync()
-        ones = np.ones(max(stop - start for start, stop, _ in blocks), np.uint8) if blocks else None
+        self.faults.in_write("between")
+        ones = np.ones(max(stop - start for start, stop, _ in blocks), np.uint8)
         for start, stop, _ in blocks:
             for index, part in slabs(shape, start, stop):
                 self._done[index] = _region(ones[: part.stop - part.start], index)
+        self.faults.in_write("done")
         self._sync()
 
     def close(self) -> None:

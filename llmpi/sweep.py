@@ -6,12 +6,17 @@
 
 Rerunning the same command resumes: points already in the file are never computed again. Exit status:
 0 complete, 1 failed (a rank's error, printed with its traceback), 2 bad input (one message, what to do next),
-75 interrupted by SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable, rerun the same command.
+75 interrupted by SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable: rerun the same command.
+
+This module only wires the layers: the job (config), the numerics (data, checkpoint, directions, evaluate) on
+every rank, the store on rank 0, and the protocol between them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 import time
 import traceback
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 75
+Reply = tuple[int, int, dict[str, np.ndarray]]  # (start, stop, {"loss": ..., "acc": ...}) of a block or its part
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,15 +75,6 @@ def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
     return value
 
 
-@dataclass
-class Plan:
-    """What rank 0 decides and every rank needs (the tasks themselves stay on rank 0)."""
-
-    directions: list[dict[str, np.ndarray]]
-    batch_size: int
-    todo_points: int
-
-
 def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any) -> dict:
     """Everything that determines the stored values, and nothing that does not (ranks, batch size, output)."""
     from .config import to_dict
@@ -98,24 +95,128 @@ def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any) -> dict:
     }
 
 
+@dataclass
+class RankSetup:
+    """What one rank holds once set up: its device, its copy of the data and θ*."""
+
+    device: Any
+    threads: int
+    images: np.ndarray
+    labels: np.ndarray
+    info: Any
+    model: Any
+
+
+@dataclass
+class Plan:
+    """What rank 0 decides and every rank needs (the tasks themselves stay on rank 0)."""
+
+    directions: list[dict[str, np.ndarray]]
+    batch_size: int
+    todo_points: int
+
+
+def setup_rank(job: Any, local_rank: int, local_size: int, faults: Any) -> RankSetup:
+    from . import checkpoint, data, runtime
+
+    faults.at_setup()
+    device = runtime.pick_device(job.runtime.device, local_rank)
+    threads = runtime.pick_threads(job.runtime.threads, local_size)
+    runtime.configure(device, threads)
+    images, labels, info = data.load_images(
+        job.data.dataset, job.data.root, job.data.split, job.data.subset, job.data.seed
+    )
+    model = checkpoint.load_model(job.model.arch, job.model.checkpoint)
+    return RankSetup(device, threads, images, labels, info, model)
+
+
+def open_store(job: Any, grid: Any, r: RankSetup, ranks: int, restart: bool) -> tuple[Any, list, Plan]:
+    """Rank 0: open or create the surface file (making the directions only if it is new) and cut the work."""
+    from . import checkpoint, config, directions, runtime
+    from .grid import auto_block, blocks
+    from .store import SurfaceStore
+
+    def make_directions() -> list[dict[str, np.ndarray]]:
+        weights = {k: v.detach() for k, v in directions.perturbed_entries(r.model, job.directions.type).items()}
+        dirs = directions.random_directions(
+            weights, job.directions.seed, job.directions.norm, job.directions.ignore, count=grid.ndim
+        )
+        return [{k: v.numpy() for k, v in d.items()} for d in dirs]
+
+    fields = fingerprint(job, checkpoint.sha256_file(job.model.checkpoint), r.info)
+    attrs = {
+        "dataset": r.info.describe(),
+        "synthetic": r.info.synthetic,
+        "arch": job.model.arch,
+        "split": job.data.split,
+        "images": r.info.count,
+    }
+    store = SurfaceStore.open(
+        job.output_path,
+        grid,
+        job.data.split,
+        fields,
+        config.to_yaml(job),
+        make_directions,
+        restart=restart,
+        attrs=attrs,
+    )
+    todo = store.todo()
+    block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), ranks)
+    tasks = [(b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(blocks(todo, block))]
+    batch = job.data.batch_size if job.data.batch_size != "auto" else runtime.auto_batch_size(r.device, r.info.count)
+    return store, tasks, Plan(store.directions(), batch, len(todo))
+
+
+def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
+    import torch
+
+    from . import data
+    from .evaluate import Evaluator
+
+    images = data.normalize(r.images, device=r.device)
+    labels = torch.as_tensor(r.labels, device=r.device)
+    dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
+    return Evaluator(r.model.to(r.device), dirs, images, labels, plan.batch_size, kind=job.directions.type)
+
+
+def make_compute(evaluator: Any, faults: Any) -> Callable[[tuple, Callable[[], None]], Reply]:
+    from .protocol import Stopped
+
+    def compute(payload: tuple, check: Callable[[], None]) -> Reply:
+        """Evaluate a block's points; on a stop, hand back the points already finished."""
+        start, stop, coords = payload
+        out = {"loss": np.empty(stop - start), "acc": np.empty(stop - start)}
+        k = 0
+        try:
+            for k, point in enumerate(coords):
+                check()
+                faults.before_point(check)
+                out["loss"][k], out["acc"][k] = evaluator(tuple(point), between_batches=check)
+                faults.after_point(start + k)
+        except Stopped as stopped:
+            if k > 0:
+                stopped.partial = (start, start + k, {name: v[:k] for name, v in out.items()})
+            raise
+        return start, stop, out
+
+    return compute
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mpi4py import MPI
 
-    from . import protocol
+    from . import config, protocol
+    from .faults import Faults
+    from .grid import Grid
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     interrupts = protocol.Interrupts().install()
+    faults = Faults.from_env(rank)
     store = None
     try:
-        import torch
-
-        from . import checkpoint, config, data, directions, runtime
-        from .evaluate import Evaluator
-        from .grid import Grid, auto_block, blocks
-        from .store import SurfaceStore
-
         job = comm.bcast(
             collective(comm, lambda: config.load_job(args.job, args.overrides) if rank == 0 else None, args.debug)
         )
@@ -128,113 +229,43 @@ def main(argv: list[str] | None = None) -> int:
                 f"{size} ranks for a grid of {grid.size} points: use at most {grid.size} ranks "
                 f"(mpirun -n {grid.size}) or a finer grid",
             )
-
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        r = collective(comm, lambda: setup_rank(job, local.Get_rank(), local.Get_size(), faults), args.debug)
+        places = comm.gather((socket.gethostname(), str(r.device), os.getpid()))
 
-        def setup_rank() -> tuple:
-            device = runtime.pick_device(job.runtime.device, local.Get_rank())
-            threads = runtime.pick_threads(job.runtime.threads, local.Get_size())
-            runtime.configure(device, threads)
-            images, labels, info = data.load_images(
-                job.data.dataset, job.data.root, job.data.split, job.data.subset, job.data.seed
-            )
-            model = checkpoint.load_model(job.model.arch, job.model.checkpoint)
-            return device, threads, images, labels, info, model
-
-        device, threads, images_u8, labels_np, info, model = collective(comm, setup_rank, args.debug)
-
-        tasks: list[tuple[int, tuple[int, int, np.ndarray], int]] = []
-
-        def setup_store() -> Plan | None:
-            nonlocal store
+        def rank0_store() -> Plan | None:
+            nonlocal store, tasks
             if rank != 0:
                 return None
-            weights = {k: v.detach() for k, v in directions.perturbed_entries(model, job.directions.type).items()}
-            make = lambda: [
-                {k: v.numpy() for k, v in d.items()}
-                for d in directions.random_directions(
-                    weights, job.directions.seed, job.directions.norm, job.directions.ignore, count=grid.ndim
-                )
-            ]
-            fields = fingerprint(job, checkpoint.sha256_file(job.model.checkpoint), info)
-            attrs = {
-                "dataset": info.describe(),
-                "synthetic": info.synthetic,
-                "arch": job.model.arch,
-                "split": job.data.split,
-                "images": info.count,
-            }
-            store = SurfaceStore.open(
-                job.output_path,
-                grid,
-                job.data.split,
-                fields,
-                config.to_yaml(job),
-                make,
-                restart=args.restart,
-                attrs=attrs,
-            )
-            todo = store.todo()
-            block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), size)
-            tasks.extend((b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(blocks(todo, block)))
-            batch = (
-                job.data.batch_size if job.data.batch_size != "auto" else runtime.auto_batch_size(device, info.count)
-            )
-            return Plan(store.directions(), batch, len(todo))
+            store, tasks, plan = open_store(job, grid, r, size, args.restart)
+            store.faults = faults
+            return plan
 
-        plan = comm.bcast(collective(comm, setup_store, args.debug))
+        tasks: list = []
+        plan = comm.bcast(collective(comm, rank0_store, args.debug))
+        evaluator = collective(comm, lambda: make_evaluator(job, r, plan), args.debug)
+        compute = make_compute(evaluator, faults)
 
-        def setup_evaluator() -> Evaluator:
-            images = data.normalize(images_u8, device=device)
-            labels = torch.as_tensor(labels_np, device=device)
-            dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
-            return Evaluator(model.to(device), dirs, images, labels, plan.batch_size, kind=job.directions.type)
-
-        evaluator = collective(comm, setup_evaluator, args.debug)
-
-        from .faults import Faults
-
-        faults = Faults.from_env(rank)
-
-        def compute(payload: tuple, check: Callable[[], None]) -> tuple[int, int, dict[str, np.ndarray]]:
-            """Evaluate a block's points; on a stop, hand back the points already finished."""
-            start, stop, coords = payload
-            out = {"loss": np.empty(stop - start), "acc": np.empty(stop - start)}
-            k = 0
-            try:
-                for k, point in enumerate(coords):
-                    check()
-                    faults.before_point()
-                    out["loss"][k], out["acc"][k] = evaluator(tuple(point), between_batches=check)
-            except protocol.Stopped as stopped:
-                if k > 0:
-                    stopped.partial = (start, start + k, {name: v[:k] for name, v in out.items()})
-                raise
-            return start, stop, out
-
-        todo_points = plan.todo_points
-        progress = Progress(grid.size, grid.size - todo_points, info.count) if rank == 0 else None
-
-        if rank == 0:
-            print(
-                f"llmpi sweep {job.name}: {job.model.arch} on {info.describe()}; "
-                f"grid {'x'.join(map(str, grid.shape[::-1]))}"
-                f" = {grid.size} points, {grid.size - todo_points} already done; {size} rank(s) on {device.type}, "
-                f"{threads} thread(s) each, batch {plan.batch_size} -> {job.output}",
-                flush=True,
-            )
-
-        def commit(results: list[tuple[int, tuple[int, int, dict[str, np.ndarray]]]]) -> None:
-            store.write([reply for _, reply in results])
-            progress.update(sum(stop - start for _, (start, stop, _) in results))
-
-        outcome = protocol.run(comm, tasks, compute, commit, interrupts)
         if rank != 0:
+            outcome = protocol.run(comm, [], compute, lambda results: None, interrupts)
             return {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED}.get(outcome.state, EXIT_FAILED)
-        progress.close()
+
+        log = RunLog(job, grid.size, grid.size - plan.todo_points, r.info.count, places)
+        print(
+            f"llmpi sweep {job.name}: {job.model.arch} on {r.info.describe()}; grid "
+            f"{'x'.join(map(str, grid.shape[::-1]))} = {grid.size} points, {log.done} already done; {size} rank(s) "
+            f"on {r.device.type}, {r.threads} thread(s) each, batch {plan.batch_size} -> {job.output}",
+            flush=True,
+        )
+
+        def commit(results: list[tuple[int, Reply]]) -> None:
+            store.write([reply for _, reply in results])
+            log.advance(sum(stop - start for _, (start, stop, _) in results))
+
+        outcome = protocol.run(comm, tasks, compute, commit, interrupts, progress=log.checkpoint)
         store.close()
         store = None
-        return report(outcome, job, progress, size, comm)
+        return log.finish(outcome, comm)
     except SetupFailed as e:
         if rank == 0:
             print(f"llmpi: error: {e}", file=sys.stderr, flush=True)
@@ -244,52 +275,30 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
 
 
-def report(outcome: Any, job: Any, progress: Progress, size: int, comm: Any) -> int:
-    from . import protocol
+class RunLog:
+    """Rank 0's account of the run: a tqdm bar on a terminal (else a line every ``every`` s), the final summary,
+    and ``<output>.run.json`` for ``python -m llmpi.status`` (rewritten atomically every ``every_json`` s)."""
 
-    if outcome.state == protocol.FAILED:
-        print(
-            f"llmpi: error: the sweep failed; every point finished before the failure is kept in {job.output}.\n"
-            f"{outcome.error}",
-            file=sys.stderr,
-            flush=True,
-        )
-        code = EXIT_FAILED
-    elif outcome.state == protocol.INTERRUPTED:
-        print(
-            f"llmpi: interrupted ({outcome.reason}) with {progress.done} of {progress.total} points done; "
-            f"rerun the same command to resume",
-            file=sys.stderr,
-            flush=True,
-        )
-        code = EXIT_INTERRUPTED
-    else:
-        print(progress.summary(size, job.output), flush=True)
-        code = EXIT_OK
-    if outcome.unresponsive:
-        print(
-            f"llmpi: ranks {outcome.unresponsive} did not stop in time; aborting them",
-            file=sys.stderr,
-            flush=True,
-        )
-        comm.Abort(code or EXIT_FAILED)
-    return code
-
-
-class Progress:
-    """A tqdm bar on a terminal; otherwise a log line every ``every`` seconds. Rank 0 only."""
-
-    def __init__(self, total: int, done: int, images: int, every: float = 10.0) -> None:
-        self.total, self.done, self.images, self.every = total, done, images, every
+    def __init__(
+        self, job: Any, total: int, done: int, images: int, places: list, every: float = 10.0, every_json: float = 2.0
+    ) -> None:
+        self.job, self.total, self.done, self.images, self.places = job, total, done, images, places
+        self.every, self.every_json = every, every_json
         self.start_done = done
-        self.t0 = self.last_line = time.monotonic()
+        self.t0 = self.last_line = self.last_json = time.monotonic()
+        self.started = time.strftime("%Y-%m-%d %H:%M:%S")
         self.bar = None
         if sys.stderr.isatty() and done < total:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=done, unit="pt", desc="llmpi", dynamic_ncols=True)
+        self.write_json("running", None)
 
-    def update(self, new_points: int) -> None:
+    @property
+    def rate(self) -> float:
+        return (self.done - self.start_done) / max(time.monotonic() - self.t0, 1e-9)
+
+    def advance(self, new_points: int) -> None:
         self.done += new_points
         if self.bar is not None:
             self.bar.update(new_points)
@@ -297,29 +306,98 @@ class Progress:
         now = time.monotonic()
         if now - self.last_line >= self.every:
             self.last_line = now
-            rate = (self.done - self.start_done) / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta = (self.total - self.done) / self.rate if self.rate > 0 else float("inf")
             print(
-                f"llmpi: {self.done}/{self.total} points, {rate:.2f} points/s, ETA {_duration(eta)}",
+                f"llmpi: {self.done}/{self.total} points, {self.rate:.2f} points/s, ETA {duration(eta)}",
                 file=sys.stderr,
                 flush=True,
             )
 
-    def close(self) -> None:
+    def checkpoint(self, outcome: Any) -> None:
+        if time.monotonic() - self.last_json >= self.every_json:
+            self.write_json("running", outcome)
+
+    def write_json(self, state: str, outcome: Any, extra: dict | None = None) -> None:
+        from .store import write_run_info
+
+        self.last_json = time.monotonic()
+        rate = self.rate
+        per_rank = []
+        for i, (host, device, pid) in enumerate(self.places):
+            s = outcome.stats.get(i, {}) if outcome is not None else {}
+            per_rank.append(
+                {
+                    "rank": i,
+                    "host": host,
+                    "device": device,
+                    "pid": pid,
+                    "blocks": s.get("blocks", 0),
+                    "points": s.get("points", 0),
+                    "seconds": round(s.get("seconds", 0.0), 3),
+                }
+            )
+        info = {
+            "state": state,
+            "job": self.job.name,
+            "started": self.started,
+            "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "ranks": len(self.places),
+            "points_total": self.total,
+            "points_done": self.done,
+            "points_this_run": self.done - self.start_done,
+            "points_per_second": rate,
+            "images_per_point": self.images,
+            "eta_seconds": (self.total - self.done) / rate if rate > 0 else None,
+            "per_rank": per_rank,
+            **(extra or {}),
+        }
+        try:
+            write_run_info(self.job.output_path, info)
+        except OSError as e:  # progress reporting must never fail a sweep
+            print(f"llmpi: warning: cannot write {self.job.output}.run.json ({e})", file=sys.stderr)
+
+    def finish(self, outcome: Any, comm: Any) -> int:
+        from . import protocol
+
         if self.bar is not None:
             self.bar.close()
+        extra = {"reason": outcome.reason, "error": outcome.error, "duplicates_dropped": outcome.duplicates}
+        self.write_json(outcome.state, outcome, extra)
+        if outcome.state == protocol.FAILED:
+            print(
+                f"llmpi: error: the sweep failed; every point finished before the failure is kept in "
+                f"{self.job.output}; fix the cause and rerun the same command to resume.\n{outcome.error}",
+                file=sys.stderr,
+                flush=True,
+            )
+            code = EXIT_FAILED
+        elif outcome.state == protocol.INTERRUPTED:
+            print(
+                f"llmpi: interrupted ({outcome.reason}) with {self.done} of {self.total} points done; "
+                f"rerun the same command to resume",
+                file=sys.stderr,
+                flush=True,
+            )
+            code = EXIT_INTERRUPTED
+        else:
+            seconds = time.monotonic() - self.t0
+            points = self.done - self.start_done
+            print(
+                f"llmpi: {points} points in {seconds:.1f} s ({self.rate:.2f} points/s, "
+                f"{self.rate * self.images:.0f} images/s) on {len(self.places)} rank(s); {self.done}/{self.total} "
+                f"done -> {self.job.output}",
+                flush=True,
+            )
+            code = EXIT_OK
+        if outcome.unresponsive:
+            print(
+                f"llmpi: ranks {outcome.unresponsive} did not stop in time; aborting them", file=sys.stderr, flush=True
+            )
+            comm.Abort(code or EXIT_FAILED)
+        return code
 
-    def summary(self, ranks: int, output: str) -> str:
-        seconds = time.monotonic() - self.t0
-        points = self.done - self.start_done
-        rate = points / max(seconds, 1e-9)
-        return (
-            f"llmpi: {points} points in {seconds:.1f} s ({rate:.2f} points/s, {rate * self.images:.0f} images/s) "
-            f"on {ranks} rank(s); {self.done}/{self.total} done -> {output}"
-        )
 
-
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds == float("inf"):
         return "?"
     m, s = divmod(int(seconds), 60)
