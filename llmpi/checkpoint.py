@@ -46,17 +46,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"checkpoint {path} does not exist; train one with `python -m llmpi.train jobs/train/<arch>.yaml` "
             f"or set model.checkpoint"
         )
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a pickle (protocol 2+)
+        raise CheckpointError(f"checkpoint {path} cannot be read: it is not a torch.save file (it starts {head!r})")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        text = str(e)
+        reason = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].strip()
         raise CheckpointError(
-            f"checkpoint {path} was refused: it is not a plain tensor file (torch.load weights_only=True says: "
-            f"{str(e).splitlines()[0]}). llmpi never runs code from checkpoints; re-save it as "
-            f"torch.save({{'state_dict': model.state_dict()}}, path)"
+            f"checkpoint {path} was refused: it is not a plain tensor file that loads without running code "
+            f"(weights_only=True: {' '.join(reason.split()) or 'rejected'}). llmpi never runs code from checkpoints; "
+            f"if the file is yours, re-save it as torch.save({{'state_dict': model.state_dict()}}, path)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); is it a torch.save file?"
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); is it a complete torch.save file?"
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
