@@ -35,6 +35,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check llmpi tests bench
 	$(VENV)/bin/ruff format --check llmpi tests bench
 
+# The kill -9 fault suite with many more seeded trials than `make test` runs.
+soak: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" LLMPI_KILL_TRIALS=$${TRIALS:-200} $(PY) -m pytest -q -ra tests/test_faults.py -k kill_9
+
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench
 
