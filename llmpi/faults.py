@@ -6,7 +6,7 @@
     LLMPI_FAULT="kill:stage=done:after=2"       the writer SIGKILLs itself inside its 2nd block write, at a stage:
                                                 values (half the slabs written), between (values written, done
                                                 not), done (done flags written, not yet fsync'd)
-    LLMPI_FAULT="trace:path=/tmp/points"        every rank appends the flat index of each point it finishes
+    LLMPI_FAULT="trace:path=/tmp/points"        every rank appends "rank flat-index" for each point it finishes
                                                 (how the fault benchmark counts recomputed work)
     LLMPI_FAULT="slow:rank=1:seconds=0.1,raise:rank=0:after=5"   several, comma-separated
 
@@ -35,13 +35,14 @@ class Faults:
     kill_stage: str | None = None
     kill_after: int = 1
     trace: str | None = None
+    rank: int = 0
     points: int = 0
     writes: int = 0
 
     @classmethod
     def from_env(cls, rank: int, text: str | None = None) -> Faults:
         text = os.environ.get("LLMPI_FAULT", "") if text is None else text
-        faults = cls()
+        faults = cls(rank=rank)
         for item in filter(None, (part.strip() for part in text.split(","))):
             kind, *fields = item.split(":")
             opts = dict(f.split("=", 1) for f in fields)
@@ -83,7 +84,7 @@ class Faults:
     def after_point(self, index: int) -> None:
         if self.trace is not None:
             with open(self.trace, "a") as f:
-                f.write(f"{index}\n")
+                f.write(f"{self.rank} {index}\n")
 
     def in_write(self, stage: str) -> None:
         """Called by the store at each stage of a block write; ``start`` counts the writes."""

@@ -90,12 +90,13 @@ def run_and_kill(
     output: Path,
     rng: random.Random,
     ranks: int = 3,
-    slow: float = 0.08,
+    slow: float = 0.15,
     trace: Path | None = None,
     timeout: float = 120,
+    modes: tuple[str, ...] = ("time", "time", "time", "values", "between", "done"),
 ) -> Killed:
     """One sweep killed once: either a random rank at a random moment, or the writer inside a block write."""
-    mode = rng.choice(["time", "time", "time", "values", "between", "done"])
+    mode = rng.choice(modes)
     faults = [f"slow:seconds={slow}"]
     if mode != "time":
         faults.append(f"kill:stage={mode}:after={rng.randint(1, 4)}")
