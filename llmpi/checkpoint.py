@@ -1,12 +1,15 @@
 """Checkpoints: the trained minimiser θ*, loaded safely and matched to its architecture.
 
 Accepted: a bare state_dict, or a dict holding one under 'state_dict' (the paper's code, ``llmpi.train``);
-parameter names may carry DataParallel's ``module.`` or torch.compile's ``_orig_mod.`` prefix. Files are read with
-``weights_only=True``: a pickle that would run code is refused, never executed.
+parameter names may carry DataParallel's/DDP's ``module.`` or torch.compile's ``_orig_mod.`` prefix, in either
+order. Files are read with ``weights_only=True``: a pickle that would run code is refused, never executed.
+Checkpoints from PyTorch before 0.4.1 (the paper's era) lack BatchNorm's ``num_batches_tracked`` counters; those
+are filled in with 0 (the counter only matters for BatchNorm with ``momentum=None``, which no network here uses).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 from pathlib import Path
@@ -17,6 +20,7 @@ from torch import nn
 from .errors import CheckpointError
 
 PREFIXES = ("module.", "_orig_mod.")
+BN_COUNTER = "num_batches_tracked"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -73,19 +77,41 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _strip_prefixes(dict(obj))
 
 
-def _fits(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
-    own = model.state_dict()
-    return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
+def _with_bn_counters(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` plus a zero ``num_batches_tracked`` for each BatchNorm whose statistics it has but not its counter."""
+    filled = dict(state)
+    for key in own:
+        module, _, leaf = key.rpartition(".")
+        if leaf == BN_COUNTER and key not in state and f"{module}.running_mean" in state:
+            filled[key] = torch.zeros((), dtype=own[key].dtype)
+    return filled
+
+
+@functools.cache
+def _signature(arch: str) -> dict[str, tuple[int, ...]]:
+    """Parameter and buffer names of ``arch`` with their shapes; built once on the meta device (no memory)."""
+    from .models import build
+
+    with torch.device("meta"):
+        model = build(arch)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _fits(arch: str, state: dict[str, torch.Tensor]) -> bool:
+    own = _signature(arch)
+    optional = {k for k in own if k.rpartition(".")[2] == BN_COUNTER and k not in state}
+    return state.keys() == own.keys() - optional and all(tuple(v.shape) == own[k] for k, v in state.items())
 
 
 def arch_that_fits(state: dict[str, torch.Tensor]) -> str | None:
-    """The registered architecture whose parameters match ``state`` exactly, built on the meta device (cheap)."""
+    """The registered architecture whose parameters match ``state`` exactly (names and shapes), or None.
+
+    The signatures are built once per process on the meta device, so asking again costs a dict comparison.
+    """
     from .models import REGISTRY
 
-    for name, builder in sorted(REGISTRY.items()):
-        with torch.device("meta"):
-            model = builder()
-        if _fits(model, state):
+    for name in sorted(REGISTRY):
+        if _fits(name, state):
             return name
     return None
 
@@ -93,6 +119,7 @@ def arch_that_fits(state: dict[str, torch.Tensor]) -> str | None:
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: str | Path) -> None:
     """Copy ``state`` into ``model`` strictly; on a mismatch name the missing/unexpected keys and the right arch."""
     own = model.state_dict()
+    given, state = state, _with_bn_counters(state, own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [
@@ -112,7 +139,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path:
             parts.append(f"unexpected keys: {few(unexpected)}")
         if wrong:
             parts.append(f"shape mismatches: {few(wrong)}")
-        fit = arch_that_fits(state)
+        fit = arch_that_fits(given)
         advice = f"it fits arch {fit!r}: set model.arch: {fit}" if fit else "no known arch fits it"
         raise CheckpointError(f"checkpoint {path} does not fit arch {arch!r} ({'; '.join(parts)}); {advice}")
     model.load_state_dict(state, strict=True)
@@ -122,6 +149,10 @@ def load_model(arch: str, path: str | Path) -> nn.Module:
     """A network of ``arch`` holding the checkpoint's weights, on the CPU, in eval mode."""
     from .models import build
 
-    model = build(arch)
+    # Built without initialising (meta, then uninitialised CPU memory): the strict load below overwrites every
+    # parameter and buffer, and initialising 50M parameters first would cost every rank seconds.
+    with torch.device("meta"):
+        model = build(arch)
+    model = model.to_empty(device="cpu")
     load_into(model, read_state_dict(path), arch, path)
     return model.eval()

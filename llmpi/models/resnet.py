@@ -1,9 +1,12 @@
-"""CIFAR ResNets (He et al. 2016) with and without shortcut connections, as in the paper's experiments.
+"""CIFAR ResNets (He et al. 2016) and their wide versions, with and without shortcut connections.
 
-Depth 6n+2: a 3x3 stem with 16 channels, three stages of n basic blocks (16, 32, 64 channels; stride 2 between
-stages), global average pooling, a linear classifier. Where a block changes shape the shortcut is a 1x1
-convolution with BatchNorm (``shortcut.0``, ``shortcut.1``). The ``_noshort`` variants drop the shortcut, which is
-what makes the paper's loss surfaces chaotic.
+Depth 6n+2: a 3x3 stem with 16k channels, three stages of n basic blocks (16k, 32k, 64k channels; stride 2
+between stages), global average pooling, a linear classifier; k = 1 is the plain ResNet, k > 1 the paper's
+Wide-ResNets (``wrn56_4`` is depth 56 with 4x the filters). Where a block changes shape the shortcut is a 1x1
+convolution with BatchNorm (``shortcut.0``, ``shortcut.1``; He et al.'s option B, which is why ``resnet20`` has
+0.272M parameters where their option-A table says 0.27M). The ``_noshort`` variants have no shortcut at all --
+no ``shortcut`` module either, so their state_dicts hold exactly the paper's keys -- and that missing identity
+path is what makes the paper's deep loss surfaces chaotic.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from torch import nn
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm; out = relu(bn2(conv2(relu(bn1(conv1 x)))) [+ shortcut x])."""
+
+    expansion = 1
+
     def __init__(self, cin: int, cout: int, stride: int, shortcut: bool) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -22,12 +29,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.use_shortcut = shortcut
         if shortcut:
-            projection = stride != 1 or cin != cout
-            self.shortcut = (
-                nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-                if projection
-                else nn.Sequential()
-            )
+            self.shortcut = projection(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -35,6 +37,23 @@ class BasicBlock(nn.Module):
         if self.use_shortcut:
             out = out + self.shortcut(x)
         return F.relu(out)
+
+
+def projection(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """The shortcut path: the identity (an empty Sequential, no parameters) unless the shape changes."""
+    if stride == 1 and cin == cout:
+        return nn.Sequential()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+
+def global_average(x: torch.Tensor) -> torch.Tensor:
+    """Average each channel over its whole map, (N, C, H, W) -> (N, C).
+
+    The paper's code pools with a fixed kernel (8x8, or 4x4 for the 4-stage nets) that equals the final map on
+    32x32 images; the same pooling kernel over the whole map gives bit-identical outputs there, and any image
+    size works.
+    """
+    return F.avg_pool2d(x, x.shape[-2:]).flatten(1)
 
 
 class CifarResNet(nn.Module):
@@ -56,7 +75,7 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = global_average(out)
         return self.linear(out)
 
 
@@ -71,8 +90,20 @@ BUILDERS = {
     "resnet8_noshort": _depth(8, False),
     "resnet20": _depth(20, True),
     "resnet20_noshort": _depth(20, False),
+    "resnet32_noshort": _depth(32, False),
+    "resnet44_noshort": _depth(44, False),
+    # The paper's name: depth 50 of this 16-channel CIFAR family, not the 4-stage bottleneck resnet50.
+    "resnet50_16_noshort": _depth(50, False),
     "resnet56": _depth(56, True),
     "resnet56_noshort": _depth(56, False),
     "resnet110": _depth(110, True),
     "resnet110_noshort": _depth(110, False),
+    "wrn56_2": _depth(56, True, 2),
+    "wrn56_2_noshort": _depth(56, False, 2),
+    "wrn56_4": _depth(56, True, 4),
+    "wrn56_4_noshort": _depth(56, False, 4),
+    "wrn56_8": _depth(56, True, 8),
+    "wrn56_8_noshort": _depth(56, False, 8),
+    "wrn110_2_noshort": _depth(110, False, 2),
+    "wrn110_4_noshort": _depth(110, False, 4),
 }
