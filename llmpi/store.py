@@ -5,9 +5,9 @@
     surface = read_surface("surfaces/vgg56.h5")                           # anyone, any time
 
 Layout (compatible with the paper's plotting scripts): ``xcoordinates`` (nx,), ``ycoordinates`` (ny,) float64;
-``<split>_loss``, ``<split>_acc`` float64 of shape (ny, nx) -- ``[j, i]`` is the point (x[i], y[j]) -- or (nx,) in
-1D, NaN where not computed; ``done`` uint8, the only record of what is computed; ``directions/x/<entry>``,
-``directions/y/<entry>`` float32; root attributes ``job`` (resolved YAML), ``fingerprint`` and
+value datasets (``<split>_loss``, ``<split>_acc``, ...) float64 of shape (ny, nx) -- ``[j, i]`` is the point
+(x[i], y[j]) -- or (nx,) in 1D, NaN where not computed; ``done`` uint8, the only record of what is computed;
+``directions/x/<entry>``, ``directions/y/<entry>`` float32; root attributes ``job`` (resolved YAML), ``fingerprint`` and
 ``fingerprint_fields`` (what determines the values), ``llmpi_version``.
 
 Crash safety, by construction rather than by luck:
@@ -52,7 +52,7 @@ from .faults import NONE as NO_FAULTS
 from .faults import Faults
 from .grid import Grid, slabs
 
-VALUES = ("loss", "acc")
+NOT_VALUES = ("xcoordinates", "ycoordinates", "done")
 
 
 def fingerprint_digest(fields: dict) -> str:
@@ -185,8 +185,10 @@ def read_surface(path: str | Path) -> Surface:
             raise StoreError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
         x = f["xcoordinates"][()]
         y = f["ycoordinates"][()] if "ycoordinates" in f else None
-        values = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset) and k.split("_", 1)[-1] in VALUES}
         shape = (len(x),) if y is None else (len(y), len(x))
+        values = {
+            k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset) and k not in NOT_VALUES and f[k].shape == shape
+        }
         if "done" in f:
             done = f["done"][()].astype(bool)
         else:  # a file from the paper's code: no mask, so a finite value is the only evidence
@@ -199,11 +201,10 @@ def read_surface(path: str | Path) -> Surface:
 class SurfaceStore:
     """The single writer of one surface file (rank 0 only)."""
 
-    def __init__(self, path: Path, file: h5py.File, grid: Grid, split: str, lock: WriterLock) -> None:
-        self.path, self.f, self.grid, self.split, self.lock = path, file, grid, split, lock
+    def __init__(self, path: Path, file: h5py.File, grid: Grid, names: Sequence[str], lock: WriterLock) -> None:
+        self.path, self.f, self.grid, self.names, self.lock = path, file, grid, tuple(names), lock
         self.faults: Faults = NO_FAULTS  # the fault tests set this to kill the writer inside a write
-        self.names = {v: f"{split}_{v}" for v in VALUES}
-        self._datasets = {v: file[n] for v, n in self.names.items()}
+        self._datasets = {n: file[n] for n in self.names}
         self._done = file["done"]
         self._fd = file.id.get_vfd_handle()
 
@@ -214,7 +215,7 @@ class SurfaceStore:
         cls,
         path: str | Path,
         grid: Grid,
-        split: str,
+        names: Sequence[str],
         fingerprint: dict,
         job_yaml: str,
         make_directions: Callable[[], Sequence[dict[str, np.ndarray]]],
@@ -237,17 +238,17 @@ class SurfaceStore:
         lock.acquire(path)
         try:
             if path.exists() and not restart:
-                cls._check(path, grid, split, fingerprint)
+                cls._check(path, grid, names, fingerprint)
             else:
-                cls._create(path, grid, split, fingerprint, job_yaml, make_directions(), attrs or {})
+                cls._create(path, grid, names, fingerprint, job_yaml, make_directions(), attrs or {})
             file = h5py.File(path, "r+", locking=False)
         except BaseException:
             lock.release()
             raise
-        return cls(path, file, grid, split, lock)
+        return cls(path, file, grid, names, lock)
 
     @staticmethod
-    def _check(path: Path, grid: Grid, split: str, fingerprint: dict) -> None:
+    def _check(path: Path, grid: Grid, names: Sequence[str], fingerprint: dict) -> None:
         try:
             f = h5py.File(path, "r", locking=False)
         except OSError:
@@ -269,18 +270,18 @@ class SurfaceStore:
                     f"output {path} holds another job's surface ({'; '.join(diff)}). Choose another output "
                     f"(--set output=...), or pass --restart to start it anew (its computed points are lost)"
                 )
-            expected = {"done": grid.shape, f"{split}_loss": grid.shape, f"{split}_acc": grid.shape}
-            for name, shape in expected.items():
-                if name not in f or f[name].shape != shape:
+            for name in ("done", *names):
+                if name not in f or f[name].shape != grid.shape:
                     raise StoreError(
-                        f"output {path} is damaged: dataset {name!r} missing or not of shape {shape}; pass --restart"
+                        f"output {path} is damaged: dataset {name!r} missing or not of shape {grid.shape}; "
+                        f"pass --restart"
                     )
 
     @staticmethod
     def _create(
         path: Path,
         grid: Grid,
-        split: str,
+        names: Sequence[str],
         fingerprint: dict,
         job_yaml: str,
         directions: Sequence[dict[str, np.ndarray]],
@@ -292,8 +293,8 @@ class SurfaceStore:
                 f.create_dataset("xcoordinates", data=np.asarray(grid.x, dtype=np.float64), track_times=False)
                 if grid.y is not None:
                     f.create_dataset("ycoordinates", data=np.asarray(grid.y, dtype=np.float64), track_times=False)
-                for v in VALUES:  # writing the NaNs now allocates the contiguous storage the sweep overwrites
-                    f.create_dataset(f"{split}_{v}", data=np.full(grid.shape, np.nan), track_times=False)
+                for name in names:  # writing the NaNs now allocates the contiguous storage the sweep overwrites
+                    f.create_dataset(name, data=np.full(grid.shape, np.nan), track_times=False)
                 f.create_dataset("done", data=np.zeros(grid.shape, np.uint8), track_times=False)
                 group = f.create_group("directions", track_order=True)
                 for axis, direction in zip("xy", directions):
@@ -334,7 +335,7 @@ class SurfaceStore:
         os.fsync(self._fd)
 
     def write(self, blocks: Sequence[tuple[int, int, dict[str, np.ndarray]]]) -> None:
-        """Store computed blocks ``(start, stop, {value name: array})``: values first, then their done flags."""
+        """Store computed blocks ``(start, stop, {dataset name: array})``: values first, then their done flags."""
         if not blocks:
             return
         shape = self.grid.shape

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 75
-Reply = tuple[int, int, dict[str, np.ndarray]]  # (start, stop, {"loss": ..., "acc": ...}) of a block or its part
+Reply = tuple[int, int, dict[str, np.ndarray]]  # (start, stop, {"train_loss": ..., ...}) of a block or its part
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -151,10 +151,11 @@ def open_store(job: Any, grid: Any, r: RankSetup, ranks: int, restart: bool) -> 
         "split": job.data.split,
         "images": r.info.count,
     }
+    names = [f"{job.data.split}_loss", f"{job.data.split}_acc"]
     store = SurfaceStore.open(
         job.output_path,
         grid,
-        job.data.split,
+        names,
         fields,
         config.to_yaml(job),
         make_directions,
@@ -180,19 +181,19 @@ def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
     return Evaluator(r.model.to(r.device), dirs, images, labels, plan.batch_size, kind=job.directions.type)
 
 
-def make_compute(evaluator: Any, faults: Any) -> Callable[[tuple, Callable[[], None]], Reply]:
+def make_compute(evaluator: Any, names: list[str], faults: Any) -> Callable[[tuple, Callable[[], None]], Reply]:
     from .protocol import Stopped
 
     def compute(payload: tuple, check: Callable[[], None]) -> Reply:
         """Evaluate a block's points; on a stop, hand back the points already finished."""
         start, stop, coords = payload
-        out = {"loss": np.empty(stop - start), "acc": np.empty(stop - start)}
+        out = {name: np.empty(stop - start) for name in names}
         k = 0
         try:
             for k, point in enumerate(coords):
                 check()
                 faults.before_point(check)
-                out["loss"][k], out["acc"][k] = evaluator(tuple(point), between_batches=check)
+                out[names[0]][k], out[names[1]][k] = evaluator(tuple(point), between_batches=check)
                 faults.after_point(start + k)
         except Stopped as stopped:
             if k > 0:
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks: list = []
         plan = comm.bcast(collective(comm, rank0_store, args.debug))
         evaluator = collective(comm, lambda: make_evaluator(job, r, plan), args.debug)
-        compute = make_compute(evaluator, faults)
+        compute = make_compute(evaluator, [f"{job.data.split}_loss", f"{job.data.split}_acc"], faults)
 
         if rank != 0:
             outcome = protocol.run(comm, [], compute, lambda results: None, interrupts)

@@ -28,12 +28,14 @@ def directions():
 
 def open_store(path, fp=FP, grid=None, restart=False):
     grid = grid or Grid.from_spec((-1, 1, 5), (0, 2, 3))
-    return SurfaceStore.open(path, grid, "train", fp, "name: t\n", directions, restart=restart, attrs={"arch": "r8"})
+    return SurfaceStore.open(
+        path, grid, ["train_loss", "train_acc"], fp, "name: t\n", directions, restart=restart, attrs={"arch": "r8"}
+    )
 
 
 def test_layout_is_the_papers(tmp_path):
     store = open_store(tmp_path / "s.h5")
-    store.write([(3, 9, {"loss": np.arange(3, 9) + 0.5, "acc": np.full(6, 50.0)})])
+    store.write([(3, 9, {"train_loss": np.arange(3, 9) + 0.5, "train_acc": np.full(6, 50.0)})])
     store.close()
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert np.array_equal(f["xcoordinates"][()], np.linspace(-1, 1, 5))
@@ -51,12 +53,12 @@ def test_layout_is_the_papers(tmp_path):
 def test_resume_keeps_done_points_and_directions(tmp_path):
     store = open_store(tmp_path / "s.h5")
     first = store.directions()
-    store.write([(0, 4, {"loss": np.ones(4), "acc": np.ones(4)})])
+    store.write([(0, 4, {"train_loss": np.ones(4), "train_acc": np.ones(4)})])
     store.close()
     store = SurfaceStore.open(
         tmp_path / "s.h5",
         Grid.from_spec((-1, 1, 5), (0, 2, 3)),
-        "train",
+        ["train_loss", "train_acc"],
         FP,
         "",
         lambda: pytest.fail("directions must not be regenerated on resume"),
@@ -115,7 +117,10 @@ def test_block_writes_touch_only_preallocated_raw_data(tmp_path):
     assert all(offset is not None for offset, _ in regions)  # contiguous and allocated at creation
     store = open_store(path)
     store.write(
-        [(0, 7, {"loss": np.arange(7.0), "acc": np.arange(7.0)}), (9, 15, {"loss": np.ones(6), "acc": np.ones(6)})]
+        [
+            (0, 7, {"train_loss": np.arange(7.0), "train_acc": np.arange(7.0)}),
+            (9, 15, {"train_loss": np.ones(6), "train_acc": np.ones(6)}),
+        ]
     )
     store.close()
     after = path.read_bytes()
@@ -131,7 +136,7 @@ def test_block_writes_touch_only_preallocated_raw_data(tmp_path):
 def test_one_writer_and_readers_while_writing(tmp_path):
     path = tmp_path / "s.h5"
     store = open_store(path)
-    store.write([(0, 2, {"loss": np.ones(2), "acc": np.ones(2)})])
+    store.write([(0, 2, {"train_loss": np.ones(2), "train_acc": np.ones(2)})])
     assert WriterLock.is_held(path)
     with pytest.raises(StoreError, match=r"another live sweep \(host .*, pid \d+"):
         open_store(path)
@@ -158,8 +163,8 @@ def test_stale_lock_from_a_dead_process_does_not_block(tmp_path):
 
 def test_one_dimensional_file(tmp_path):
     grid = Grid.from_spec((-1, 1, 7), None)
-    store = SurfaceStore.open(tmp_path / "l.h5", grid, "test", FP, "", lambda: directions()[:1])
-    store.write([(2, 5, {"loss": np.array([1.0, 2.0, 3.0]), "acc": np.zeros(3)})])
+    store = SurfaceStore.open(tmp_path / "l.h5", grid, ["test_loss", "test_acc"], FP, "", lambda: directions()[:1])
+    store.write([(2, 5, {"test_loss": np.array([1.0, 2.0, 3.0]), "test_acc": np.zeros(3)})])
     store.close()
     s = read_surface(tmp_path / "l.h5")
     assert s.y is None and s.values["test_loss"].shape == (7,) and s.values["test_loss"][3] == 2.0
