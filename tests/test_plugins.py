@@ -53,7 +53,7 @@ def test_bad_paths_name_key_and_path(userpkg, spec, message):
 
 def test_factory_that_raises(userpkg):
     with pytest.raises(
-        JobError, match=r"data.factory: 'userpkg.nets:broken' raised ValueError: no such width \(.*nets.py:5\)"
+        JobError, match=r"data.factory: 'userpkg.nets:broken' raised ValueError: no such width \(.*nets.py:6\)"
     ):
         call("userpkg.nets:broken", "data.factory")
 
