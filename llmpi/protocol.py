@@ -111,6 +111,34 @@ class _Backoff:
         time.sleep(self.delay)
 
 
+class _Outbox:
+    """Non-blocking sends, kept until MPI completes them.
+
+    Rank 0 sends to itself (coordinator thread <-> worker thread), and MPICH completes a send to self only when the
+    matching receive is posted: two blocking sends between the threads would wait on each other forever. Every
+    send here is therefore an ``isend`` whose request (and pickled buffer) is held until it completes; MPI's
+    non-overtaking rule still delivers the messages of one sender to one receiver in order.
+    """
+
+    def __init__(self, comm: MPI.Comm) -> None:
+        self.comm, self.pending = comm, []
+
+    def send(self, body: Any, dest: int, tag: int) -> None:
+        self.pending.append(self.comm.isend(body, dest=dest, tag=tag))
+        self.prune()
+
+    def prune(self) -> None:
+        self.pending = [r for r in self.pending if not r.Test()]
+
+    def drain(self, seconds: float) -> bool:
+        """Wait (polling) up to ``seconds`` for every send to complete; False if some never did."""
+        deadline, backoff = time.monotonic() + seconds, _Backoff()
+        while self.pending and time.monotonic() < deadline:
+            self.prune()
+            backoff.wait()
+        return not self.pending
+
+
 def _receive(comm: MPI.Comm, source: int) -> tuple[int, int, Any] | None:
     """One pending message (source, tag, body) if there is one, without blocking."""
     status = MPI.Status()
@@ -143,6 +171,7 @@ def work(
     """Compute blocks as they come until STOP; returns the coordinator's reason (complete/interrupted/failed)."""
     state = _WorkerState()
     me = where(up)
+    outbox = _Outbox(up)
 
     def pump() -> None:
         while (m := _receive(down, COORDINATOR)) is not None:
@@ -156,7 +185,8 @@ def work(
                 state.stop = body[0]
         if interrupts.requested and not state.signalled:
             state.signalled = True
-            up.send((interrupts.requested,), dest=COORDINATOR, tag=SIGNAL)
+            outbox.send((interrupts.requested,), dest=COORDINATOR, tag=SIGNAL)
+        outbox.prune()
 
     def check() -> None:
         pump()
@@ -187,18 +217,19 @@ def work(
             reply = compute(payload, check)
         except Stopped as stop:
             if stop.partial is not None:
-                up.send((block_id, stop.partial), dest=COORDINATOR, tag=PARTIAL)
+                outbox.send((block_id, stop.partial), dest=COORDINATOR, tag=PARTIAL)
             break
         except Cancelled:
             continue
         except Exception:
-            up.send((me, traceback.format_exc()), dest=COORDINATOR, tag=ERROR)
+            outbox.send((me, traceback.format_exc()), dest=COORDINATOR, tag=ERROR)
             failed = True  # wait for the coordinator's STOP; compute nothing more
             continue
         finally:
             state.current = None
-        up.send((block_id, reply, time.perf_counter() - started), dest=COORDINATOR, tag=RESULT)
-    up.send((), dest=COORDINATOR, tag=BYE)
+        outbox.send((block_id, reply, time.perf_counter() - started), dest=COORDINATOR, tag=RESULT)
+    outbox.send((), dest=COORDINATOR, tag=BYE)
+    outbox.drain(10.0)  # the coordinator is waiting for BYE; if it is gone, do not wait forever
     return state.stop
 
 
@@ -233,6 +264,7 @@ class Coordinator:
         bye_seconds: float = 5.0,
     ) -> None:
         self.up, self.down = up, down
+        self.outbox = _Outbox(down)
         self.size = up.Get_size()
         self.payload = {bid: payload for bid, payload, _ in tasks}
         self.points = {bid: n for bid, _, n in tasks}
@@ -256,7 +288,7 @@ class Coordinator:
             self.started[rank] = time.monotonic()
         self.queue[rank].append(bid)
         self.holders[bid].add(rank)
-        self.down.send((bid, self.payload[bid]), dest=rank, tag=TASK)
+        self.outbox.send((bid, self.payload[bid]), dest=rank, tag=TASK)
 
     def _cancel(self, rank: int, bid: int) -> None:
         if bid in self.queue[rank]:
@@ -265,7 +297,7 @@ class Coordinator:
             if was_head:
                 self.started[rank] = time.monotonic()
         self.holders[bid].discard(rank)
-        self.down.send((bid,), dest=rank, tag=CANCEL)
+        self.outbox.send((bid,), dest=rank, tag=CANCEL)
 
     def _timeout(self) -> float | None:
         if not self.durations:
@@ -325,6 +357,7 @@ class Coordinator:
         """Receive everything waiting, commit the new results together; True if anything arrived."""
         fresh: list[tuple[int, Any]] = []
         got = False
+        self.outbox.prune()
         while (m := _receive(self.up, MPI.ANY_SOURCE)) is not None:
             got = True
             rank, tag, body = m
@@ -382,7 +415,7 @@ class Coordinator:
     def _stop_everyone(self) -> None:
         reason = self.outcome.state
         for rank in range(self.size):
-            self.down.send((reason,), dest=rank, tag=STOP)
+            self.outbox.send((reason,), dest=rank, tag=STOP)
         deadline = time.monotonic() + self.bye_seconds
         backoff = _Backoff()
         while len(self._byes) < self.size and time.monotonic() < deadline:
@@ -394,6 +427,7 @@ class Coordinator:
                     self.outcome.error = f"{where(self.up)} (coordinator):\n{traceback.format_exc()}"
             backoff.wait()
         self.outcome.unresponsive = sorted(set(range(self.size)) - self._byes)
+        self.outbox.drain(1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
