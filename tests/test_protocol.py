@@ -62,11 +62,7 @@ def test_layers_import_one_way():
     """The protocol knows no torch; the numerics know no MPI (checked in a fresh interpreter)."""
     import subprocess
 
-    code = (
-        "import sys, llmpi.protocol; assert 'torch' not in sys.modules, 'protocol imported torch'; "
-        "import llmpi.evaluate, llmpi.directions, llmpi.data, llmpi.models, llmpi.checkpoint, llmpi.grid; "
-        "assert 'mpi4py' not in sys.modules or 'llmpi.protocol' in sys.modules"
-    )
+    code = "import sys, llmpi.protocol; assert 'torch' not in sys.modules, 'protocol imported torch'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     code = (
