@@ -383,13 +383,14 @@ def parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(BatchSpec):
         meta = f.metadata
         default = "" if f.default in (None, ()) else f" (default {f.default})"
+        text = (meta["help"] + default).replace("%", "%%")  # argparse formats help with %
         if meta["flag"] == "job":
-            p.add_argument("job", nargs="?", help=meta["help"])
+            p.add_argument("job", nargs="?", help=text)
         elif meta.get("repeat"):
-            p.add_argument(meta["flag"], dest=f.name, action="append", metavar=meta["metavar"], help=meta["help"])
+            p.add_argument(meta["flag"], dest=f.name, action="append", metavar=meta["metavar"], help=text)
         else:
             kind = int if f.type in ("int", "int | None") else str
-            p.add_argument(meta["flag"], dest=f.name, type=kind, metavar=meta["metavar"], help=meta["help"] + default)
+            p.add_argument(meta["flag"], dest=f.name, type=kind, metavar=meta["metavar"], help=text)
     p.add_argument("-o", "--out", metavar="FILE", help="write the script here (default: print it)")
     p.add_argument(
         "--clean-mpi-shm",

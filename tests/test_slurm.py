@@ -11,6 +11,7 @@ compare the surfaces bitwise with the same job run directly, uninterrupted, on o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -177,6 +178,14 @@ def write_job(
         f"output: '{output}'\n"
     )
     return path
+
+
+def test_cli_help_lists_every_parameter_with_its_default():
+    text = slurm.parser().format_help()
+    for f in dataclasses.fields(BatchSpec):
+        if f.metadata["flag"] != "job":
+            assert f.metadata["flag"] in text
+    assert "(default 120)" in text and "%x name, %j job id" in text
 
 
 def test_cli_writes_an_executable_script_for_a_job(tmp_path, capsys):
@@ -436,8 +445,9 @@ class SweepCase:
     def reference(self):
         from llmpi.store import read_surface
 
-        out, _ = self.proc.communicate(timeout=300)
-        assert self.proc.returncode == 0, out
+        if self.proc.returncode is None:
+            out, _ = self.proc.communicate(timeout=300)
+            assert self.proc.returncode == 0, out
         return read_surface(self.root / "reference.h5")
 
     def assert_equal_to_reference(self, path: Path) -> None:
@@ -529,7 +539,12 @@ def test_checked_in_script_requeued_by_an_admin_resumes_bitwise(cluster, sweep_c
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_time_limit_signal_checkpoints_requeues_and_completes(cluster, sweep_case, tmp_path):
-    """--time=2 with --signal=B:USR1@60: the first run is stopped mid-way, requeues itself, the second completes."""
+    """--time=2 with --signal=B:USR1@30: the first run is stopped mid-way, requeues itself, the second completes.
+
+    SLURM checks time limits every 30 s, so the signal comes 60 to 90 s into a run (measured: SLURM 22.05 sends
+    it up to one check early) and the limit's SIGTERM at least 30 s after it: time to start (10 to 30 s here),
+    compute some points, save them and requeue.
+    """
     work = tmp_path / "run dir"  # a space in every path the script and its directives carry
     work.mkdir()
     sweep_case.job(work)
@@ -537,9 +552,10 @@ def test_time_limit_signal_checkpoints_requeues_and_completes(cluster, sweep_cas
     # Slow only in the first run, so that the limit surely falls mid-sweep there and the test ends soon after.
     slow_first_run = 'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then export LLMPI_FAULT=slow:seconds=2.5; fi'
     render_cmd = [sys.executable, "-m", "llmpi.slurm", "job.yaml", "--chdir", str(work), "--gpus-per-node", "0"]
-    render_cmd += ["--tasks-per-node", "2", "--time", "2", "--signal-lead", "60", "--python", sys.executable]
+    render_cmd += ["--tasks-per-node", "2", "--time", "2", "--signal-lead", "30", "--python", sys.executable]
     render_cmd += ["--setup", slow_first_run, "--output", str(log), "--job-name", "time limit", "-o", str(script)]
-    subprocess.run(render_cmd, check=True, timeout=60, capture_output=True)
+    rendered = subprocess.run(render_cmd, timeout=60, capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
     job = cluster.sbatch(script, cwd=tmp_path)
     info = cluster.wait(job, lambda j: j["JobState"] in FINISHED, 330, "end")
     text = log.read_text()
