@@ -152,7 +152,8 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m llmpi.plot",
         description="Draw surface files: contours, heatmaps, 3D surfaces, 1D curves, a ParaView file and an "
-        "interactive HTML viewer. Outputs are written next to the first file unless -o says otherwise.",
+        "interactive HTML viewer. Outputs go next to their surface file (an overlay of several files next to the "
+        "first one) unless -o says otherwise.",
     )
     p.add_argument("files", nargs="+", help="surface files (.h5) written by python -m llmpi.sweep")
     p.add_argument(

@@ -21,11 +21,14 @@ from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from ..errors import JobError
 from .landscape import Landscape, Levels, Scale, pretty, quantity, with_unit
 
 CMAP = "viridis"  # dark = low: the basin around a minimiser is the darkest region of every 2D picture
 UNDONE = "#e4e4e4"  # the axes' own colour, seen where no point is computed yet
 DPI = 150
+# Margins are fixed rather than computed (constrained layout) on every save: these figures' layout is known in
+# advance, and computing it cost about as much as drawing them.
 KINDS_2D = {"contour": "2dcontour", "contourf": "2dcontourf", "heat": "2dheat", "surface": "3dsurface"}
 
 
@@ -67,7 +70,8 @@ def figure_2d(land: Landscape, name: str, kind: str, scale: Scale) -> Figure:
     lv = scale.resolve(name, z)
     if lv.log:
         z = np.where(z > 0, z, np.nan)  # log10 of a non-positive value is undefined: blank, like undone
-    fig, ax = plt.subplots(figsize=(6.2, 5.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.9)
     blank = _undone(ax, land, z)
     X, Y = np.meshgrid(land.x, land.y)
     drawn = np.isfinite(z).any()
@@ -115,7 +119,8 @@ def figure_surface(land: Landscape, name: str, scale: Scale) -> Figure:
     if lv.log:
         raw = np.where(raw > 0, raw, np.nan)
     z = lv.transform(raw)
-    fig = plt.figure(figsize=(7.0, 5.6), layout="constrained")
+    fig = plt.figure(figsize=(7.0, 5.6))
+    fig.subplots_adjust(left=0.0, right=0.98, bottom=0.02, top=0.92)
     ax = fig.add_subplot(projection="3d", computed_zorder=False)  # marks stay in front
     X, Y = np.meshgrid(land.x, land.y)
     top = lv.transform(np.array([lv.lo, lv.hi]))
@@ -156,7 +161,8 @@ def figure_1d(lands: Sequence[Landscape], names: Sequence[str] | None, scale: Sc
     One file keeps the paper's colours (loss blue, accuracy red; train solid, test dashed); several files get a
     colour each, line styles telling loss from accuracy and train from test.
     """
-    fig, loss_ax = plt.subplots(figsize=(7.0, 4.8), layout="constrained")
+    fig, loss_ax = plt.subplots(figsize=(7.0, 4.8))
+    fig.subplots_adjust(left=0.1, right=0.9, bottom=0.3, top=0.9)
     acc_ax = loss_ax.twinx()
     several = len(lands) > 1
     styles = {("train", "loss"): "-", ("test", "loss"): "--", ("train", "acc"): ":", ("test", "acc"): "-."}
@@ -203,7 +209,7 @@ def figure_1d(lands: Sequence[Landscape], names: Sequence[str] | None, scale: Sc
         acc_ax.tick_params(axis="y", colors="C3")
     h1, l1 = loss_ax.get_legend_handles_labels()
     h2, l2 = acc_ax.get_legend_handles_labels()
-    fig.legend(h1 + h2, l1 + l2, loc="outside lower center", fontsize=7, ncol=4 if several else 5, frameon=False)
+    fig.legend(h1 + h2, l1 + l2, loc="lower center", fontsize=7, ncol=4 if several else 5, frameon=False)
     if several:
         synthetic = " — SYNTHETIC data" if any(land.synthetic for land in lands) else ""
         fig.suptitle(f"{len(lands)} landscapes{synthetic}", fontsize=10)
@@ -228,8 +234,6 @@ def save(fig: Figure, base: Path, formats: Sequence[str]) -> list[Path]:
 def contour(path: str | Path, value: str | None = None, out: str | Path | None = None) -> Path:
     """Contour lines of one value of a 2D surface file as a PNG (default: the first loss, next to the file)."""
     land = Landscape.read(path)
-    from ..errors import JobError
-
     if land.ndim != 2:
         raise JobError(f"{path} is a 1D surface; contours need a 2D grid (use --kind 1d)")
     name = value or (land.losses or land.names)[0]
