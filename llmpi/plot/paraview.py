@@ -4,10 +4,11 @@
 
 The legacy VTK format (binary, big-endian), ``DATASET STRUCTURED_GRID`` with dimensions (nx, ny, 1): point
 (i, j) sits at (α_i, β_j, height) -- x fastest, the order of the surface arrays' rows -- so the file reads back
-as the same grid everywhere. Every value dataset travels along as point data in its own units (NaN where not
-computed), with ``done`` and the ``height`` drawn. Points not computed yet are hidden through VTK's standard
-``vtkGhostType`` array (HIDDENPOINT), so ParaView blanks the cells around them instead of drawing a pit; their
-height is set to the lowest drawn one so they never stretch the bounds.
+as the same grid everywhere. ``height`` (the value drawn, clipped, log10 with --log) is the active scalar array;
+every value dataset travels along as field data in its own units (NaN where not computed), with ``done``. Points
+not computed yet are hidden through VTK's standard ``vtkGhostType`` array (HIDDENPOINT), so ParaView blanks the
+cells around them instead of drawing a pit; their height is set to the lowest drawn one so they never stretch the
+bounds.
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ def write_vtk(land: Landscape, name: str, scale: Scale, out: Path) -> Path:
     with open(out, "wb") as f:
         f.write(header.encode("ascii"))
         f.write(points.astype(">f8").tobytes() + b"\n")
-        f.write(f"POINT_DATA {n}\n".encode())
-        arrays = {"height": z, **{k: land.values(k) for k in land.names}}
-        for key, values in arrays.items():
-            f.write(f"SCALARS {key} double 1\nLOOKUP_TABLE default\n".encode())
-            f.write(np.asarray(values, dtype=">f8").ravel().tobytes() + b"\n")
-        for key, values in (("done", land.surface.done), ("vtkGhostType", np.where(shown, 0, HIDDEN_POINT))):
-            f.write(f"SCALARS {key} unsigned_char 1\nLOOKUP_TABLE default\n".encode())
-            f.write(np.asarray(values, dtype=np.uint8).ravel().tobytes() + b"\n")
+        f.write(f"POINT_DATA {n}\nSCALARS height double 1\nLOOKUP_TABLE default\n".encode())
+        f.write(z.astype(">f8").ravel().tobytes() + b"\n")
+        # the other arrays as field data: VTK's legacy reader reads every FIELD array, but only the first SCALARS
+        arrays = [(k, land.values(k).astype(">f8"), "double") for k in land.names]
+        arrays += [("done", land.surface.done.astype(np.uint8), "unsigned_char")]
+        arrays += [("vtkGhostType", np.where(shown, 0, HIDDEN_POINT).astype(np.uint8), "unsigned_char")]
+        f.write(f"FIELD FieldData {len(arrays)}\n".encode())
+        for key, values, kind in arrays:
+            f.write(f"{key} 1 {n} {kind}\n".encode() + values.ravel().tobytes() + b"\n")
     return out
