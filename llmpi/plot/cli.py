@@ -62,6 +62,10 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                     if lenient:
                         continue
                     raise JobError(f"{land.path} is a 1D surface; --kind {kind} needs a 2D grid (use --kind 1d)")
+                if min(len(land.x), len(land.y)) < 2:
+                    if lenient:
+                        continue
+                    raise JobError(f"{land.path} has a single point along one axis; --kind {kind} needs 2 or more")
                 for name in names_to_draw(land, values, scale):
                     base = land.path.with_name(f"{land.path.name}_{name}_{static.KINDS_2D[kind]}{log}")
                     if kind == "surface":
