@@ -1,0 +1,7 @@
+"""``python -m llmpi.plot``: see llmpi.plot.cli."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

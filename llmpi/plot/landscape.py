@@ -1,0 +1,291 @@
+"""What every picture needs from a surface file, said once: the values to draw, labels in the paper's terms, the
+scale, the marks.
+
+The paper writes a 2D landscape as f(α, β) = L(θ* + α·δ + β·η) and a 1D one as f(α) = L(θ* + α·δ); the axes of
+every picture are labelled that way, θ* (the trained minimiser, at the origin) is marked, and a partial file (a
+sweep still running or interrupted) draws its computed points only, its title saying "k of n points".
+
+Later datasets (a PCA trajectory, Hessian eigenvalue maps, ...) join through :meth:`Landscape.overlays`: every
+backend draws the :class:`Overlay` marks and paths it returns, so a new one is one more entry there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.ticker import MaxNLocator
+
+from ..errors import JobError
+from ..store import Surface, read_surface
+
+# The order pictures and menus list the values in; unknown ``<split>_<loss|acc>`` datasets follow, sorted.
+PREFERRED = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+DEFAULT_LEVELS = 20  # contour levels when --levels is not given: enough to read a basin, few enough to label
+LOSS_SPAN = 10.0  # default contour ceiling above the lowest loss, the paper's vmax=10 for CIFAR losses
+MAX_LEVELS = 1000  # a --levels step finer than this is a typo, not a picture
+
+
+def quantity(name: str) -> str:
+    """'loss' or 'acc' (the part after the split)."""
+    return name.split("_", 1)[-1]
+
+
+def pretty(name: str) -> str:
+    """'train_acc' -> 'train accuracy': the words a figure shows."""
+    split, _, what = name.partition("_")
+    return f"{split} {'accuracy' if what == 'acc' else what}"
+
+
+def unit(name: str) -> str:
+    """The unit the value is stored in: losses are mean cross-entropy (nats), accuracies percent."""
+    return "%" if quantity(name) == "acc" else ""
+
+
+def with_unit(name: str) -> str:
+    return f"{pretty(name)} (%)" if unit(name) else pretty(name)
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """A mark or a path drawn over a landscape in the (α, β) plane; ``z`` is taken from the surface when None."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    kind: str = "point"  # "point" or "path"
+    marker: str = "*"
+    color: str = "#d62728"  # hex: matplotlib and the browser both read it
+    tag: str = ""  # a short name written next to the mark in 3D views
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How values map to levels and colours (``--vmin --vmax --levels --log``); None means from the data."""
+
+    vmin: float | None = None
+    vmax: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.vmin is not None and self.vmax is not None and self.vmin >= self.vmax:
+            raise JobError(f"--vmin {self.vmin:g} must be below --vmax {self.vmax:g}")
+        if self.step is not None and not self.step > 0:
+            raise JobError(f"--levels is the spacing between contour levels and must be positive, not {self.step:g}")
+        if self.log and self.vmin is not None and self.vmin <= 0:
+            raise JobError(f"--log needs a positive --vmin, not {self.vmin:g}")
+        if self.log and self.vmax is not None and self.vmax <= 0:
+            raise JobError(f"--log needs a positive --vmax, not {self.vmax:g}")
+
+    @property
+    def given(self) -> bool:
+        """Whether any of the scale options was set (they then apply to the losses unless --value says else)."""
+        return self.log or self.step is not None or self.vmin is not None or self.vmax is not None
+
+    def resolve(self, name: str, values: np.ndarray) -> Levels:
+        """The concrete range and levels for ``values`` of the dataset ``name`` (NaNs ignored)."""
+        finite = values[np.isfinite(values)]
+        if self.log:
+            finite = finite[finite > 0]
+        lo = self.vmin if self.vmin is not None else (float(finite.min()) if finite.size else None)
+        hi = self.vmax if self.vmax is not None else (float(finite.max()) if finite.size else None)
+        if lo is None or hi is None:  # nothing computed yet: any range draws the blank picture
+            lo, hi = (1.0, 10.0) if self.log else (0.0, 1.0)
+        if self.vmax is None and not self.log and quantity(name) == "loss":
+            hi = min(hi, lo + LOSS_SPAN)
+        if hi <= lo:  # a flat surface (or a range the data sits outside): widen it so levels exist
+            hi = lo * 10 if self.log else lo + max(abs(lo) * 1e-3, 1e-9)
+        a, b = (math.log10(lo), math.log10(hi)) if self.log else (lo, hi)
+        if self.step and (b - a) / self.step > MAX_LEVELS:
+            raise JobError(
+                f"--levels {self.step:g} gives {int((b - a) / self.step) + 1} contour levels between {lo:g} and "
+                f"{hi:g}; choose a larger step"
+            )
+        ticks = np.arange(a, b + self.step * 1e-6, self.step) if self.step else _nice(a, b)
+        levels = 10.0**ticks if self.log else ticks
+        if len(levels) < 2:
+            levels = np.array([lo, hi])
+        return Levels(lo, hi, levels, self.log)
+
+
+def _nice(lo: float, hi: float) -> np.ndarray:
+    """About DEFAULT_LEVELS round-numbered levels covering [lo, hi]."""
+    ticks = MaxNLocator(DEFAULT_LEVELS).tick_values(lo, hi)
+    inside = ticks[(ticks >= lo - 1e-12 * abs(lo)) & (ticks <= hi + 1e-12 * abs(hi))]
+    return inside if len(inside) >= 2 else np.linspace(lo, hi, DEFAULT_LEVELS)
+
+
+@dataclass(frozen=True)
+class Levels:
+    """A resolved scale: values outside [lo, hi] are clipped to it (the paper's vmin/vmax)."""
+
+    lo: float
+    hi: float
+    levels: np.ndarray
+    log: bool
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Values clipped to [lo, hi] and, on a log scale, as log10 (for heights of 3D surfaces)."""
+        clipped = np.clip(values, self.lo, self.hi)
+        return np.log10(clipped) if self.log else clipped
+
+
+class Landscape:
+    """One surface file, seen as pictures see it."""
+
+    def __init__(self, surface: Surface) -> None:
+        self.surface = surface
+        self.job = _job_mapping(surface.attrs.get("job"))
+
+    @classmethod
+    def read(cls, path: str | Path) -> Landscape:
+        return cls(read_surface(path))
+
+    # -- what is in it --------------------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.surface.path
+
+    @property
+    def label(self) -> str:
+        """A short name for legends: the file name without its suffix."""
+        return self.path.stem
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.surface.y is None else 2
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.surface.x
+
+    @property
+    def y(self) -> np.ndarray:
+        assert self.surface.y is not None, "a 1D landscape has no β axis"
+        return self.surface.y
+
+    @property
+    def names(self) -> list[str]:
+        """The value datasets of the file, losses and accuracies of whichever splits it holds, in reading order."""
+        shape = self.surface.done.shape
+        present = [k for k, v in self.surface.values.items() if v.shape == shape]
+        return [k for k in PREFERRED if k in present] + sorted(k for k in present if k not in PREFERRED)
+
+    @property
+    def losses(self) -> list[str]:
+        return [k for k in self.names if quantity(k) == "loss"]
+
+    def values(self, name: str) -> np.ndarray:
+        """The dataset ``name`` with NaN wherever the point is not computed (blank in every picture)."""
+        if name not in self.surface.values:
+            have = ", ".join(self.names) or "none"
+            raise JobError(f"{self.path} has no value {name!r} (it has: {have}); pick one with --value")
+        return np.where(self.surface.done, self.surface.values[name], np.nan)
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        return int(self.surface.done.sum()), int(self.surface.done.size)
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.surface.attrs.get("synthetic", False))
+
+    # -- words ----------------------------------------------------------------------------------------------------
+
+    @property
+    def norm(self) -> str | None:
+        """The direction normalisation ('filter', ...) from the job the file records, None if it records none."""
+        directions = self.job.get("directions")
+        return directions.get("norm") if isinstance(directions, dict) else None
+
+    def axis_label(self, axis: str) -> str:
+        """'α  (direction δ, filter-normalised)': the paper's names for the coordinates."""
+        letter, direction = {"x": ("α", "δ"), "y": ("β", "η")}[axis]
+        norm = self.norm
+        how = f", {norm}-normalised" if norm and norm != "none" else ""
+        return f"{letter}  (direction {direction}{how})"
+
+    def formula(self) -> str:
+        return "L(θ* + α·δ + β·η)" if self.ndim == 2 else "L(θ* + α·δ)"
+
+    def title(self, name: str | None = None) -> str:
+        """One line for a figure: architecture, value, data, and how much of the grid is computed."""
+        parts = [str(self.surface.attrs.get("arch") or self.label)]
+        if name:
+            parts.append(pretty(name))
+        if self.synthetic:
+            parts.append("SYNTHETIC data")
+        done, total = self.progress
+        if done < total:
+            parts.append(f"{done} of {total} points")
+        return " — ".join(parts)
+
+    # -- marks ----------------------------------------------------------------------------------------------------
+
+    def minimiser(self) -> tuple[float, ...] | None:
+        """θ* is the origin of the (α, β) plane; None when the grid does not reach it."""
+        inside = self.x.min() <= 0 <= self.x.max()
+        if self.ndim == 2:
+            inside = inside and self.y.min() <= 0 <= self.y.max()
+            return (0.0, 0.0) if inside else None
+        return (0.0,) if inside else None
+
+    def lowest(self, name: str) -> tuple[float, ...] | None:
+        """Coordinates of the smallest computed value of ``name`` (None before any point is computed)."""
+        v = self.values(name)
+        if not np.isfinite(v).any():
+            return None
+        k = np.unravel_index(np.nanargmin(v), v.shape)
+        if self.ndim == 1:
+            return (float(self.x[k[0]]),)
+        return float(self.x[k[1]]), float(self.y[k[0]])
+
+    def overlays(self, name: str) -> list[Overlay]:
+        """Marks drawn over the picture of ``name``: θ*, and the lowest computed loss where it is not at θ*.
+
+        The hook for later datasets: a trajectory or a third checkpoint becomes one more Overlay here.
+        """
+        marks = []
+        theta = self.minimiser()
+        if theta is not None:
+            marks.append(Overlay("θ* (trained minimiser)", *_columns(theta, self.ndim), tag="θ*"))
+        if quantity(name) == "loss":
+            low = self.lowest(name)
+            if low is not None and (theta is None or not np.allclose(low, theta)):
+                where = _columns(low, self.ndim)
+                marks.append(Overlay(f"lowest {pretty(name)} on the grid", *where, "point", "X", "#000000", "lowest"))
+        return marks
+
+
+def _columns(point: tuple[float, ...], ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([point[0]]), np.array([point[1] if ndim == 2 else np.nan])
+
+
+def _job_mapping(text: object) -> dict:
+    """The job recorded in the file as a mapping; {} for files without one (e.g. from the paper's code)."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        job = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return job if isinstance(job, dict) else {}
+
+
+def names_to_draw(landscape: Landscape, wanted: list[str] | None, scale: Scale) -> list[str]:
+    """The values a picture command draws: those asked for; else the losses when a scale was given (a loss range
+    means nothing for accuracies); else all of them."""
+    if wanted:
+        for name in wanted:
+            landscape.values(name)  # raises, naming what the file has
+        return list(wanted)
+    names = landscape.losses if scale.given else landscape.names
+    if not names:
+        raise JobError(f"{landscape.path} holds no loss or accuracy values to draw")
+    return names

@@ -1,0 +1,242 @@
+"""The paper's pictures with matplotlib (Agg, headless; never opens a window): contour lines, filled contours,
+heatmap and 3D surface of a 2D landscape; loss and accuracy of 1D landscapes on twin axes.
+
+    fig = figure_2d(Landscape.read("surfaces/vgg56.h5"), "train_loss", "contour", Scale(log=True))
+    save(fig, Path("surfaces/vgg56.h5_train_loss_2dcontour_log"), ("png", "pdf"))
+
+Each ``figure_*`` returns the Figure (tests look inside it), :func:`save` writes it and closes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display, no window, whatever MPLBACKEND says
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap, LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from ..errors import JobError
+from .landscape import Landscape, Levels, Scale, pretty, quantity, with_unit
+
+CMAP = "viridis"  # dark = low: the basin around a minimiser is the darkest region of every 2D picture
+UNDONE = "#e4e4e4"  # the axes' own colour, seen where no point is computed yet
+DPI = 150
+# Margins are fixed rather than computed (constrained layout) on every save: these figures' layout is known in
+# advance, and computing it cost about as much as drawing them.
+KINDS_2D = {"contour": "2dcontour", "contourf": "2dcontourf", "heat": "2dheat", "surface": "3dsurface"}
+
+
+def _norm(levels: Levels) -> Normalize:
+    return LogNorm(levels.lo, levels.hi) if levels.log else Normalize(levels.lo, levels.hi)
+
+
+def _titles(ax, land: Landscape, name: str | None) -> None:
+    """The figure's title (what, on which data, how complete) and the dataset's own description under it."""
+    ax.figure.suptitle(land.title(name), fontsize=10)
+    dataset = land.surface.attrs.get("dataset")
+    if dataset:
+        ax.set_title(str(dataset), fontsize=7, color="0.35")
+
+
+def _undone(ax, land: Landscape, z: np.ndarray) -> bool:
+    """Shade the cells of the points not computed (or without a value); whether there are any."""
+    blank = ~np.isfinite(z)
+    if blank.any():
+        X, Y = np.meshgrid(land.x, land.y)
+        shade = np.ma.masked_array(np.zeros(z.shape), mask=~blank)
+        ax.pcolormesh(X, Y, shade, shading="nearest", cmap=ListedColormap([UNDONE]), rasterized=True, zorder=0.5)
+    return bool(blank.any())
+
+
+def _draw_overlays(ax, land: Landscape, name: str) -> None:
+    for mark in land.overlays(name):
+        style = "-" if mark.kind == "path" else "none"
+        ax.plot(
+            mark.x, mark.y, linestyle=style, marker=mark.marker, color=mark.color, markersize=11,
+            markeredgecolor="white", markeredgewidth=0.8, label=mark.label, zorder=5,
+        )  # fmt: skip
+
+
+def figure_2d(land: Landscape, name: str, kind: str, scale: Scale) -> Figure:
+    """Contour lines ('contour'), filled contours ('contourf') or a heatmap ('heat') of ``name``."""
+    assert kind in ("contour", "contourf", "heat"), kind
+    z = land.values(name)
+    lv = scale.resolve(name, z)
+    if lv.log:
+        z = np.where(z > 0, z, np.nan)  # log10 of a non-positive value is undefined: blank, like undone
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.9)
+    blank = _undone(ax, land, z)
+    X, Y = np.meshgrid(land.x, land.y)
+    drawn = np.isfinite(z).any()
+    mappable = None
+    if drawn and kind == "contour":
+        cs = ax.contour(X, Y, z, levels=lv.levels, cmap=CMAP, norm=_norm(lv), linewidths=1.0)
+        if len(cs.levels):
+            ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
+        mappable = cs
+    elif drawn and kind == "contourf":
+        mappable = ax.contourf(X, Y, z, levels=lv.levels, cmap=CMAP, norm=_norm(lv), extend="both")
+    elif drawn:
+        mappable = ax.pcolormesh(
+            X, Y, np.ma.masked_invalid(z), shading="nearest", cmap=CMAP, norm=_norm(lv), rasterized=True
+        )
+    if mappable is not None and kind != "contour":
+        fig.colorbar(mappable, ax=ax, label=with_unit(name), extend="both" if kind == "heat" else "neither")
+    _draw_overlays(ax, land, name)
+    _frame(ax, land)
+    handles, labels = ax.get_legend_handles_labels()
+    if blank:
+        handles.append(Patch(facecolor=UNDONE, edgecolor="0.6"))
+        labels.append("not computed yet" if not land.surface.complete else "no value")
+    if handles:
+        ax.legend(handles, labels, loc="upper right", fontsize=7, framealpha=0.75)
+    _titles(ax, land, name)
+    return fig
+
+
+def _frame(ax, land: Landscape) -> None:
+    """Axes spanning exactly the grid, in the paper's terms; equal units where the two ranges are comparable."""
+    ax.set_xlim(land.x.min(), land.x.max())
+    ax.set_ylim(land.y.min(), land.y.max())
+    ax.set_xlabel(land.axis_label("x"))
+    ax.set_ylabel(land.axis_label("y"))
+    ratio = np.ptp(land.y) / np.ptp(land.x) if np.ptp(land.x) else 0
+    if 0.25 <= ratio <= 4:
+        ax.set_aspect("equal")
+
+
+def figure_surface(land: Landscape, name: str, scale: Scale) -> Figure:
+    """The 3D surface of ``name``: heights clipped to the scale's range (and log10 with --log), undone points blank."""
+    raw = land.values(name)
+    lv = scale.resolve(name, raw)
+    if lv.log:
+        raw = np.where(raw > 0, raw, np.nan)
+    z = lv.transform(raw)
+    fig = plt.figure(figsize=(7.0, 5.6))
+    fig.subplots_adjust(left=0.0, right=0.98, bottom=0.02, top=0.92)
+    ax = fig.add_subplot(projection="3d", computed_zorder=False)  # marks stay in front
+    X, Y = np.meshgrid(land.x, land.y)
+    top = lv.transform(np.array([lv.lo, lv.hi]))
+    if np.isfinite(z).any():
+        surf = ax.plot_surface(
+            X, Y, np.ma.masked_invalid(z), cmap=CMAP, norm=Normalize(*top), rstride=1, cstride=1,
+            linewidth=0, antialiased=False, rasterized=True,
+        )  # fmt: skip
+        fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.1, label=("log10 " if lv.log else "") + with_unit(name))
+    for mark in land.overlays(name):
+        at = _height(land, z, float(mark.x[0]), float(mark.y[0]))
+        if at is not None:
+            ax.scatter([mark.x[0]], [mark.y[0]], [at], marker=mark.marker, color=mark.color, s=80, label=mark.label,
+                       depthshade=False, zorder=10)  # fmt: skip
+    ax.set_xlim(land.x.min(), land.x.max())
+    ax.set_ylim(land.y.min(), land.y.max())
+    ax.set_zlim(*top)
+    ax.set_xlabel(land.axis_label("x"), fontsize=7)
+    ax.set_ylabel(land.axis_label("y"), fontsize=7)
+    ax.set_zlabel(("log10 " if lv.log else "") + pretty(name), fontsize=8)
+    ax.tick_params(labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=7)
+    _titles(ax, land, name)
+    return fig
+
+
+def _height(land: Landscape, z: np.ndarray, a: float, b: float) -> float | None:
+    """The drawn height at the grid point nearest (a, b), None where that point is blank."""
+    i = int(np.abs(land.x - a).argmin())
+    j = int(np.abs(land.y - b).argmin())
+    return float(z[j, i]) if np.isfinite(z[j, i]) else None
+
+
+def figure_1d(lands: Sequence[Landscape], names: Sequence[str] | None, scale: Scale) -> Figure:
+    """Loss (left axis) and accuracy (right axis) against α, for one file or several on one figure.
+
+    One file keeps the paper's colours (loss blue, accuracy red; train solid, test dashed); several files get a
+    colour each, line styles telling loss from accuracy and train from test.
+    """
+    fig, loss_ax = plt.subplots(figsize=(7.0, 4.8))
+    fig.subplots_adjust(left=0.1, right=0.9, bottom=0.3, top=0.9)
+    acc_ax = loss_ax.twinx()
+    several = len(lands) > 1
+    styles = {("train", "loss"): "-", ("test", "loss"): "--", ("train", "acc"): ":", ("test", "acc"): "-."}
+    all_losses = []
+    for n, land in enumerate(lands):
+        file_colour = f"C{n % 10}"
+        wanted = names or land.names
+        done, total = land.progress
+        tag = f"{land.label}: " if several else ""
+        part = f" ({done} of {total} points)" if several and done < total else ""
+        for name in wanted:
+            if name not in land.names:
+                continue
+            split, what = name.split("_", 1)[0], quantity(name)
+            ax = loss_ax if what == "loss" else acc_ax
+            colour = file_colour if several else ("C0" if what == "loss" else "C3")
+            style = styles.get((split, what), "-") if several else ("-" if split == "train" else "--")
+            v = land.values(name)
+            if what == "loss":
+                all_losses.append(v)
+            ax.plot(land.x, v, style, color=colour, linewidth=1.5, label=f"{tag}{pretty(name)}{part}")
+    loss_names = [n for n in (names or ["train_loss"]) if quantity(n) == "loss"] or ["train_loss"]
+    stacked = np.concatenate([v.ravel() for v in all_losses]) if all_losses else np.array([])
+    lv = scale.resolve(loss_names[0], stacked)
+    if lv.log:
+        loss_ax.set_yscale("log")
+    if scale.vmin is None and scale.vmax is None:  # a margin, so curves do not run along the frame
+        pad = (lv.hi / lv.lo) ** 0.04 if lv.log else (lv.hi - lv.lo) * 0.04
+        loss_ax.set_ylim(lv.lo / pad, lv.hi * pad) if lv.log else loss_ax.set_ylim(lv.lo - pad, lv.hi + pad)
+    else:
+        loss_ax.set_ylim(lv.lo, lv.hi)
+    acc_ax.set_ylim(0, 100)
+    xs = np.concatenate([land.x for land in lands])
+    loss_ax.set_xlim(xs.min(), xs.max())
+    if any(land.minimiser() is not None for land in lands):
+        loss_ax.axvline(0.0, color="0.5", linewidth=0.8, linestyle=(0, (2, 3)), label="θ* (α = 0)")
+    loss_ax.set_xlabel(lands[0].axis_label("x"))
+    loss_ax.set_ylabel(
+        f"loss  {lands[0].formula()}" + (", log scale" if lv.log else ""), color="k" if several else "C0"
+    )
+    acc_ax.set_ylabel("accuracy (%)", color="k" if several else "C3")
+    if not several:
+        loss_ax.tick_params(axis="y", colors="C0")
+        acc_ax.tick_params(axis="y", colors="C3")
+    h1, l1 = loss_ax.get_legend_handles_labels()
+    h2, l2 = acc_ax.get_legend_handles_labels()
+    fig.legend(h1 + h2, l1 + l2, loc="lower center", fontsize=7, ncol=4 if several else 5, frameon=False)
+    if several:
+        synthetic = " — SYNTHETIC data" if any(land.synthetic for land in lands) else ""
+        fig.suptitle(f"{len(lands)} landscapes{synthetic}", fontsize=10)
+    else:
+        _titles(loss_ax, lands[0], None)
+    return fig
+
+
+def save(fig: Figure, base: Path, formats: Sequence[str]) -> list[Path]:
+    """Write ``fig`` as ``base.<format>`` for each format and close it; the written paths."""
+    out = []
+    try:
+        for fmt in formats:
+            path = base.with_name(f"{base.name}.{fmt}")
+            fig.savefig(path, dpi=DPI)
+            out.append(path)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def contour(path: str | Path, value: str | None = None, out: str | Path | None = None) -> Path:
+    """Contour lines of one value of a 2D surface file as a PNG (default: the first loss, next to the file)."""
+    land = Landscape.read(path)
+    if land.ndim != 2:
+        raise JobError(f"{path} is a 1D surface; contours need a 2D grid (use --kind 1d)")
+    name = value or (land.losses or land.names)[0]
+    target = Path(out) if out else Path(f"{path}_{name}_2dcontour.png")
+    fig = figure_2d(land, name, "contour", Scale())
+    return save(fig, target.with_suffix(""), [target.suffix.lstrip(".") or "png"])[0]
