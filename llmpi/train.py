@@ -1,23 +1,36 @@
-"""Train the minimiser to sweep around, with the paper's recipe.
+"""Train the minimiser to sweep around, with the paper's recipe -- and the paper's variants.
 
-    python -m llmpi.train jobs/train/resnet56_noshort.yaml
+    python -m llmpi.train jobs/train/vgg9_bs128_wd5e-4.yaml
     python -m llmpi.train jobs/train/demo.yaml --set train.epochs=2
 
-SGD with Nesterov momentum 0.9, batch 128, learning rate 0.1 divided by 10 at 50%, 75% and 92% of the epochs,
-weight decay 5e-4, random crop (4-pixel padding) and horizontal flip -- the defaults below. Writes
-``{'state_dict', 'epoch', 'acc', 'arch'}`` to ``output``; with ``train.save_every: k`` it also keeps a snapshot
-every k epochs in ``<output without .pt>/epoch_NNN.pt`` (for PCA trajectories), and a rerun resumes from the
-newest snapshot.
+The defaults are the paper's code (github.com/tomgoldstein/loss-landscape, cifar10/main.py): its initialisation
+(``models.paper_init``), SGD with Nesterov momentum 0.9, batch 128, learning rate 0.1 divided by 10 at epochs
+150, 225 and 275 of 300, weight decay 5e-4 on every parameter, random crop (4-pixel padding) and flip. Its
+variants are plain keys: ``train.batch_size: 8192`` (the large-batch runs; the paper keeps lr 0.1 -- its run
+folders read ``vgg9_sgd_lr=0.1_bs=8192_wd=...`` -- with no linear scaling and no warm-up, so neither is done
+here), ``train.weight_decay: 0``, and shortcuts by architecture (``resnet56`` vs ``resnet56_noshort``).
+
+Files, for ``output: checkpoints/x.pt``:
+
+    checkpoints/x.pt                  the final model: {'state_dict', 'epoch', 'acc', 'arch'}
+    checkpoints/x/epoch_000.pt        with train.save_every: k, the initialisation and every k-th epoch
+    checkpoints/x/epoch_<NNN>.pt      (same keys as the final model): the trajectory ``directions.kind: pca`` reads
+    checkpoints/x/resume.pt           the whole training state after the last finished epoch
+
+A rerun of the same job resumes from ``resume.pt`` (written atomically after every epoch) and ends bitwise where
+an uninterrupted run would on the same machine: model, optimiser, schedule and the generator of batch order and
+augmentation are all restored. A ``resume.pt`` from a different job (another batch size, data, arch ...) is
+refused, naming the difference.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .config import DataSpec, ModelSpec, RuntimeSpec, _why
 from .errors import JobError
@@ -31,10 +44,13 @@ class TrainSpec:
     momentum: float = _why(0.9, "the paper's momentum")
     nesterov: bool = _why(True, "the paper uses Nesterov momentum")
     weight_decay: float = _why(5e-4, "the paper's weight decay (0 is its other setting)")
-    milestones: list[float] = _why([0.5, 0.75, 0.92], "lr x gamma at these fractions of the epochs")
+    milestones: list[float] = _why(
+        [0.5, 0.75, 0.9167], "lr x gamma at these fractions of the epochs: the paper's 150, 225, 275 of 300"
+    )
     gamma: float = _why(0.1, "the paper divides the learning rate by 10")
     augment: bool = _why(True, "random crop and flip, the standard CIFAR augmentation")
     seed: int = _why(0, "initialisation and batch order")
+    init: Literal["paper", "torch"] = _why("paper", "the paper's initialisation (models.paper_init), or PyTorch's")
     save_every: int = _why(0, "0: final checkpoint only; k: a snapshot every k epochs, for PCA trajectories")
 
     def __post_init__(self) -> None:
@@ -92,9 +108,22 @@ def evaluate(model, images, labels, batch: int = 500) -> float:
     return 100.0 * correct / max(1, len(labels))
 
 
-def latest_snapshot(folder: Path) -> Path | None:
-    found = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
-    return found[-1] if found else None
+def identity(job: TrainJob, data_sha256: str) -> dict:
+    """What makes two runs the same run: a resume state from a run that differs in any of these is refused."""
+    from .config import to_dict
+
+    return {"arch": job.model.arch, "images_sha256": data_sha256, "train": to_dict(job.train)}
+
+
+def _differences(theirs: dict, ours: dict) -> list[str]:
+    out = []
+    for key in sorted(set(theirs) | set(ours)):
+        a, b = theirs.get(key), ours.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{d}" for d in _differences(a, b)]
+        elif a != b:
+            out.append(f"{key} ({a!r} there, {b!r} here)" if key != "images_sha256" else "the training images")
+    return out
 
 
 def train(job: TrainJob, log=print) -> dict:
@@ -113,7 +142,10 @@ def train(job: TrainJob, log=print) -> dict:
     tx = data.normalize(test_images, device=device)
     ty = torch.as_tensor(test_labels, device=device)
 
-    model = models.build(job.model.arch).to(device)
+    model = models.build(job.model.arch)
+    if job.train.init == "paper":
+        models.paper_init(model)
+    model = model.to(device)
     t = job.train
     # Like the paper's code, weight decay applies to every parameter, BatchNorm and biases included.
     optimizer = torch.optim.SGD(
@@ -122,21 +154,41 @@ def train(job: TrainJob, log=print) -> dict:
     milestones = sorted({max(1, round(m * t.epochs)) for m in t.milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=t.gamma)
     generator = torch.Generator().manual_seed(t.seed)
+    run = identity(job, info.sha256)
+    folder = job.snapshot_dir
+    resume = folder / "resume.pt"
     start_epoch = 0
-    snapshot = latest_snapshot(job.snapshot_dir) if t.save_every else None
-    if snapshot is not None:
-        state = torch.load(snapshot, map_location=device, weights_only=True)
+    acc = float("nan")
+    if resume.exists():
+        state = torch.load(resume, map_location="cpu", weights_only=True)  # the generator state stays on the CPU
+        differences = _differences(state.get("identity", {}), run)
+        if differences:
+            raise JobError(
+                f"{resume} is the state of a different training run ({'; '.join(differences)}); delete {folder} to "
+                f"start this one over, or set output to another path"
+            )
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        start_epoch = int(state["epoch"])
-        log(f"llmpi train {job.name}: resuming from {snapshot} (epoch {start_epoch})")
+        start_epoch, acc = int(state["epoch"]), float(state["acc"])
+        log(f"llmpi train {job.name}: resuming from {resume} (epoch {start_epoch})")
     log(
         f"llmpi train {job.name}: {job.model.arch} on {info.describe()}, {t.epochs} epochs, batch {t.batch_size}, "
-        f"{device.type}"
+        f"lr {t.lr}, weight decay {t.weight_decay}, {device.type}"
     )
-    acc = float("nan")
+
+    def model_file(epoch: int) -> dict:
+        return {
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "epoch": epoch,
+            "acc": acc,
+            "arch": job.model.arch,
+        }
+
+    if t.save_every and start_epoch == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        _save_atomic(model_file(0), folder / "epoch_000.pt")  # the trajectory starts at the initialisation
     for epoch in range(start_epoch, t.epochs):
         model.train()
         t0 = time.monotonic()
@@ -157,26 +209,20 @@ def train(job: TrainJob, log=print) -> dict:
             f"epoch {epoch + 1}/{t.epochs}: train loss {total / seen:.4f}, test acc {acc:.2f}%, "
             f"{time.monotonic() - t0:.1f} s"
         )
+        folder.mkdir(parents=True, exist_ok=True)
         if t.save_every and (epoch + 1) % t.save_every == 0:
-            job.snapshot_dir.mkdir(parents=True, exist_ok=True)
-            _save_atomic(
-                {
-                    "state_dict": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch + 1,
-                    "acc": acc,
-                    "arch": job.model.arch,
-                },
-                job.snapshot_dir / f"epoch_{epoch + 1:03d}.pt",
-            )
-    result = {
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "epoch": t.epochs,
-        "acc": acc,
-        "arch": job.model.arch,
-    }
+            _save_atomic(model_file(epoch + 1), folder / f"epoch_{epoch + 1:03d}.pt")
+        _save_atomic(
+            {
+                **model_file(epoch + 1),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "identity": run,
+            },
+            resume,
+        )
+    result = model_file(t.epochs)
     out = Path(job.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic(result, out)
