@@ -29,19 +29,34 @@ def _why(default: Any, why: str) -> Any:
     """A field default together with the reason for it (kept in the field's metadata, shown by ``--help-keys``)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"why": why})
+    if isinstance(default, type):  # a section: built when absent (validating it then, not at import)
+        return field(default_factory=default, metadata={"why": why})
     return field(default=default, metadata={"why": why})
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    arch: str = _why(None, "required: a name from llmpi.models (vgg56 = resnet56_noshort, the paper's name)")
+    arch: str | None = _why(None, "a name from llmpi.models (vgg56 = resnet56_noshort, the paper's name)")
     checkpoint: str | None = _why(None, "the trained minimiser θ*; required by sweeps, absent for training")
+    factory: str | None = _why(None, "your own network instead of arch: package.module:function -> nn.Module")
+    kwargs: dict[str, Any] = _why({}, "keyword arguments for model.factory")
 
     def __post_init__(self) -> None:
+        if self.arch is not None and self.factory is not None:
+            raise JobError("model.arch and model.factory both given: a network comes from one of them; drop one")
+        if self.arch is None and self.factory is None:
+            raise JobError("missing required key 'model.arch' (a name from llmpi.models), or model.factory")
+        if self.kwargs and self.factory is None:
+            raise JobError("model.kwargs are arguments for model.factory, which is not given")
         if self.arch is not None:
             from .models import canonical_arch
 
             object.__setattr__(self, "arch", canonical_arch(self.arch))
+
+    @property
+    def label(self) -> str:
+        """How messages and files name the network."""
+        return self.arch if self.arch is not None else self.factory
 
 
 @dataclass(frozen=True)
@@ -52,8 +67,14 @@ class DataSpec:
     subset: int | None = _why(None, "all images, as in the paper; N = first N of a permutation seeded by data.seed")
     seed: int = _why(0, "fixes which images a subset holds")
     batch_size: int | Auto = _why("auto", "a speed knob only: the loss is an exactly-rounded sum of per-image values")
+    factory: str | None = _why(
+        None, "your own data instead of dataset/root: package.module:function(split, **kwargs) -> Dataset or tensors"
+    )
+    kwargs: dict[str, Any] = _why({}, "keyword arguments for data.factory")
 
     def __post_init__(self) -> None:
+        if self.kwargs and self.factory is None:
+            raise JobError("data.kwargs are arguments for data.factory, which is not given")
         if self.subset is not None and self.subset < 1:
             raise JobError(f"data.subset must be null or a positive number of images, not {self.subset}")
         if isinstance(self.batch_size, int) and self.batch_size < 1:
@@ -113,16 +134,42 @@ class RuntimeSpec:
 
 
 @dataclass(frozen=True)
+class LossSpec:
+    name: Literal["crossentropy", "mse"] = _why(
+        "crossentropy", "the paper's loss; mse is its alternative (softmax vs one-hot, mean over classes)"
+    )
+    factory: str | None = _why(
+        None, "your own loss instead of name: package.module:function(model, batch) -> (summed loss, n, correct|None)"
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    bn: Literal["eval", "recalibrate"] = _why(
+        "eval", "the checkpoint's BatchNorm statistics, as the paper; recalibrate recomputes them at every point"
+    )
+    bn_batches: int = _why(10, "training batches whose statistics replace BatchNorm's at every point (recalibrate)")
+    bn_batch_size: int = _why(128, "the training batch size: BatchNorm statistics are per-batch averages")
+
+    def __post_init__(self) -> None:
+        for name in ("bn_batches", "bn_batch_size"):
+            if getattr(self, name) < 1:
+                raise JobError(f"evaluation.{name} must be a positive integer, not {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class Job:
     """A sweep: the loss at every grid point around ``model.checkpoint`` along two directions."""
 
     name: str = _why(None, "required: names the job in messages and in the default output path")
-    model: ModelSpec = _why(ModelSpec(), "")
-    data: DataSpec = _why(DataSpec(), "")
-    directions: DirectionsSpec = _why(DirectionsSpec(), "")
-    grid: GridSpec = _why(GridSpec(), "")
+    model: ModelSpec = _why(ModelSpec, "")
+    data: DataSpec = _why(DataSpec, "")
+    directions: DirectionsSpec = _why(DirectionsSpec, "")
+    grid: GridSpec = _why(GridSpec, "")
+    loss: LossSpec = _why(LossSpec, "")
+    evaluation: EvaluationSpec = _why(EvaluationSpec, "")
     output: str | None = _why(None, "surfaces/<name>.h5")
-    runtime: RuntimeSpec = _why(RuntimeSpec(), "")
+    runtime: RuntimeSpec = _why(RuntimeSpec, "")
 
     def __post_init__(self) -> None:
         if self.output is None:

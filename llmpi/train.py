@@ -66,15 +66,13 @@ class TrainSpec:
 @dataclass(frozen=True)
 class TrainJob:
     name: str = _why(None, "required: names the run")
-    model: ModelSpec = _why(ModelSpec(), "")
-    data: DataSpec = _why(DataSpec(), "")
-    train: TrainSpec = _why(TrainSpec(), "")
+    model: ModelSpec = _why(ModelSpec, "")
+    data: DataSpec = _why(DataSpec, "")
+    train: TrainSpec = _why(TrainSpec, "")
     output: str | None = _why(None, "checkpoints/<name>.pt")
-    runtime: RuntimeSpec = _why(RuntimeSpec(), "")
+    runtime: RuntimeSpec = _why(RuntimeSpec, "")
 
     def __post_init__(self) -> None:
-        if self.model.arch is None:
-            raise JobError("missing required key 'model.arch'")
         if self.output is None:
             object.__setattr__(self, "output", f"checkpoints/{self.name}.pt")
 
@@ -142,7 +140,7 @@ def train(job: TrainJob, log=print) -> dict:
     tx = data.normalize(test_images, device=device)
     ty = torch.as_tensor(test_labels, device=device)
 
-    model = models.build(job.model.arch)
+    model = models.from_spec(job.model)
     if job.train.init == "paper":
         models.paper_init(model)
     model = model.to(device)

@@ -90,3 +90,18 @@ def paper_init(model: nn.Module) -> nn.Module:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return model
+
+
+def from_spec(spec) -> nn.Module:
+    """The network a job's ``model`` section names: ``arch`` from the registry, or the user's ``factory``."""
+    if spec.factory is None:
+        return build(spec.arch)
+    from ..plugins import call
+
+    model = call(spec.factory, "model.factory", **spec.kwargs)
+    if not isinstance(model, nn.Module):
+        raise JobError(
+            f"model.factory: {spec.factory!r} returned a {type(model).__name__}, not a torch.nn.Module; "
+            f"return the network itself"
+        )
+    return model
