@@ -178,7 +178,8 @@ def work(
             _, tag, body = m
             if tag == TASK:  # a block cancelled here earlier may come back (stolen back, or a straggler's copy)
                 state.cancelled.discard(body[0])
-                state.queue.append(body)
+                if all(queued[0] != body[0] for queued in state.queue):  # still queued: compute it once
+                    state.queue.append(body)
             elif tag == CANCEL:
                 state.cancelled.add(body[0])
             elif tag == STOP:
@@ -307,9 +308,11 @@ class Coordinator:
     def _next_for(self, rank: int) -> int | None:
         if self.pending:
             return self.pending.popleft()
-        # steal a block another worker holds but has not started
+        # steal a block another worker holds but has not started, from a queue longer than ours by two or more:
+        # a difference of one would let the two ranks steal the same block back and forth forever
+        mine = len(self.queue[rank])
         for other, q in self.queue.items():
-            if other != rank and len(q) > 1:
+            if other != rank and len(q) > 1 and len(q) > mine + 1:
                 bid = q[-1]
                 self._cancel(other, bid)
                 return bid

@@ -145,11 +145,13 @@ def test_a_straggler_does_not_hold_the_sweep(fixture_data, reference, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     seconds = float(result.stdout.split(" points in ")[1].split(" s ")[0])
-    per_rank = {r["rank"]: r for r in read_run_info(out)["per_rank"]}
+    info = read_run_info(out)
+    per_rank = {r["rank"]: r for r in info["per_rank"]}
     busy = max(per_rank[0]["seconds"], per_rank[2]["seconds"])  # what the two fast ranks needed for their share
     assert seconds < 20, result.stdout  # never waited for a slow point
     assert seconds < 1.5 * busy + 2, (seconds, busy)  # near the speed of the others
     assert per_rank[1]["points"] == 0 and per_rank[0]["points"] + per_rank[2]["points"] == 30
+    assert info["duplicates_dropped"] == 0  # no block computed twice by the fast ranks (no steal ping-pong)
     assert check_against(reference, out, complete=True) == 30
 
 
