@@ -74,17 +74,18 @@ class Plan:
     """What rank 0 decides and every rank needs (the tasks themselves stay on rank 0)."""
 
     directions: list[dict[str, np.ndarray]]
-    batch_size: int
     todo_points: int
 
 
 def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any) -> dict:
-    """Everything that determines the stored values, and nothing that does not (ranks, batch size, output)."""
+    """Everything that determines the stored values, and nothing that does not (ranks, batch size, points per
+    pass, compile, output: these change per-image losses in their last bits at most)."""
     from .config import to_dict
 
     return {
         "format": 1,
         "arch": job.model.arch,
+        "precision": job.runtime.precision,  # tf32 and bf16 change values by far more than rounding
         "checkpoint_sha256": checkpoint_sha256,
         "data": {
             "dataset": job.data.dataset,
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from . import checkpoint, config, data, directions, runtime
-        from .evaluate import Evaluator
+        from .evaluate import Evaluator, autotune
         from .grid import Grid, auto_block, blocks
         from .store import SurfaceStore
 
@@ -174,23 +175,52 @@ def main(argv: list[str] | None = None) -> int:
                 restart=args.restart,
                 attrs=attrs,
             )
-            todo = store.todo()
-            block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), size)
-            tasks.extend((b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(blocks(todo, block)))
-            batch = (
-                job.data.batch_size if job.data.batch_size != "auto" else runtime.auto_batch_size(device, info.count)
-            )
-            return Plan(store.directions(), batch, len(todo))
+            todo.extend(store.todo().tolist())
+            return Plan(store.directions(), len(todo))
 
+        todo: list[int] = []
         plan = comm.bcast(collective(comm, setup_store, args.debug))
+
+        # Batch size and points per pass: "auto" is decided by timing on rank 0 alone and broadcast, because a
+        # choice that differed between ranks would give them different bits (see llmpi.evaluate).
+        rt = job.runtime
+        auto_batch, auto_points = job.data.batch_size == "auto", rt.points_per_pass == "auto"
 
         def setup_evaluator() -> Evaluator:
             images = data.normalize(images_u8, device=device)
             labels = torch.as_tensor(labels_np, device=device)
             dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
-            return Evaluator(model.to(device), dirs, images, labels, plan.batch_size, kind=job.directions.type)
+            batch = runtime.default_batch_size(device, info.count) if auto_batch else job.data.batch_size
+            return Evaluator(
+                model,
+                dirs,
+                images,
+                labels,
+                batch,
+                kind=job.directions.type,
+                precision=rt.precision,
+                compile=rt.compile,
+                points_per_pass=1 if auto_points else rt.points_per_pass,
+                shrink_on_oom=auto_batch,
+            )
 
         evaluator = collective(comm, setup_evaluator, args.debug)
+
+        def tune() -> tuple[int, int, str]:
+            if rank != 0 or not (auto_batch or auto_points) or plan.todo_points == 0:
+                return evaluator.batch_size, evaluator.points_per_pass, ""
+            work = plan.todo_points * info.count / size
+            tuning = autotune(evaluator, work, tune_batch=auto_batch, tune_points=auto_points)
+            return tuning.batch_size, tuning.points_per_pass, tuning.describe()
+
+        batch_size, points_per_pass, tuned = comm.bcast(collective(comm, tune, args.debug))
+        evaluator.batch_size, evaluator.points_per_pass = batch_size, points_per_pass
+        if rank == 0:
+            block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), size)
+            if job.grid.block == "auto" and points_per_pass > 1:  # whole passes: no padded points
+                block = points_per_pass * -(-block // points_per_pass)
+            runs = blocks(np.asarray(todo, dtype=np.int64), block)
+            tasks.extend((b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(runs))
 
         from .faults import Faults
 
@@ -202,10 +232,14 @@ def main(argv: list[str] | None = None) -> int:
             out = {"loss": np.empty(stop - start), "acc": np.empty(stop - start)}
             k = 0
             try:
-                for k, point in enumerate(coords):
+                while k < len(coords):
                     check()
-                    faults.before_point()
-                    out["loss"][k], out["acc"][k] = evaluator(tuple(point), between_batches=check)
+                    group = [tuple(p) for p in coords[k : k + evaluator.points_per_pass]]
+                    for _ in group:
+                        faults.before_point()
+                    for loss, acc in evaluator.many(group, between_batches=check):
+                        out["loss"][k], out["acc"][k] = loss, acc
+                        k += 1
             except protocol.Stopped as stopped:
                 if k > 0:
                     stopped.partial = (start, start + k, {name: v[:k] for name, v in out.items()})
@@ -220,9 +254,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"llmpi sweep {job.name}: {job.model.arch} on {info.describe()}; "
                 f"grid {'x'.join(map(str, grid.shape[::-1]))}"
                 f" = {grid.size} points, {grid.size - todo_points} already done; {size} rank(s) on {device.type}, "
-                f"{threads} thread(s) each, batch {plan.batch_size} -> {job.output}",
+                f"{threads} thread(s) each, batch {batch_size}"
+                + (f" x {points_per_pass} points per pass" if points_per_pass > 1 else "")
+                + f", {rt.precision}{', compiled' if rt.compile else ''} -> {job.output}",
                 flush=True,
             )
+            if tuned:
+                print(f"llmpi: tuned on rank 0: {tuned}", flush=True)
 
         def commit(results: list[tuple[int, tuple[int, int, dict[str, np.ndarray]]]]) -> None:
             store.write([reply for _, reply in results])
