@@ -365,10 +365,10 @@ def autotune(
     """Pick the batch size (and points per pass) that runs fastest here, and set them on ``ev``.
 
     ``work_images``: the point-images this rank will evaluate; probing may spend ``budget_fraction`` of their
-    estimated time, so a small job is not slowed by its own tuning. Batches double from the device's first
-    candidate up to the data size (or ``max_batch``) until the budget is spent, memory runs out, or throughput
-    falls 10% below the best seen. Points per pass > 1 is tried only where the best batch is the whole data set
-    (the device might take more work per pass than the data gives) and kept only if 10% faster than one point.
+    estimated time, so a small job is not slowed by its own tuning. From the device's first candidate the batch
+    halves while that is faster, then doubles (up to the data size or ``max_batch``) while that is faster, until
+    the budget is spent or memory runs out. Points per pass > 1 is tried only where the best batch is the whole
+    data set (the device might take more work per pass than the data gives) and kept only if 10% faster.
     The probe times the eager network (compilation would recompile per candidate shape).
     """
     n = len(ev.labels)
@@ -397,29 +397,28 @@ def autotune(
 
     best = (first, 1, rate)
     if tune_batch:
-        candidates = [first // 2] if first // 2 >= runtime.min_batch(ev.device) else []
-        b = first * 2
-        while b < cap * 2:
-            candidates.append(min(b, cap))
-            if b >= cap:
-                break
-            b *= 2
-        for b in candidates:
-            cost = 3 * b / best[2]  # warm-up plus timed passes, at the best rate seen
-            if spent() + cost > budget:
-                break
-            try:
-                r = _timed(ev, b, 1, runtime.probe_seconds(ev.device))
-            except Exception as e:
-                if not is_out_of_memory(e):
-                    raise
-                ev._release()
-                break
-            table.append((b, 1, r))
-            if r > best[2]:
+        # Halve from the first candidate while that is faster, then double while that is faster.
+        for step in (0.5, 2.0):
+            b = first
+            while True:
+                b = min(cap, int(b * step))
+                if b < runtime.min_batch(ev.device) or b == best[0] or any(b == row[0] for row in table):
+                    break
+                if spent() + 3 * b / best[2] > budget:  # warm-up plus timed passes, at the best rate seen
+                    break
+                try:
+                    r = _timed(ev, b, 1, runtime.probe_seconds(ev.device))
+                except Exception as e:
+                    if not is_out_of_memory(e):
+                        raise
+                    ev._release()
+                    break
+                table.append((b, 1, r))
+                if r <= best[2]:
+                    break
                 best = (b, 1, r)
-            elif r < 0.9 * best[2] and b > best[0]:
-                break
+                if b == cap:
+                    break
     # More points per pass only where the whole data set is one batch and the device might take more per pass.
     if tune_points and best[0] == n and 2 * n <= limit:
         single = best

