@@ -8,18 +8,19 @@
 Running at the forward-pass limit. The images live on the device once, normalised, in the dtype and memory
 format the network consumes; a batch is a view. Each point rewrites the perturbed weights in place from the
 untouched base (θ = θ* + a·δ + b·η by three fused multi-tensor ops: no state_dict, no allocation); entries every
-direction leaves at zero are never touched. Per batch the device keeps its own tallies; the host reads one small
-integer array per pass. With ``points_per_pass`` P > 1 one forward pass evaluates P points at once
-(``torch.func.functional_call`` under ``vmap`` over stacked weights), which pays where one point alone leaves the
-device idle: small nets, small subsets. ``autotune`` (run once, on one rank, the result broadcast) picks the
-batch size and P by timing.
+direction leaves at zero are never touched. Per-image losses and hits stay on the device; per pass the device
+tallies them and the host reads one small array. With ``points_per_pass`` P > 1 one forward pass evaluates P
+points at once (``torch.func.functional_call`` under ``vmap`` over stacked weights), which pays where one point
+alone leaves the device idle: small nets, small subsets. ``autotune`` (run once, on one rank, the result
+broadcast) picks the batch size and P by timing.
 
 Exact, order-independent mean. Per-image losses are float32 as the network produced them (the logits are cast
 to float32 for the cross-entropy in every precision). Each is split exactly as m·2^(e-24) with an integer
-mantissa |m| < 2^24 (``torch.frexp``), and m is added into an int64 bin for its exponent e on the device. Integer
-addition is exact and associative, so the bins do not depend on batching, on the order of images or on atomics;
-the host forms Σ_e bin_e·2^(e-24) as a Python integer and rounds it once to float64. That is the correctly
-rounded sum of the per-image losses, the very value ``math.fsum`` returns, and the stored mean is that sum / N.
+mantissa |m| < 2^24 (``torch.frexp``), and m is added into a bin for its exponent e on the device. The bins are
+float64 holding integers: with at most 2^29 images a bin stays below 2^53, where every float64 sum of integers is
+exact, hence associative -- the bins depend neither on batching, nor on the order of images, nor on atomics. The
+host forms Σ_e bin_e·2^(e-24) as a Python integer and rounds it once to float64. That is the correctly rounded
+sum of the per-image losses, the very value ``math.fsum`` returns, and the stored mean is that sum / N.
 Accuracy is an integer count. So a stored value depends only on the point and the per-image losses; the batch
 size, P and ``compile`` can change per-image losses in their last bits (other kernels), never the meaning, and
 the sweep decides them once for all ranks so that every rank computes the same bits. The exception: a rank that
@@ -98,8 +99,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def _quiet(function: Callable, *args: object) -> torch.Tensor:
-    """Call a vmapped network without vmap's note that one op (channels-last pooling) uses its generic fallback:
-    measured, the whole pass is still faster, and the note would repeat on every rank."""
+    """Call a vmapped network without vmap's note that one op (channels-last pooling) takes its generic fallback:
+    whether several points per pass pay overall is what ``autotune`` measures, and the note would repeat per rank."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
         return function(*args)
@@ -311,7 +312,7 @@ class Evaluator:
                 logits = logits.unsqueeze(0)
             # The standard per-image cross-entropy of (points x images, classes): the same kernel for any width.
             per_image[:, start:stop] = F.cross_entropy(
-                logits.view(-1, logits.shape[2]), y.expand(width, stop - start).reshape(-1), reduction="none"
+                logits.reshape(-1, logits.shape[2]), y.expand(width, stop - start).reshape(-1), reduction="none"
             ).view(width, -1)
             hits[:, start:stop] = logits.argmax(dim=2) == y
         tally_(per_image[:, :n], hits[:, :n], tally, rows)

@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         device, threads, images_u8, labels_np, info, model = collective(comm, setup_rank, args.debug)
 
         tasks: list[tuple[int, tuple[int, int, np.ndarray], int]] = []
+        todo: list[int] = []  # flat indices not yet computed (rank 0)
 
         def setup_store() -> Plan | None:
             nonlocal store
@@ -178,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
             todo.extend(store.todo().tolist())
             return Plan(store.directions(), len(todo))
 
-        todo: list[int] = []
         plan = comm.bcast(collective(comm, setup_store, args.debug))
 
         # Batch size and points per pass: "auto" is decided by timing on rank 0 alone and broadcast, because a
@@ -206,21 +206,24 @@ def main(argv: list[str] | None = None) -> int:
 
         evaluator = collective(comm, setup_evaluator, args.debug)
 
-        def tune() -> tuple[int, int, str]:
-            if rank != 0 or not (auto_batch or auto_points) or plan.todo_points == 0:
-                return evaluator.batch_size, evaluator.points_per_pass, ""
-            work = plan.todo_points * info.count / size
-            tuning = autotune(evaluator, work, tune_batch=auto_batch, tune_points=auto_points)
-            return tuning.batch_size, tuning.points_per_pass, tuning.describe()
-
-        batch_size, points_per_pass, tuned = comm.bcast(collective(comm, tune, args.debug))
-        evaluator.batch_size, evaluator.points_per_pass = batch_size, points_per_pass
-        if rank == 0:
+        def tune_and_plan() -> tuple[int, int, str] | None:
+            """On rank 0: the batch size and points per pass for everyone, then the blocks."""
+            if rank != 0:
+                return None
+            described = ""
+            if (auto_batch or auto_points) and plan.todo_points:
+                work = plan.todo_points * info.count / size
+                described = autotune(evaluator, work, tune_batch=auto_batch, tune_points=auto_points).describe()
+            width = evaluator.points_per_pass
             block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), size)
-            if job.grid.block == "auto" and points_per_pass > 1:  # whole passes: no padded points
-                block = points_per_pass * -(-block // points_per_pass)
+            if job.grid.block == "auto" and width > 1:  # whole passes: no padded points
+                block = width * -(-block // width)
             runs = blocks(np.asarray(todo, dtype=np.int64), block)
             tasks.extend((b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(runs))
+            return evaluator.batch_size, width, described
+
+        batch_size, points_per_pass, tuned = comm.bcast(collective(comm, tune_and_plan, args.debug))
+        evaluator.batch_size, evaluator.points_per_pass = batch_size, points_per_pass
 
         from .faults import Faults
 
