@@ -9,6 +9,7 @@ For each network, in rounds that interleave the three so load changes on the mac
 
 1. limit: the raw forward pass of the same network on the same resident images (normalised, on the device), at
    its best batch size and memory format: images/s. Every point needs one such pass over the data;
+   measured right before and right after the llmpi run (the mean is the limit);
 2. llmpi: ``python -m llmpi.sweep`` as a user runs it, one rank, points x images / wall time from process start
    to exit (imports, data, tuning and the file included); the sweep phase alone is printed too;
 3. naive: bench/naive.py, the common per-point state_dict + DataLoader loop, batch 128, on the same images.
@@ -132,54 +133,61 @@ def say(text: str) -> None:
 # The three measurements.
 
 
-def forward_limit(
-    arch: str, ckpt: Path, x: torch.Tensor, precision: str, device: torch.device, sustain: float
-) -> tuple[float, int, str, list]:
-    """Raw forward-pass images/s over all of ``x`` at the best batch size and memory format.
+FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
-    A scan times one pass per configuration; the two fastest are then run for ``sustain`` seconds each and the
-    better sustained rate is the limit (a single pass's rate on a shared machine is a lucky or unlucky moment;
-    the sweep it is compared with runs for minutes).
-    """
-    model = checkpoint.load_model(arch, ckpt)
+
+def forward_model(arch: str, ckpt: Path, precision: str, device: torch.device) -> torch.nn.Module:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    runtime.set_precision(device, precision)
-    model = model.to(device=device, dtype=dtype).eval()
-    n = len(x)
-    if device.type == "cuda":
-        batches = [b for b in (256, 512, 1024, 2048, 4096, 8192, 16384) if b < n] + [n]
-    else:
-        batches = [b for b in (32, 64, 128, 256) if b < n] + [n]
-    formats = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+    return checkpoint.load_model(arch, ckpt).to(device=device, dtype=dtype).eval()
 
-    def passes(b: int, fmt: str, seconds: float) -> float:
-        m = model.to(memory_format=formats[fmt])
-        xx = x.to(dtype).contiguous(memory_format=formats[fmt])
+
+def forward_rate(
+    model: torch.nn.Module, x: torch.Tensor, precision: str, batch: int, fmt: str, seconds: float
+) -> float:
+    """Images/s of whole raw forward passes over ``x`` (repeated for at least ``seconds``), after a warm-up."""
+    device = x.device
+    runtime.set_precision(device, precision)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    m = model.to(memory_format=FORMATS[fmt])
+    xx = x.to(dtype).contiguous(memory_format=FORMATS[fmt])
+    n = len(xx)
+    try:
         with torch.no_grad():
-            m(xx[:b])  # warm-up at both shapes
-            if n % b:
-                m(xx[: n % b])
+            m(xx[:batch])  # warm-up at both shapes
+            if n % batch:
+                m(xx[: n % batch])
             runtime.synchronize(device)
             count, t0 = 0, time.perf_counter()
             while count == 0 or time.perf_counter() - t0 < seconds:
-                for s in range(0, n, b):
-                    m(xx[s : s + b])
+                for s in range(0, n, batch):
+                    m(xx[s : s + batch])
                 runtime.synchronize(device)
                 count += n
             return count / (time.perf_counter() - t0)
+    finally:
+        runtime.set_precision(device, "fp32")
 
+
+def forward_limit(model: torch.nn.Module, x: torch.Tensor, precision: str, sustain: float) -> tuple[float, int, str]:
+    """The raw forward pass's best sustained images/s over all of ``x``: (rate, batch, memory format).
+
+    A scan times one pass per batch size and memory format; the two fastest then run for ``sustain`` seconds each
+    (one pass on a shared machine is a lucky or unlucky moment; the sweep it is compared with runs for minutes).
+    """
+    n = len(x)
+    if x.device.type == "cuda":
+        batches = [b for b in (256, 512, 1024, 2048, 4096, 8192, 16384) if b < n] + [n]
+    else:
+        batches = [b for b in (32, 64, 128, 256) if b < n] + [n]
     table = []
-    for fmt in formats:
+    for fmt in FORMATS:
         for b in batches:
             try:
-                table.append((b, fmt, passes(b, fmt, 0.0)))
+                table.append((forward_rate(model, x, precision, b, fmt, 0.0), b, fmt))
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
-    top = sorted(table, key=lambda row: -row[2])[:2]
-    sustained = [(b, fmt, passes(b, fmt, sustain)) for b, fmt, _ in top]
-    best = max(sustained, key=lambda row: row[2])
-    runtime.set_precision(device, "fp32")
-    return best[2], best[0], best[1], table + [(b, f"{fmt} sustained", r) for b, fmt, r in sustained]
+    top = sorted(table, reverse=True)[:2]
+    return max((forward_rate(model, x, precision, b, fmt, sustain), b, fmt) for _, b, fmt in top)
 
 
 def run_command(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -228,13 +236,18 @@ def measure_case(case: Case, profile: Profile, work: Path, root: Path, threads: 
     u8, x, labels = fixtures.resident(root, case.images, device)
     rows = []
     for precision, compiled in profile.runs:
-        limit, batch, fmt, _ = forward_limit(case.arch, ckpt, x, precision, device, profile.sustain)
+        model = forward_model(case.arch, ckpt, precision, device)
+        before, batch, fmt = forward_limit(model, x, precision, profile.sustain)
         output = work / f"{case.arch}-{precision}-{int(compiled)}.h5"
         job = fixtures.sweep_job(
             work / f"{case.arch}-{precision}.yaml", case.arch, ckpt, root, case.images, case.grid, output,
             profile.device, threads, precision, compiled,
         )  # fmt: skip
         run = llmpi_run(job, TIMEOUT)
+        # The limit brackets the run: its best configuration again right after, and the mean of both is the limit.
+        after = forward_rate(model, x, precision, batch, fmt, profile.sustain)
+        limit = (before + after) / 2
+        del model
         images = run["points"] * case.images
         row = {
             "arch": case.arch,
@@ -244,6 +257,7 @@ def measure_case(case: Case, profile: Profile, work: Path, root: Path, threads: 
             "precision": precision,
             "compile": compiled,
             "limit_images_s": limit,
+            "limit_before_after": [before, after],
             "limit_batch": batch,
             "limit_format": fmt,
             "llmpi_images_s": images / run["wall_s"],
@@ -278,7 +292,8 @@ def describe_case(r: dict) -> str:
     text = (
         f"  {r['arch']} {r['precision']}{' compiled' if r['compile'] else ''}, {r['images']} images, "
         f"{r['grid']}x{r['grid']}, round {r['round']}: limit {r['limit_images_s']:.0f} img/s (batch "
-        f"{r['limit_batch']}, {r['limit_format']}); llmpi {r['llmpi_images_s']:.0f} img/s end to end, "
+        f"{r['limit_batch']}, {r['limit_format']}; {r['limit_before_after'][0]:.0f} before, "
+        f"{r['limit_before_after'][1]:.0f} after); llmpi {r['llmpi_images_s']:.0f} img/s end to end, "
         f"{r['llmpi_sweep_images_s']:.0f} in the sweep (batch {r['llmpi_batch']} x {r['llmpi_points_per_pass']}, "
         f"{r['llmpi_wall_s']:.1f} s wall)"
     )
