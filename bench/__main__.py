@@ -192,7 +192,8 @@ def forward_limit(model: torch.nn.Module, x: torch.Tensor, precision: str, susta
 
 def run_command(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Run a command of the bench; past ``timeout`` it is killed and the bench fails (a deadlock never hangs)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LLMPI_OFFLINE": "1"}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "LLMPI_OFFLINE": "1"}
     try:
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired as e:
@@ -489,6 +490,17 @@ def run_profile(profile: Profile, work: Path, results: Results, stress_runs: boo
         results.stress.append(stress(profile, work, root, noop=True))
 
 
+def _variants(text: str) -> tuple[tuple[str, bool], ...]:
+    """'fp32,bf16+compile' -> (("fp32", False), ("bf16", True)): a short GPU lease runs fewer of them."""
+    out = []
+    for item in text.split(","):
+        precision, _, extra = item.strip().partition("+")
+        if precision not in ("fp32", "tf32", "bf16") or extra not in ("", "compile"):
+            raise argparse.ArgumentTypeError(f"{item!r}: expected fp32, tf32 or bf16, optionally +compile")
+        out.append((precision, extra == "compile"))
+    return tuple(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=["auto", *PROFILES], default="auto", help="auto: cpu, and gpu with a GPU")
@@ -496,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--work", type=Path, help="keep data, checkpoints and surfaces here (default: a temp dir)")
     p.add_argument("--no-stress", action="store_true", help="skip the coordinator stress runs")
+    p.add_argument(
+        "--runs", type=_variants, help="override the profile's llmpi runs, e.g. fp32,bf16+compile (precision[+compile])"
+    )
+    p.add_argument("--variants", type=_variants, help="override the variants whose deviation from fp32 is measured")
+    p.add_argument("--sustain", type=float, help="override the seconds each best forward-pass configuration runs")
     args = p.parse_args(argv)
     register_trivial()
     names = [args.profile] if args.profile != "auto" else ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
@@ -510,8 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             profile = PROFILES[name]
-            if args.rounds:
-                profile = dataclasses.replace(profile, rounds=args.rounds)
+            overrides = {"rounds": args.rounds, "runs": args.runs, "variants": args.variants, "sustain": args.sustain}
+            profile = dataclasses.replace(profile, **{k: v for k, v in overrides.items() if v is not None})
             date = datetime.datetime.now().astimezone().isoformat(timespec="minutes")
             results = Results(device_name(profile.device), date, name, threads)
             run_profile(profile, work / name, results, not args.no_stress)

@@ -140,7 +140,7 @@ class Evaluator:
         self.batch_size, self.points_per_pass, self.shrink_on_oom = batch_size, points_per_pass, shrink_on_oom
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         runtime.set_precision(device, precision)
-        memory_format = runtime.memory_format(device)
+        memory_format = runtime.memory_format(device, precision)
 
         entries = perturbed_entries(model, kind)
         for d in directions:
@@ -298,7 +298,10 @@ class Evaluator:
             for p in range(width):
                 self._form([t[p] for t in stacked.values()], group[min(p, len(group) - 1)])
             multi = self._multi_eager if eager else self._multi
-            forward = lambda x: _quiet(multi, stacked, x)
+            # vmap cannot run CUDA batch norm on NHWC input (torch: "NYI: querying is_contiguous inside of vmap"):
+            # several points per pass take the batch in NCHW there, a copy per batch for P points of work
+            nchw = self.device.type == "cuda"
+            forward = lambda x: _quiet(multi, stacked, x.contiguous() if nchw else x)
         per_image, hits, tally, rows = self._buffers(width)
         n, bs = len(self.labels) if images is None else images, self.batch_size
         for start in range(0, n, bs):

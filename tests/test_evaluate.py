@@ -328,7 +328,7 @@ def on_gpu(fx, batch_size, **options):
 def test_gpu_values_match_the_cpu_repeat_bitwise_and_ignore_neighbours(fixture_data):
     cpu = make(fixture_data, batch_size=64)[0].many(POINTS)
     gpu = on_gpu(fixture_data, batch_size=32)
-    assert gpu.images.device.type == "cuda" and gpu.images.is_contiguous(memory_format=torch.channels_last)
+    assert gpu.images.device.type == "cuda" and gpu.images.is_contiguous()  # fp32 on a GPU: NCHW
     values = gpu.many(POINTS)
     assert flat(values) == pytest.approx(flat(cpu), rel=1e-5)
     assert gpu.many(POINTS) == values
@@ -345,6 +345,9 @@ def test_gpu_reduced_precisions_stay_close(fixture_data, precision):
     reference = on_gpu(fixture_data, batch_size=64).many(POINTS)
     got = on_gpu(fixture_data, batch_size=64, precision=precision).many(POINTS)
     assert [g[0] for g in got] == pytest.approx([r[0] for r in reference], rel=3e-2)
+    wide = on_gpu(fixture_data, batch_size=64, precision=precision, points_per_pass=3)  # NHWC data under vmap
+    assert wide.images.is_contiguous(memory_format=torch.channels_last)
+    assert [w[0] for w in wide.many(POINTS)] == pytest.approx([g[0] for g in got], rel=1e-2)
     on_gpu(fixture_data, batch_size=64)  # puts fp32 (TF32 off) back for the tests after this one
     assert not torch.backends.cudnn.allow_tf32
 
