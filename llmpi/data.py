@@ -254,6 +254,10 @@ class Samples:
     targets: Any  # np.ndarray int64 (N,) or a torch.Tensor (N, ...)
     info: DatasetInfo
 
+    def head(self, count: int) -> Samples:
+        """The first ``count`` samples (for trying the network and loss on a few before a sweep)."""
+        return Samples(self.inputs[:count], self.targets[:count], self.info)
+
     def to(self, device: Any = None) -> tuple[Any, Any]:
         """(inputs, targets) as tensors on ``device``; images normalised with the CIFAR statistics."""
         import torch

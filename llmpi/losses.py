@@ -22,6 +22,7 @@ NaN, so nothing reads a fake value as "not computed yet").
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
@@ -90,6 +91,58 @@ def factory_result(spec: str, result: Any) -> tuple[float, int, int | None]:
             f"number of samples ({count}), or None when the task has no accuracy"
         )
     return float(total), int(count), None if correct is None else int(correct)
+
+
+class FactoryLoss:
+    """The user's ``loss.factory``: called on one batch, its result checked (:func:`factory_result`)."""
+
+    def __init__(self, spec: str, function: LossFactory | None = None) -> None:
+        from .plugins import resolve
+
+        self.spec = spec
+        self.function = function if function is not None else resolve(spec, FACTORY_KEY)
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, int, int | None]:
+        try:
+            result = self.function(model, batch)
+        except JobError:
+            raise
+        except Exception as e:
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            raise JobError(
+                f"{FACTORY_KEY}: {self.spec!r} raised {type(e).__name__}: {e} ({where.filename}:{where.lineno}); "
+                f"run with --debug for the traceback"
+            ) from e
+        return factory_result(self.spec, result)
+
+
+def prepare(spec: Any, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[str | FactoryLoss, bool]:
+    """The loss a job's ``loss`` section names, tried once at θ* on a few samples, so that a loss that does not
+    fit the model or the data is a clear error before the sweep starts; (loss, whether it has an accuracy)."""
+    model.eval()
+    with torch.no_grad():
+        if spec.factory is not None:
+            loss = FactoryLoss(spec.factory)
+            _, _, correct = loss(model, (inputs, targets))
+            return loss, correct is not None
+        outputs = model(inputs)
+    classes = outputs.shape[-1] if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 else 0
+    if (
+        not classes
+        or targets.shape != (len(inputs),)
+        or targets.is_floating_point()
+        or targets.is_complex()
+        or targets.dtype == torch.bool
+        or int(targets.min()) < 0
+        or int(targets.max()) >= classes
+    ):
+        got = f"a tensor of shape {tuple(outputs.shape)}" if isinstance(outputs, torch.Tensor) else _describe(outputs)
+        raise JobError(
+            f"loss.name: {spec.name} needs a classifier: (samples, classes) logits and class-index targets (samples,) "
+            f"below the number of classes; for {len(inputs)} samples the network returned {got} and the targets are "
+            f"{targets.dtype} of shape {tuple(targets.shape)}. For other tasks write a loss.factory"
+        )
+    return spec.name, True
 
 
 class FactoryTally:
