@@ -276,6 +276,8 @@ def test_mse_is_the_papers_convention():
 
 
 def test_data_factory_dataset_and_tensors_select_the_same_samples(userpkg):
+    from i7pkg import sets
+
     both = [
         data.load_samples(from_dict(DataSpec, {"factory": f"i7pkg.sets:{fn}", "subset": 10, "seed": 3}))
         for fn in ("tensors", "dataset")
@@ -285,7 +287,7 @@ def test_data_factory_dataset_and_tensors_select_the_same_samples(userpkg):
         assert torch.equal(s.inputs, x) and torch.equal(s.targets, y)
         assert s.info.count == 10 and s.info.total == 96 and s.info.factory
         assert "i7pkg.sets:" in s.info.describe() and "10 of 96 samples" in s.info.describe()
-    full_x, full_y = __import__("i7pkg.sets").sets.tensors("train")
+    full_x, full_y = sets.tensors("train")
     pick = np.random.default_rng(3).permutation(96)[:10]
     assert torch.equal(x, full_x[pick]) and torch.equal(y, full_y[pick])
     assert both[0].info.sha256 == both[1].info.sha256 == data.tensor_identity(x, y)
