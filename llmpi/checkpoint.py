@@ -156,3 +156,14 @@ def load_model(arch: str, path: str | Path) -> nn.Module:
     model = model.to_empty(device="cpu")
     load_into(model, read_state_dict(path), arch, path)
     return model.eval()
+
+
+def load_job_model(spec) -> nn.Module:
+    """The network a job's ``model`` section names (``arch`` or the user's ``factory``) holding its checkpoint."""
+    if spec.factory is None:
+        return load_model(spec.arch, spec.checkpoint)
+    from .models import from_spec
+
+    model = from_spec(spec)
+    load_into(model, read_state_dict(spec.checkpoint), spec.factory, spec.checkpoint)
+    return model.eval()

@@ -2,11 +2,20 @@
 
     from llmpi.data import load_images
     images, labels, info = load_images(spec)          # uint8 (N, 32, 32, 3), int64 (N,)
+    samples = load_samples(job.data)                  # either kind, or the user's data.factory
+    inputs, targets = samples.to(device)
 
 CIFAR-10 lives in ``<root>/cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``). When it is missing and
 the machine is online, the official archive is downloaded and its MD5 checked before anything is unpacked.
 The synthetic set (deterministic, seeded, learnable) serves the demo and the tests; everything made from it says
 "synthetic".
+
+Your own data: ``data.factory: package.module:function`` is called as ``function(split, **data.kwargs)`` with
+``split`` "train" or "test", and returns either a torch ``Dataset`` (``len(d)``, ``d[i] -> (input, target)``) or a
+pair ``(inputs, targets)`` of tensors (or numpy arrays) with one row per sample. The inputs go to the network as
+they are (no normalisation), the targets to the loss. ``data.subset``/``data.seed`` select samples exactly as for
+CIFAR-10 (only the selected items of a Dataset are read), and the selected tensors' SHA-256 (dtypes, shapes,
+bytes) is the data's identity in the file and its fingerprint.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,20 +51,24 @@ SYNTHETIC_CONTENT_SEED = 2018  # the synthetic set is one fixed set; data.seed o
 class DatasetInfo:
     """What the images are, for messages, file attributes and the fingerprint."""
 
-    name: str  # "cifar10" or "synthetic"
+    name: str  # "cifar10", "synthetic", or the data.factory import path
     split: str
     total: int  # images in the split before any subset
     count: int  # images selected
     sha256: str  # of the selected images and labels, in order: the data's identity
+    factory: bool = False  # the user's data.factory made it
 
     @property
     def synthetic(self) -> bool:
         return self.name == "synthetic"
 
     def describe(self) -> str:
-        label = "SYNTHETIC data (not CIFAR-10)" if self.synthetic else "CIFAR-10"
+        if self.factory:
+            label, unit = f"{self.name} (data.factory)", "samples"
+        else:
+            label, unit = ("SYNTHETIC data (not CIFAR-10)" if self.synthetic else "CIFAR-10"), "images"
         part = f"{self.count} of {self.total}" if self.count != self.total else f"all {self.total}"
-        return f"{label}, {self.split} split, {part} images"
+        return f"{label}, {self.split} split, {part} {unit}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,12 +204,16 @@ def synthetic_images(split: str, seed: int = SYNTHETIC_CONTENT_SEED) -> tuple[np
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def subset_indices(total: int, subset: int | None, seed: int) -> np.ndarray:
-    """The first ``subset`` entries of a permutation of ``range(total)`` seeded by ``seed``; all if None."""
+def subset_indices(total: int, subset: int | None, seed: int, too_many: str | None = None) -> np.ndarray:
+    """The first ``subset`` entries of a permutation of ``range(total)`` seeded by ``seed``; all if None.
+
+    ``too_many``: the message when ``subset > total`` (formatted with ``subset`` and ``total``).
+    """
     if subset is None:
         return np.arange(total)
     if subset > total:
-        raise DataError(f"data.subset is {subset} but the split has only {total} images; use at most {total}")
+        message = too_many or "data.subset is {subset} but the split has only {total} images; use at most {total}"
+        raise DataError(message.format(subset=subset, total=total))
     return np.random.default_rng(seed).permutation(total)[:subset]
 
 
@@ -207,7 +225,7 @@ def identity(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 def load_images(
-    dataset: str, root: str | Path, split: str, subset: int | None, seed: int
+    dataset: str, root: str | Path, split: str, subset: int | None, seed: int, too_many: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
     """The selected images (uint8 NHWC) and labels of a split, with a description of them."""
     if dataset == "cifar10":
@@ -217,10 +235,110 @@ def load_images(
     else:
         raise DataError(f"data.dataset: unknown dataset {dataset!r}; known: cifar10, synthetic")
     total = len(labels)
-    index = subset_indices(total, subset, seed)
+    index = subset_indices(total, subset, seed, too_many)
     images, labels = images[index], labels[index]
     info = DatasetInfo(dataset, split, total=total, count=len(index), sha256=identity(images, labels))
     return images, labels, info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Either kind of data, as the sweep uses it
+
+
+@dataclass
+class Samples:
+    """A split's selected samples and what they are. CIFAR-10 and synthetic images stay uint8 NHWC numpy until
+    they reach the device (a quarter of the memory of floats); a factory's tensors are used as they are."""
+
+    inputs: Any  # np.ndarray uint8 (N, 32, 32, 3) or a torch.Tensor (N, ...)
+    targets: Any  # np.ndarray int64 (N,) or a torch.Tensor (N, ...)
+    info: DatasetInfo
+
+    def head(self, count: int) -> Samples:
+        """The first ``count`` samples (for trying the network and loss on a few before a sweep)."""
+        return Samples(self.inputs[:count], self.targets[:count], self.info)
+
+    def to(self, device: Any = None) -> tuple[Any, Any]:
+        """(inputs, targets) as tensors on ``device``; images normalised with the CIFAR statistics."""
+        import torch
+
+        if isinstance(self.inputs, np.ndarray):
+            return normalize(self.inputs, device=device), torch.as_tensor(self.targets, device=device)
+        return self.inputs.to(device), self.targets.to(device)
+
+
+def load_samples(
+    spec: Any, split: str | None = None, subset: int | None = None, too_many: str | None = None
+) -> Samples:
+    """The samples a job's ``data`` section selects; ``split``/``subset`` override the section's (for the
+    BatchNorm recalibration set), ``too_many`` is then the message for a subset larger than the split."""
+    split = split or spec.split
+    subset = spec.subset if split == spec.split and subset is None else subset
+    if spec.factory is None:
+        return Samples(*load_images(spec.dataset, spec.root, split, subset, spec.seed, too_many))
+    from .plugins import call
+
+    result = call(spec.factory, "data.factory", split, **spec.kwargs)
+    inputs, targets, total = _factory_tensors(spec.factory, result, subset, spec.seed, too_many)
+    info = DatasetInfo(spec.factory, split, total, len(targets), tensor_identity(inputs, targets), factory=True)
+    return Samples(inputs, targets, info)
+
+
+def _factory_tensors(path: str, result: Any, subset: int | None, seed: int, too_many: str | None) -> tuple:
+    """The selected (inputs, targets) of what a data factory returned, or a DataError naming the factory."""
+    import torch
+
+    key = f"data.factory: {path!r}"
+    arrays = (torch.Tensor, np.ndarray)
+    if isinstance(result, (tuple, list)) and len(result) == 2 and all(isinstance(v, arrays) for v in result):
+        inputs, targets = (torch.as_tensor(v) for v in result)
+        if inputs.ndim == 0 or targets.ndim == 0 or len(inputs) != len(targets):
+            raise DataError(
+                f"{key} returned inputs of shape {tuple(inputs.shape)} and targets of shape {tuple(targets.shape)}: "
+                f"both need one row per sample, as many inputs as targets"
+            )
+        total = len(inputs)
+        index = torch.from_numpy(subset_indices(total, subset, seed, too_many))
+        inputs, targets = inputs[index], targets[index]
+    elif hasattr(result, "__len__") and hasattr(result, "__getitem__") and not isinstance(result, (str, bytes, dict)):
+        total = len(result)
+        index = subset_indices(total, subset, seed, too_many)
+        items = [result[int(i)] for i in index]
+        bad = next(
+            (k for k, item in enumerate(items) if not (isinstance(item, (tuple, list)) and len(item) == 2)), None
+        )
+        if bad is not None:
+            raise DataError(
+                f"{key}: item {int(index[bad])} of its Dataset is {type(items[bad]).__name__}, not (input, target)"
+            )
+        try:
+            inputs = torch.stack([torch.as_tensor(x) for x, _ in items]) if items else torch.empty(0)
+            targets = torch.stack([torch.as_tensor(y) for _, y in items]) if items else torch.empty(0)
+        except (TypeError, RuntimeError, ValueError) as e:
+            raise DataError(
+                f"{key}: the items of its Dataset cannot be stacked into tensors ({e}); every input must be a "
+                f"tensor (or number, or array) of one shape, and so must every target"
+            ) from None
+    else:
+        raise DataError(
+            f"{key} returned a {type(result).__name__}, not a torch Dataset (len(d) and d[i] -> (input, target)) "
+            f"or a pair (inputs, targets) of tensors"
+        )
+    if total == 0:
+        raise DataError(f"{key} returned no samples for this split")
+    return inputs.contiguous(), targets.contiguous(), total
+
+
+def tensor_identity(*tensors: Any) -> str:
+    """SHA-256 of tensors' dtypes, shapes and bytes, in order: a factory data set's identity."""
+    import torch
+
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype} {tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def normalize(images_u8, device=None, dtype=None):

@@ -41,10 +41,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import runtime
+from . import losses, runtime
 from .directions import Direction, perturbed_entries
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -112,6 +111,13 @@ class Evaluator:
     ``images`` are normalised float NCHW (any dtype; converted once to what the network consumes), ``labels``
     int64, both already on the device the model should run on. ``shrink_on_oom``: halve the batch and retry a
     point when the device runs out of memory (for an automatic batch size); otherwise the error says what to set.
+
+    Issue 7 (see :mod:`llmpi.losses`): ``loss`` is "crossentropy", "mse", or a :class:`losses.FactoryLoss` (the
+    user's ``loss.factory``; ``images``/``labels`` are then whatever the data factory made: any shape and dtype,
+    only floating inputs take the precision's dtype). ``bn_inputs``: recalibrate BatchNorm at every point over
+    these inputs, ``bn_batch_size`` at a time, before evaluating. Both evaluate one point per pass: a factory
+    runs the network itself (vmap cannot stack weights through arbitrary user code) and recalibration updates the
+    network's buffers per point (which vmap over stacked weights cannot).
     """
 
     def __init__(
@@ -126,6 +132,9 @@ class Evaluator:
         compile: bool = False,
         points_per_pass: int = 1,
         shrink_on_oom: bool = False,
+        loss: str | losses.FactoryLoss = "crossentropy",
+        bn_inputs: torch.Tensor | None = None,
+        bn_batch_size: int = 128,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
@@ -135,6 +144,12 @@ class Evaluator:
             raise ValueError(f"points_per_pass must be positive, not {points_per_pass}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if isinstance(loss, str) and loss not in losses.BUILTIN:
+            raise ValueError(f"loss must be one of {', '.join(losses.BUILTIN)} or a FactoryLoss, not {loss!r}")
+        self.loss, self.bn_batch_size = loss, bn_batch_size
+        self.one_point_per_pass = not isinstance(loss, str) or bn_inputs is not None
+        if self.one_point_per_pass and points_per_pass != 1:
+            raise ValueError("a loss factory or BatchNorm recalibration evaluates one point per pass")
         device = images.device
         self.device, self.precision, self.compiled = device, precision, compile
         self.batch_size, self.points_per_pass, self.shrink_on_oom = batch_size, points_per_pass, shrink_on_oom
@@ -157,7 +172,8 @@ class Evaluator:
         self.targets = [live[n] for n in names]  # the network's own tensors, rewritten in place per point
         # Where θ is formed in float32 when the network holds another dtype (bf16): rounded once when copied in.
         self.scratch = self.targets if self.dtype == torch.float32 else [t.clone() for t in self.base]
-        self.images = images.to(dtype=self.dtype).contiguous(memory_format=memory_format)
+        self.images = self._as_input(images, memory_format)
+        self.bn_inputs = None if bn_inputs is None else self._as_input(bn_inputs.to(device), memory_format)
         self.labels = labels.to(device)
         self.stacked: dict[str, torch.Tensor] = {}
         self._single: Callable[[torch.Tensor], torch.Tensor] = self.model
@@ -166,6 +182,13 @@ class Evaluator:
         if compile:
             self._single = runtime.compile_for(self.model, device)
         self._per_image = torch.empty(0)
+
+    def _as_input(self, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        """Inputs as the network consumes them: floats in its dtype, images (4-D) in its memory format; anything
+        else (token ids, ...) as it is."""
+        if x.is_floating_point():
+            x = x.to(dtype=self.dtype)
+        return x.contiguous(memory_format=memory_format) if x.ndim == 4 else x.contiguous()
 
     # -- weights --------------------------------------------------------------------------------------------------
 
@@ -293,6 +316,10 @@ class Evaluator:
         if width == 1:
             self.move_to(group[0])
             forward = self.model if eager else self._single
+            if self.bn_inputs is not None:  # the eager network: only BatchNorm in train mode (see losses)
+                losses.recalibrate_bn(self.model, self.bn_inputs, self.bn_batch_size, between_batches=between_batches)
+            if not isinstance(self.loss, str):
+                return [self._factory_pass(forward, between_batches, images)]
         else:
             stacked = self._stack(width)
             for p in range(width):
@@ -313,14 +340,27 @@ class Evaluator:
             logits = forward(x).float()
             if width == 1:
                 logits = logits.unsqueeze(0)
-            # The standard per-image cross-entropy of (points x images, classes): the same kernel for any width.
-            per_image[:, start:stop] = F.cross_entropy(
-                logits.reshape(-1, logits.shape[2]), y.expand(width, stop - start).reshape(-1), reduction="none"
-            ).view(width, -1)
+            # The standard per-image loss of (points x images, classes): the same kernel for any width.
+            per_image[:, start:stop] = losses.per_sample(self.loss, logits, y.expand(width, stop - start))
             hits[:, start:stop] = logits.argmax(dim=2) == y
         tally_(per_image[:, :n], hits[:, :n], tally, rows)
         rows_host = tally[: len(group)].cpu().tolist()
         return [(exact_sum(row) / n, 100.0 * row[CORRECT] / n) for row in rows_host]
+
+    def _factory_pass(
+        self, forward: Callable, between_batches: Callable[[], None] | None, images: int | None
+    ) -> tuple[float, float]:
+        """One point with the user's loss factory, batch by batch; (mean loss, accuracy % or NaN without one)."""
+        network = forward if isinstance(forward, nn.Module) else self.model
+        tally = losses.FactoryTally(self.loss.spec)
+        n, bs = len(self.labels) if images is None else images, self.batch_size
+        for start in range(0, n, bs):
+            if between_batches is not None:
+                between_batches()
+            runtime.before_forward(self.device, self.compiled and network is not self.model)
+            tally.add(*self.loss(network, (self.images[start : start + bs], self.labels[start : start + bs])))
+        mean, accuracy = tally.result()
+        return mean, math.nan if accuracy is None else accuracy
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -424,7 +464,7 @@ def autotune(
                 if b == cap:
                     break
     # More points per pass only where the whole data set is one batch and the device might take more per pass.
-    if tune_points and best[0] == n and 2 * n <= limit:
+    if tune_points and not ev.one_point_per_pass and best[0] == n and 2 * n <= limit:
         single = best
         width = 2
         while width * n <= limit and width <= 1024:

@@ -75,18 +75,21 @@ def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
     return value
 
 
-def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any) -> dict:
+def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any, bn_info: Any = None) -> dict:
     """Everything that determines the stored values, and nothing that does not (ranks, batch size, points per
-    pass, compile, output: these change per-image losses in their last bits at most)."""
+    pass, compile, output: these change per-image losses in their last bits at most). Users' factories count by
+    import path and a hash of their module's source (``plugins.identity``), with their keyword arguments."""
     from .config import to_dict
+    from .plugins import identity
 
     return {
         "format": 1,
         "arch": job.model.arch,
+        **factory_fields(job, bn_info, identity),
         "precision": job.runtime.precision,  # tf32 and bf16 change values by far more than rounding
         "checkpoint_sha256": checkpoint_sha256,
         "data": {
-            "dataset": job.data.dataset,
+            "dataset": None if job.data.factory else job.data.dataset,
             "split": job.data.split,
             "subset": job.data.subset,
             "seed": job.data.seed,
@@ -97,16 +100,38 @@ def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any) -> dict:
     }
 
 
+def factory_fields(job: Any, bn_info: Any, identity: Callable[[str], dict]) -> dict:
+    """The fingerprint's part for issue 7: the model and data factories, the loss, the BatchNorm handling."""
+    model, data, loss, ev = job.model, job.data, job.loss, job.evaluation
+    return {
+        "model": {"factory": model.factory and identity(model.factory), "kwargs": model.kwargs},
+        "data_factory": {"factory": data.factory and identity(data.factory), "kwargs": data.kwargs},
+        "loss": {"name": None if loss.factory else loss.name, "factory": loss.factory and identity(loss.factory)},
+        "evaluation": {"bn": ev.bn}
+        if ev.bn == "eval"
+        else {"bn": ev.bn, "bn_batches": ev.bn_batches, "bn_batch_size": ev.bn_batch_size, "bn_sha256": bn_info.sha256},
+    }
+
+
 @dataclass
 class RankSetup:
-    """What one rank holds once set up: its device, its copy of the data and θ*."""
+    """What one rank holds once set up: its device, its copy of the data and θ*, the loss, the BatchNorm set."""
 
     device: Any
     threads: int
-    images: np.ndarray
-    labels: np.ndarray
-    info: Any
+    samples: Any  # data.Samples
     model: Any
+    loss: Any  # "crossentropy", "mse" or a losses.FactoryLoss
+    has_accuracy: bool  # False for a loss factory that counts no correct predictions: no <split>_acc dataset
+    bn_samples: Any = None  # data.Samples of the training split for evaluation.bn: recalibrate
+
+    @property
+    def info(self) -> Any:
+        return self.samples.info
+
+
+def value_names(job: Any, r: RankSetup) -> list[str]:
+    return [f"{job.data.split}_loss", f"{job.data.split}_acc"][: 2 if r.has_accuracy else 1]
 
 
 @dataclass
@@ -118,17 +143,27 @@ class Plan:
 
 
 def setup_rank(job: Any, local_rank: int, local_size: int, faults: Any) -> RankSetup:
-    from . import checkpoint, data, runtime
+    from . import checkpoint, data, losses, runtime
 
     faults.at_setup()
     device = runtime.pick_device(job.runtime.device, local_rank)
     threads = runtime.pick_threads(job.runtime.threads, local_size)
     runtime.configure(device, threads)
-    images, labels, info = data.load_images(
-        job.data.dataset, job.data.root, job.data.split, job.data.subset, job.data.seed
-    )
-    model = checkpoint.load_model(job.model.arch, job.model.checkpoint)
-    return RankSetup(device, threads, images, labels, info, model)
+    samples = data.load_samples(job.data)
+    model = checkpoint.load_job_model(job.model)
+    loss, has_accuracy = losses.prepare(job.loss, model, *samples.head(2).to())
+    r = RankSetup(device, threads, samples, model, loss, has_accuracy)
+    ev = job.evaluation
+    if ev.bn == "recalibrate":
+        losses.check_recalibration(model, job.directions.type, job.model.label)
+        r.bn_samples = data.load_samples(
+            job.data,
+            "train",
+            ev.bn_batches * ev.bn_batch_size,
+            too_many="evaluation.bn_batches x bn_batch_size = {subset} training samples to recalibrate BatchNorm, "
+            "but the train split has {total}; lower evaluation.bn_batches or evaluation.bn_batch_size",
+        )
+    return r
 
 
 def open_store(job: Any, grid: Any, r: RankSetup, restart: bool) -> tuple[Any, np.ndarray, Plan]:
@@ -143,15 +178,15 @@ def open_store(job: Any, grid: Any, r: RankSetup, restart: bool) -> tuple[Any, n
         )
         return [{k: v.numpy() for k, v in d.items()} for d in dirs]
 
-    fields = fingerprint(job, checkpoint.sha256_file(job.model.checkpoint), r.info)
+    fields = fingerprint(job, checkpoint.sha256_file(job.model.checkpoint), r.info, r.bn_samples and r.bn_samples.info)
     attrs = {
         "dataset": r.info.describe(),
         "synthetic": r.info.synthetic,
-        "arch": job.model.arch,
+        "arch": job.model.label,
         "split": job.data.split,
         "images": r.info.count,
     }
-    names = [f"{job.data.split}_loss", f"{job.data.split}_acc"]
+    names = value_names(job, r)
     store = SurfaceStore.open(
         job.output_path,
         grid,
@@ -170,13 +205,21 @@ def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
     """This rank's evaluator, with a provisional batch size and one point per pass until the tuning step."""
     import torch
 
-    from . import data, runtime
+    from . import runtime
+    from .errors import JobError
     from .evaluate import Evaluator
 
     rt, auto_batch = job.runtime, job.data.batch_size == "auto"
-    images = data.normalize(r.images, device=r.device)
-    labels = torch.as_tensor(r.labels, device=r.device)
+    images, labels = r.samples.to(r.device)
     dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
+    # A loss factory runs the network itself, and recalibration rewrites BatchNorm buffers per point: neither can
+    # go through vmap over stacked weights, so both evaluate one point per pass (see llmpi.evaluate).
+    one_point = job.loss.factory is not None or r.bn_samples is not None
+    if one_point and rt.points_per_pass not in ("auto", 1):
+        raise JobError(
+            f"runtime.points_per_pass is {rt.points_per_pass}, but a loss.factory or evaluation.bn: recalibrate "
+            f"evaluates one point per pass; set runtime.points_per_pass: auto (or 1)"
+        )
     return Evaluator(
         r.model.to(r.device),
         dirs,
@@ -188,6 +231,9 @@ def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
         compile=rt.compile,
         points_per_pass=1 if rt.points_per_pass == "auto" else rt.points_per_pass,
         shrink_on_oom=auto_batch,
+        loss=r.loss,
+        bn_inputs=None if r.bn_samples is None else r.bn_samples.to(r.device)[0],
+        bn_batch_size=job.evaluation.bn_batch_size,
     )
 
 
@@ -228,8 +274,9 @@ def make_compute(evaluator: Any, names: list[str], faults: Any) -> Callable[[tup
                 group = [tuple(p) for p in coords[k : k + evaluator.points_per_pass]]
                 for _ in group:
                     faults.before_point(check)
-                for loss, acc in evaluator.many(group, between_batches=check):
-                    out[names[0]][k], out[names[1]][k] = loss, acc
+                for values in evaluator.many(group, between_batches=check):
+                    for name, value in zip(names, values):  # (loss, acc); a loss without accuracy: loss only
+                        out[name][k] = value
                     faults.after_point(start + k)
                     k += 1
         except Stopped as stopped:
@@ -293,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         # the tasks stay on rank 0; every rank needs only the batch size and points per pass
         choice = comm.bcast(collective(comm, rank0_tune, args.debug))
         evaluator.batch_size, evaluator.points_per_pass, described = choice
-        compute = make_compute(evaluator, [f"{job.data.split}_loss", f"{job.data.split}_acc"], faults)
+        compute = make_compute(evaluator, value_names(job, r), faults)
 
         if rank != 0:
             outcome = protocol.run(comm, [], compute, lambda results: None, interrupts)
@@ -301,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log = RunLog(job, grid.size, grid.size - plan.todo_points, r.info.count, places)
         print(
-            f"llmpi sweep {job.name}: {job.model.arch} on {r.info.describe()}; grid "
+            f"llmpi sweep {job.name}: {job.model.label} on {r.info.describe()}; grid "
             f"{'x'.join(map(str, grid.shape[::-1]))} = {grid.size} points, {log.done} already done; {size} rank(s) "
             f"on {r.device.type}, {r.threads} thread(s) each, batch {evaluator.batch_size}"
             + (f" x {evaluator.points_per_pass} points per pass" if evaluator.points_per_pass > 1 else "")

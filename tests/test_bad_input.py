@@ -99,6 +99,33 @@ def output_directory(job, d):
     Path(job["output"]).mkdir()
 
 
+def use_factory(section: str, path: str, **extra):
+    """Replace a section's built-in choice by a factory (issue 7: users' own model, data, loss)."""
+
+    def edit(job, d):
+        if section == "model":
+            job["model"].pop("arch")
+        job[section] = {**job.get(section, {}), "factory": path, **extra}
+
+    return edit
+
+
+def tinylm_job(**evaluation):
+    """The examples/tinylm model and data (a fresh checkpoint), with the built-in loss or ``evaluation`` given."""
+
+    def edit(job, d):
+        from examples import tinylm
+
+        torch.save(tinylm.model().state_dict(), d / "lm.pt")
+        job["model"] = {"factory": "examples.tinylm:model", "checkpoint": str(d / "lm.pt")}
+        job["data"] = {"factory": "examples.tinylm:data", "kwargs": {"samples": 8}}
+        if evaluation:
+            job["evaluation"] = evaluation
+            job["loss"] = {"factory": "examples.tinylm:loss"}
+
+    return edit
+
+
 CASES = [
     Case("malformed YAML", "is not valid YAML at line", lambda j, d: "name: x\nmodel: {arch: resnet8\n"),
     Case(
@@ -160,6 +187,43 @@ CASES = [
         "unknown direction kind",
         "directions.kind: 'randm' is not allowed; did you mean 'random'",
         set_in("directions.kind", "randm"),
+    ),
+    Case(
+        "model factory path wrong",
+        "model.factory: cannot import module 'examples.nosuch'",
+        use_factory("model", "examples.nosuch:model"),
+    ),
+    Case(
+        "model factory raises",
+        "model.factory: 'examples.tinylm:model' raised ValueError: dim 30 is not a multiple of heads 4",
+        use_factory("model", "examples.tinylm:model", kwargs={"dim": 30}),
+    ),
+    Case(
+        "model factory returns no nn.Module",
+        "model.factory: 'builtins:dict' returned a dict, not a torch.nn.Module",
+        use_factory("model", "builtins:dict"),
+    ),
+    Case(
+        "data factory returns the wrong type",
+        "data.factory: 'builtins:str' returned a str, not a torch Dataset",
+        use_factory("data", "builtins:str"),
+    ),
+    Case(
+        "loss factory returns the wrong type",
+        "loss.factory: 'operator:is_' returned a bool, not (summed loss, number of samples, number correct or None)",
+        use_factory("loss", "operator:is_"),
+    ),
+    Case("built-in loss on a language model", "loss.name: crossentropy needs a classifier", tinylm_job()),
+    Case("recalibrate without BatchNorm", "has no BatchNorm layer", tinylm_job(bn="recalibrate")),
+    Case(
+        "recalibration set larger than the split",
+        "= 12800 training samples to recalibrate BatchNorm, but the train split has 500",
+        set_in("evaluation", {"bn": "recalibrate", "bn_batches": 100}),
+    ),
+    Case(
+        "recalibrate with states directions",
+        "recomputes the BatchNorm running statistics that directions.type: states perturbs",
+        lambda j, d: j.update(evaluation={"bn": "recalibrate"}, directions={**j["directions"], "type": "states"}),
     ),
 ]
 
