@@ -156,10 +156,21 @@ class RuntimeSpec:
     threads: int | Auto = _why(
         "auto", "cores / ranks on the node: MPICH's mpirun otherwise leaves torch one thread per rank"
     )
+    # Issue 5 (speed): precision changes values and is in the fingerprint; compile and points_per_pass only change
+    # last bits and are decided once for all ranks (see llmpi.evaluate).
+    precision: Literal["fp32", "tf32", "bf16"] = _why(
+        "fp32", "the paper's float32; tf32/bf16 are faster on GPUs and deviate more (python -m bench measures it)"
+    )
+    compile: bool = _why(False, "torch.compile (CUDA graphs on GPUs) costs minutes of compiling: for long sweeps")
+    points_per_pass: int | Auto = _why(
+        "auto", "several points in one forward pass where that measures faster (small nets, small subsets)"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.threads, int) and self.threads < 1:
             raise JobError(f"runtime.threads must be 'auto' or a positive integer, not {self.threads}")
+        if isinstance(self.points_per_pass, int) and self.points_per_pass < 1:
+            raise JobError(f"runtime.points_per_pass must be 'auto' or a positive integer, not {self.points_per_pass}")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
-"""Where a rank computes: its device, its CPU threads, its batch size. Torch only, no MPI.
+"""Where a rank computes: its device, its CPU threads, its precision, its batch sizes. Torch only, no MPI.
 
 The caller says which node-local rank this is and how many ranks share the node (``sweep`` learns both from
-MPI's shared-memory split, which works under mpirun and srun alike).
+MPI's shared-memory split, which works under mpirun and srun alike). Everything here that could change the bits
+a rank computes is a fixed function of the device type and the job, never of timing: the same job gives every
+rank the same kernels (the batch size chosen by timing is decided on one rank and broadcast by the sweep).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -50,17 +53,81 @@ def pick_threads(spec: int | str, local_size: int) -> int:
     return max(1, cores // max(1, local_size))
 
 
-def configure(device: torch.device, threads: int) -> None:
+def configure(device: torch.device, threads: int, precision: str = "fp32") -> None:
     """Set the thread count deliberately (MPICH's mpirun otherwise leaves one) and make kernels deterministic."""
     torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = False  # timing-based algorithm choice would differ between ranks
         torch.backends.cudnn.deterministic = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    set_precision(device, precision)
 
 
-def auto_batch_size(device: torch.device, images: int) -> int:
-    """A fixed, device-dependent batch: the same on every rank, so every rank computes the same bits."""
-    return min(images, 256 if device.type == "cpu" else 2048)
+def set_precision(device: torch.device, precision: str) -> None:
+    """TF32 tensor cores on for ``tf32`` only (cuDNN's own default is on: fp32 must switch it off explicitly).
+
+    Process-wide flags: the evaluator sets them for the precision it was made for. On a CPU there is nothing to
+    switch (tf32 computes as fp32 there); bf16 is a dtype, handled by the evaluator.
+    """
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """NHWC: what cuDNN's tensor-core convolutions and oneDNN's CPU convolutions both run natively (NCHW inputs
+    are transposed inside every layer). A fixed choice per device type, so every rank runs the same kernels."""
+    return torch.channels_last
+
+
+def default_batch_size(device: torch.device, images: int) -> int:
+    """The batch used when there is too little work to pay for probing, and where probing starts.
+
+    On a CPU, 32 images per thread (64 to 256): enough to keep every thread busy, small enough to stay in cache
+    (measured: CIFAR ResNets on 2 threads run fastest at 64, 5-10% slower at 128, 30% at 256)."""
+    if device.type == "cpu":
+        return min(images, max(64, min(256, 32 * torch.get_num_threads())))
+    return min(images, 2048)
+
+
+def min_batch(device: torch.device) -> int:
+    return 32 if device.type == "cpu" else 256
+
+
+def max_batch(device: torch.device) -> int:
+    """The largest batch probed: CPUs peak far below it; on a GPU memory (an OOM ends the probe) limits first."""
+    return 4096 if device.type == "cpu" else 65536
+
+
+def probe_seconds(device: torch.device) -> float:
+    """How long to time one candidate at least (repeating short passes, up to 20): one pass of a small batch
+    takes milliseconds, which a timer and a busy machine blur."""
+    return 0.05
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _inductor_deterministic() -> None:
+    """Inductor otherwise benchmarks kernel variants on the device; a timing-chosen reduction order would give
+    ranks different bits. Older torch has no such switch (and chose without benchmarking)."""
+    import torch._inductor.config as inductor
+
+    if hasattr(inductor, "deterministic"):
+        inductor.deterministic = True
+
+
+def compile_for(function: Callable, device: torch.device) -> Callable:
+    """torch.compile for a network whose weights change in place between calls (or are passed as arguments):
+    CUDA graphs on a GPU (parameters keep their addresses, so every replay reads the current weights), Inductor
+    kernels on a CPU. Shapes are static: a sweep has at most two (full batches and the last one)."""
+    _inductor_deterministic()
+    return torch.compile(function, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+
+
+def before_forward(device: torch.device, compiled: bool) -> None:
+    """With CUDA graphs, mark a new step so the previous pass's outputs may be overwritten (we consumed them)."""
+    if compiled and device.type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()

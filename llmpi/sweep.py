@@ -76,12 +76,14 @@ def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
 
 
 def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any) -> dict:
-    """Everything that determines the stored values, and nothing that does not (ranks, batch size, output)."""
+    """Everything that determines the stored values, and nothing that does not (ranks, batch size, points per
+    pass, compile, output: these change per-image losses in their last bits at most)."""
     from .config import to_dict
 
     return {
         "format": 1,
         "arch": job.model.arch,
+        "precision": job.runtime.precision,  # tf32 and bf16 change values by far more than rounding
         "checkpoint_sha256": checkpoint_sha256,
         "data": {
             "dataset": job.data.dataset,
@@ -112,7 +114,6 @@ class Plan:
     """What rank 0 decides and every rank needs (the tasks themselves stay on rank 0)."""
 
     directions: list[dict[str, np.ndarray]]
-    batch_size: int
     todo_points: int
 
 
@@ -130,10 +131,9 @@ def setup_rank(job: Any, local_rank: int, local_size: int, faults: Any) -> RankS
     return RankSetup(device, threads, images, labels, info, model)
 
 
-def open_store(job: Any, grid: Any, r: RankSetup, ranks: int, restart: bool) -> tuple[Any, list, Plan]:
-    """Rank 0: open or create the surface file (making the directions only if it is new) and cut the work."""
-    from . import checkpoint, config, directions, runtime
-    from .grid import auto_block, blocks
+def open_store(job: Any, grid: Any, r: RankSetup, restart: bool) -> tuple[Any, np.ndarray, Plan]:
+    """Rank 0: open or create the surface file (making the directions only if it is new); what is left to do."""
+    from . import checkpoint, config, directions
     from .store import SurfaceStore
 
     def make_directions() -> list[dict[str, np.ndarray]]:
@@ -163,22 +163,55 @@ def open_store(job: Any, grid: Any, r: RankSetup, ranks: int, restart: bool) -> 
         attrs=attrs,
     )
     todo = store.todo()
-    block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), ranks)
-    tasks = [(b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(blocks(todo, block))]
-    batch = job.data.batch_size if job.data.batch_size != "auto" else runtime.auto_batch_size(r.device, r.info.count)
-    return store, tasks, Plan(store.directions(), batch, len(todo))
+    return store, todo, Plan(store.directions(), len(todo))
 
 
 def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
+    """This rank's evaluator, with a provisional batch size and one point per pass until the tuning step."""
     import torch
 
-    from . import data
+    from . import data, runtime
     from .evaluate import Evaluator
 
+    rt, auto_batch = job.runtime, job.data.batch_size == "auto"
     images = data.normalize(r.images, device=r.device)
     labels = torch.as_tensor(r.labels, device=r.device)
     dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
-    return Evaluator(r.model.to(r.device), dirs, images, labels, plan.batch_size, kind=job.directions.type)
+    return Evaluator(
+        r.model.to(r.device),
+        dirs,
+        images,
+        labels,
+        runtime.default_batch_size(r.device, r.info.count) if auto_batch else job.data.batch_size,
+        kind=job.directions.type,
+        precision=rt.precision,
+        compile=rt.compile,
+        points_per_pass=1 if rt.points_per_pass == "auto" else rt.points_per_pass,
+        shrink_on_oom=auto_batch,
+    )
+
+
+def tune_and_plan(job: Any, grid: Any, evaluator: Any, todo: np.ndarray, ranks: int) -> tuple[list, int, int, str]:
+    """Rank 0: the batch size and points per pass for every rank, then the blocks.
+
+    "auto" is decided by timing on rank 0 alone and broadcast, because a choice that differed between ranks would
+    give them different bits (see llmpi.evaluate). Blocks are cut afterwards so that an automatic block holds
+    whole passes.
+    """
+    from .evaluate import autotune
+    from .grid import auto_block, blocks
+
+    auto_batch, auto_points = job.data.batch_size == "auto", job.runtime.points_per_pass == "auto"
+    described = ""
+    if (auto_batch or auto_points) and len(todo):
+        work = len(todo) * len(evaluator.labels) / ranks
+        described = autotune(evaluator, work, tune_batch=auto_batch, tune_points=auto_points).describe()
+    width = evaluator.points_per_pass
+    block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), ranks)
+    if job.grid.block == "auto" and width > 1:  # whole passes: no padded points
+        block = width * -(-block // width)
+    tasks = [(b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(blocks(todo, block))]
+    return tasks, evaluator.batch_size, width, described
 
 
 def make_compute(evaluator: Any, names: list[str], faults: Any) -> Callable[[tuple, Callable[[], None]], Reply]:
@@ -190,11 +223,15 @@ def make_compute(evaluator: Any, names: list[str], faults: Any) -> Callable[[tup
         out = {name: np.empty(stop - start) for name in names}
         k = 0
         try:
-            for k, point in enumerate(coords):
+            while k < len(coords):
                 check()
-                faults.before_point(check)
-                out[names[0]][k], out[names[1]][k] = evaluator(tuple(point), between_batches=check)
-                faults.after_point(start + k)
+                group = [tuple(p) for p in coords[k : k + evaluator.points_per_pass]]
+                for _ in group:
+                    faults.before_point(check)
+                for loss, acc in evaluator.many(group, between_batches=check):
+                    out[names[0]][k], out[names[1]][k] = loss, acc
+                    faults.after_point(start + k)
+                    k += 1
         except Stopped as stopped:
             if k > 0:
                 stopped.partial = (start, start + k, {name: v[:k] for name, v in out.items()})
@@ -235,16 +272,27 @@ def main(argv: list[str] | None = None) -> int:
         places = comm.gather((socket.gethostname(), str(r.device), os.getpid()))
 
         def rank0_store() -> Plan | None:
-            nonlocal store, tasks
+            nonlocal store, todo
             if rank != 0:
                 return None
-            store, tasks, plan = open_store(job, grid, r, size, args.restart)
+            store, todo, plan = open_store(job, grid, r, args.restart)
             store.faults = faults
             return plan
 
-        tasks: list = []
+        todo = np.empty(0, dtype=np.int64)
         plan = comm.bcast(collective(comm, rank0_store, args.debug))
         evaluator = collective(comm, lambda: make_evaluator(job, r, plan), args.debug)
+        tasks: list = []
+
+        def rank0_tune() -> tuple[int, int, str] | None:
+            if rank != 0:
+                return None
+            tasks[:], *choice = tune_and_plan(job, grid, evaluator, todo, size)
+            return tuple(choice)
+
+        # the tasks stay on rank 0; every rank needs only the batch size and points per pass
+        choice = comm.bcast(collective(comm, rank0_tune, args.debug))
+        evaluator.batch_size, evaluator.points_per_pass, described = choice
         compute = make_compute(evaluator, [f"{job.data.split}_loss", f"{job.data.split}_acc"], faults)
 
         if rank != 0:
@@ -255,9 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"llmpi sweep {job.name}: {job.model.arch} on {r.info.describe()}; grid "
             f"{'x'.join(map(str, grid.shape[::-1]))} = {grid.size} points, {log.done} already done; {size} rank(s) "
-            f"on {r.device.type}, {r.threads} thread(s) each, batch {plan.batch_size} -> {job.output}",
+            f"on {r.device.type}, {r.threads} thread(s) each, batch {evaluator.batch_size}"
+            + (f" x {evaluator.points_per_pass} points per pass" if evaluator.points_per_pass > 1 else "")
+            + f", {job.runtime.precision}{', compiled' if job.runtime.compile else ''} -> {job.output}",
             flush=True,
         )
+        if described:
+            print(f"llmpi: tuned on rank 0: {described}", flush=True)
 
         def commit(results: list[tuple[int, Reply]]) -> None:
             store.write([reply for _, reply in results])
