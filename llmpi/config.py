@@ -210,8 +210,13 @@ class HessianSpec:
         None, "null: all the selected images (the loss's own data); N: the first N of them, as the products cost ~10x"
     )
     seed: int = _why(0, "Lanczos start vector: the value depends on the point and seed only, never on the rank")
+    batch_size: int | Auto = _why(
+        "auto", "the loss's batch, at most 512: a double backward keeps the graph, several times a forward's memory"
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise JobError(f"hessian.batch_size must be 'auto' or a positive integer, not {self.batch_size}")
         if not 1e-12 <= self.tol < 1:
             raise JobError(f"hessian.tol must be in [1e-12, 1), not {self.tol}")
         if self.max_hvps < 1:
@@ -245,6 +250,11 @@ class Job:
             object.__setattr__(self, "output", f"surfaces/{self.name}.h5")
         if len(set(self.metrics)) != len(self.metrics):
             raise JobError(f"metrics lists a metric twice: {self.metrics}")
+        if "hessian" in self.metrics and self.runtime.precision == "bf16":
+            raise JobError(
+                "metrics: [hessian] needs runtime.precision fp32 or tf32: bfloat16 loses the small eigenvalues "
+                "that make the eigen-ratio"
+            )
         self._check_kind()
 
     def _check_kind(self) -> None:
