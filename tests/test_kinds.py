@@ -403,3 +403,26 @@ def test_status_metrics_under_a_live_sweep_are_printed_not_stored(plane):
     assert out.returncode == 0 and "centre_loss" in out.stdout
     assert "printed, not stored: a sweep is writing the file" in out.stderr
     assert "metrics" not in read_surface(plane).attrs
+
+
+def test_paper_figure_jobs_use_the_train_variants_outputs():
+    from llmpi.config import load
+    from llmpi.train import TrainJob
+
+    def trained(name):
+        return load(TrainJob, REPO / "jobs" / "train" / f"{name}.yaml")
+
+    line = load_job(REPO / "jobs" / "interpolate_vgg9_bs128_bs8192.yaml")
+    assert (line.model.checkpoint, line.model.checkpoint2) == (
+        trained("vgg9_bs128_wd0").output, trained("vgg9_bs8192_wd0").output,
+    )  # fmt: skip
+    assert line.data.split == "both" and line.directions.type == "states" and line.grid.y is None
+    pca = load_job(REPO / "jobs" / "pca_vgg9_bs128_wd5e-4.yaml")
+    source = trained("vgg9_bs128_wd5e-4")
+    assert pca.directions.trajectory == str(source.snapshot_dir) and pca.model.checkpoint == source.output
+    assert source.train.save_every >= 1
+    assert "hessian" in load_job(REPO / "jobs" / "eigratio_resnet56_noshort.yaml").metrics
+    plane = load_job(REPO / "jobs" / "plane_vgg9_wd.yaml")
+    assert {plane.model.checkpoint, plane.model.checkpoint2, plane.model.checkpoint3} == {
+        trained(n).output for n in ("vgg9_bs128_wd5e-4", "vgg9_bs128_wd0", "vgg9_bs8192_wd0")
+    }
