@@ -38,6 +38,8 @@ def _why(default: Any, why: str) -> Any:
 class ModelSpec:
     arch: str | None = _why(None, "a name from llmpi.models (vgg56 = resnet56_noshort, the paper's name)")
     checkpoint: str | None = _why(None, "the trained minimiser θ*; required by sweeps, absent for training")
+    checkpoint2: str | None = _why(None, "directions.kind interpolate and plane only: the model at α = 1")
+    checkpoint3: str | None = _why(None, "directions.kind plane only: the model at β = 1")
     factory: str | None = _why(None, "your own network instead of arch: package.module:function -> nn.Module")
     kwargs: dict[str, Any] = _why({}, "keyword arguments for model.factory")
 
@@ -63,7 +65,9 @@ class ModelSpec:
 class DataSpec:
     dataset: Literal["cifar10", "synthetic"] = _why("cifar10", "the paper's dataset")
     root: str = _why("data", "holds cifar-10-batches-py/, the standard python-pickle release")
-    split: Literal["train", "test"] = _why("train", "the paper's surfaces are of the training loss")
+    split: Literal["train", "test", "both"] = _why(
+        "train", "the paper's surfaces are of the training loss; both: train_* and test_* in one file"
+    )
     subset: int | None = _why(None, "all images, as in the paper; N = first N of a permutation seeded by data.seed")
     seed: int = _why(0, "fixes which images a subset holds")
     batch_size: int | Auto = _why("auto", "a speed knob only: the loss is an exactly-rounded sum of per-image values")
@@ -83,13 +87,38 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class DirectionsSpec:
-    kind: Literal["random"] = _why("random", "Gaussian directions, the paper's main method")
-    seed: int = _why(0, "directions are reproducible from the seed alone")
-    norm: Literal["filter", "layer", "weight", "none"] = _why(
-        "filter", "filter normalisation makes sharpness comparable across nets (the paper's point)"
+    kind: Literal["random", "interpolate", "plane", "pca"] = _why(
+        "random",
+        "Gaussian directions, the paper's main method; interpolate: the line checkpoint -> checkpoint2; plane: "
+        "through checkpoint, checkpoint2, checkpoint3; pca: top-2 principal components of a training trajectory",
     )
-    ignore: Literal["biasbn", "none"] = _why("biasbn", "the paper zeroes biases and BatchNorm parameters")
+    seed: int = _why(0, "directions are reproducible from the seed alone (kind random)")
+    norm: Literal["filter", "layer", "weight", "none"] = _why(
+        "filter",
+        "filter normalisation makes sharpness comparable across nets (the paper's point); kind random only: "
+        "interpolate and plane use the checkpoints' differences as they are",
+    )
+    ignore: Literal["biasbn", "none"] = _why(
+        "biasbn", "the paper zeroes biases and BatchNorm parameters (kinds random and pca; the Hessian's parameters)"
+    )
     type: Literal["weights", "states"] = _why("weights", "states also perturbs BN running statistics")
+    trajectory: str | None = _why(
+        None, "kind pca only: the snapshot folder llmpi.train writes with train.save_every (checkpoints/<name>/)"
+    )
+    rescale: Literal["none", "filter"] = _why(
+        "none", "kind pca only: the paper's code uses the unit components; filter rescales them filter-wise"
+    )
+
+    def __post_init__(self) -> None:
+        if self.trajectory is not None and self.kind != "pca":
+            raise JobError(f"directions.trajectory is for directions.kind: pca, not {self.kind}; drop it")
+        if self.rescale != "none" and self.kind != "pca":
+            raise JobError(f"directions.rescale is for directions.kind: pca, not {self.kind}; drop it")
+        if self.kind == "pca" and self.trajectory is None:
+            raise JobError(
+                "directions.kind: pca needs directions.trajectory, the folder of training snapshots "
+                "(python -m llmpi.train with train.save_every: 1 writes checkpoints/<name>/epoch_<N>.pt)"
+            )
 
 
 GridAxis = tuple[float, float, int]
@@ -169,6 +198,36 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class HessianSpec:
+    """How ``metrics: [hessian]`` computes λmax and λmin at every point (llmpi.hessian)."""
+
+    tol: float = _why(
+        1e-3, "relative residual of both extreme Ritz pairs; 1e-2 moved a measured ratio across the 1% line"
+    )
+    max_hvps: int = _why(300, "Hessian-vector products per point at most, a cap on the cost (about 20 are typical)")
+    basis: int = _why(40, "Lanczos vectors kept (float64 on the device: 40 x resnet56 = 280 MB), then thick restarts")
+    images: int | None = _why(
+        None, "null: all the selected images (the loss's own data); N: the first N of them, as the products cost ~10x"
+    )
+    seed: int = _why(0, "Lanczos start vector: the value depends on the point and seed only, never on the rank")
+    batch_size: int | Auto = _why(
+        "auto", "the loss's batch, at most 512: a double backward keeps the graph, several times a forward's memory"
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise JobError(f"hessian.batch_size must be 'auto' or a positive integer, not {self.batch_size}")
+        if not 1e-12 <= self.tol < 1:
+            raise JobError(f"hessian.tol must be in [1e-12, 1), not {self.tol}")
+        if self.max_hvps < 1:
+            raise JobError(f"hessian.max_hvps must be a positive integer, not {self.max_hvps}")
+        if self.basis < 3:
+            raise JobError(f"hessian.basis must be at least 3, not {self.basis}")
+        if self.images is not None and self.images < 1:
+            raise JobError(f"hessian.images must be null or a positive number of images, not {self.images}")
+
+
+@dataclass(frozen=True)
 class Job:
     """A sweep: the loss at every grid point around ``model.checkpoint`` along two directions."""
 
@@ -179,16 +238,67 @@ class Job:
     grid: GridSpec = _why(GridSpec, "")
     loss: LossSpec = _why(LossSpec, "")
     evaluation: EvaluationSpec = _why(EvaluationSpec, "")
+    metrics: list[Literal["hessian"]] = _why(
+        [], "loss and accuracy only; hessian adds max_eig, min_eig and eig_ratio = |min/max| at every point"
+    )
+    hessian: HessianSpec = _why(HessianSpec, "")
     output: str | None = _why(None, "surfaces/<name>.h5")
     runtime: RuntimeSpec = _why(RuntimeSpec, "")
 
     def __post_init__(self) -> None:
         if self.output is None:
             object.__setattr__(self, "output", f"surfaces/{self.name}.h5")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise JobError(f"metrics lists a metric twice: {self.metrics}")
+        if "hessian" in self.metrics and self.runtime.precision == "bf16":
+            raise JobError(
+                "metrics: [hessian] needs runtime.precision fp32 or tf32: bfloat16 loses the small eigenvalues "
+                "that make the eigen-ratio"
+            )
+        if "hessian" in self.metrics and (self.loss.factory is not None or self.loss.name != "crossentropy"):
+            raise JobError(
+                "metrics: [hessian] differentiates the mean cross-entropy of a classifier: use loss.name: "
+                "crossentropy without loss.factory, or drop metrics: [hessian]"
+            )
+        self._check_kind()
+
+    def _check_kind(self) -> None:
+        """What each directions.kind needs of the other sections (cross-section rules, one message each)."""
+        kind, m = self.directions.kind, self.model
+        needs = {"random": (), "pca": (), "interpolate": ("checkpoint2",), "plane": ("checkpoint2", "checkpoint3")}
+        for key in ("checkpoint2", "checkpoint3"):
+            if key in needs[kind] and getattr(m, key) is None:
+                raise JobError(f"directions.kind: {kind} needs model.{key} (the model at {_CORNER[key]})")
+            if key not in needs[kind] and getattr(m, key) is not None:
+                raise JobError(f"model.{key} is only used by directions.kind {_USED_BY[key]}, not {kind}; drop it")
+        if kind == "interpolate" and self.grid.y is not None:
+            raise JobError(
+                "directions.kind: interpolate is a 1D line from model.checkpoint (α = 0) to model.checkpoint2 "
+                "(α = 1): drop grid.y (e.g. grid.x: [-0.5, 1.5, 401])"
+            )
+        if kind in ("plane", "pca") and self.grid.y is None:
+            raise JobError(f"directions.kind: {kind} spans a plane: give grid.y too (e.g. grid.y: [-0.5, 1.5, 41])")
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The data splits the sweep evaluates: ('train',), ('test',) or both."""
+        return ("train", "test") if self.data.split == "both" else (self.data.split,)
+
+    def value_names(self, accuracy: bool = True) -> list[str]:
+        """The grid-shaped datasets of the surface file, in the order a point's values are computed: loss and
+        accuracy per split (loss only when a loss factory counts no correct predictions), then the Hessian's."""
+        names = [f"{split}_{what}" for split in self.splits for what in ("loss", "acc")[: 2 if accuracy else 1]]
+        if "hessian" in self.metrics:
+            names += ["max_eig", "min_eig", "eig_ratio"]
+        return names
 
     @property
     def output_path(self) -> Path:
         return Path(self.output)
+
+
+_CORNER = {"checkpoint2": "α = 1", "checkpoint3": "β = 1"}
+_USED_BY = {"checkpoint2": "interpolate and plane", "checkpoint3": "plane"}
 
 
 # ----------------------------------------------------------------------------------------------------------------

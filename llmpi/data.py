@@ -273,7 +273,8 @@ def load_samples(
     """The samples a job's ``data`` section selects; ``split``/``subset`` override the section's (for the
     BatchNorm recalibration set), ``too_many`` is then the message for a subset larger than the split."""
     split = split or spec.split
-    subset = spec.subset if split == spec.split and subset is None else subset
+    assert split in ("train", "test"), "data.split: both is loaded one split at a time"
+    subset = spec.subset if subset is None else subset  # data.subset applies to each split of split: both
     if spec.factory is None:
         return Samples(*load_images(spec.dataset, spec.root, split, subset, spec.seed, too_many))
     from .plugins import call

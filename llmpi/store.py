@@ -8,7 +8,11 @@ Layout (compatible with the paper's plotting scripts): ``xcoordinates`` (nx,), `
 value datasets (``<split>_loss``, ``<split>_acc``, ...) float64 of shape (ny, nx) -- ``[j, i]`` is the point
 (x[i], y[j]) -- or (nx,) in 1D, NaN where not computed; ``done`` uint8, the only record of what is computed;
 ``directions/x/<entry>``, ``directions/y/<entry>`` float32; root attributes ``job`` (resolved YAML), ``fingerprint`` and
-``fingerprint_fields`` (what determines the values), ``llmpi_version``.
+``fingerprint_fields`` (what determines the values), ``llmpi_version``. Datasets that describe the directions
+rather than the grid (``model_coordinates`` of a plane, ``explained_variance_ratio`` and ``trajectory/x``,
+``trajectory/y`` of a PCA plane) are written with the directions, listed in the root attribute ``extras`` and
+read as ``Surface.extras``, never as values. ``python -m llmpi.status --metrics`` adds the root attribute
+``metrics`` (JSON) through :func:`write_attrs`, only while no sweep holds the file.
 
 Crash safety, by construction rather than by luck:
 
@@ -37,6 +41,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -156,8 +161,19 @@ def read_run_info(path: str | Path) -> dict | None:
 
 
 @dataclass
+class Planned:
+    """What rank 0 decides once, when the file is created: the directions, and datasets that describe them
+    (``{"model_coordinates": array, "trajectory/x": array, ...}``) with their attributes (``{dataset: {...}}``)."""
+
+    directions: Sequence[dict[str, np.ndarray]]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    extra_attrs: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
 class Surface:
-    """What a surface file holds, as numpy arrays (``values`` keyed by dataset name, e.g. 'train_loss')."""
+    """What a surface file holds, as numpy arrays (``values`` keyed by dataset name, e.g. 'train_loss'; ``extras``
+    the non-grid datasets that describe the directions, e.g. 'model_coordinates', 'trajectory/x')."""
 
     path: Path
     x: np.ndarray
@@ -165,6 +181,8 @@ class Surface:
     values: dict[str, np.ndarray]
     done: np.ndarray
     attrs: dict = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    extra_attrs: dict[str, dict] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -186,16 +204,67 @@ def read_surface(path: str | Path) -> Surface:
         x = f["xcoordinates"][()]
         y = f["ycoordinates"][()] if "ycoordinates" in f else None
         shape = (len(x),) if y is None else (len(y), len(x))
+        extra_names = json.loads(f.attrs.get("extras", "[]"))
+        extras = {k: f[k][()] for k in extra_names if k in f}
+        extra_attrs = {k: {a: _attr(v) for a, v in f[k].attrs.items()} for k in extras}
         values = {
-            k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset) and k not in NOT_VALUES and f[k].shape == shape
+            k: f[k][()]
+            for k in f
+            if isinstance(f[k], h5py.Dataset) and k not in NOT_VALUES and k not in extras and f[k].shape == shape
         }
         if "done" in f:
             done = f["done"][()].astype(bool)
         else:  # a file from the paper's code: no mask, so a finite value is the only evidence
             first = next(iter(values.values()), np.full(shape, np.nan))
             done = np.isfinite(first)
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    return Surface(path, x, y, values, done, attrs)
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    return Surface(path, x, y, values, done, attrs, extras, extra_attrs)
+
+
+def _attr(value: object) -> object:
+    """An HDF5 attribute as plain Python: bytes decoded, arrays of strings as lists of str."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in value.tolist()]
+    return value
+
+
+def write_attrs(path: str | Path, attrs: dict) -> None:
+    """Add or replace root attributes of a finished (or stopped) surface file, never under a live sweep.
+
+    Takes the writer lock (refused, naming the holder, while a sweep writes the file), then writes a copy with the
+    new attributes and renames it over the file: a kill leaves the old file or the new one, never a file whose
+    HDF5 metadata was half rewritten. Values, ``done`` and directions are copied byte for byte.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path} does not exist")
+    lock = WriterLock(path)
+    lock.acquire(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            shutil.copyfile(path, tmp)
+        except OSError as e:
+            raise StoreError(f"cannot write next to {path} ({e.strerror}); is {path.parent} writable?") from None
+        try:
+            f = h5py.File(tmp, "r+", locking=False)
+        except OSError as e:
+            raise StoreError(f"{path} is not a writable HDF5 file ({e})") from None
+        with f:
+            if "xcoordinates" not in f:
+                raise StoreError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            f.flush()
+            os.fsync(f.id.get_vfd_handle())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        lock.release()
 
 
 class SurfaceStore:
@@ -218,11 +287,15 @@ class SurfaceStore:
         names: Sequence[str],
         fingerprint: dict,
         job_yaml: str,
-        make_directions: Callable[[], Sequence[dict[str, np.ndarray]]],
+        make_directions: Callable[[], Sequence[dict[str, np.ndarray]] | Planned],
         restart: bool = False,
         attrs: dict | None = None,
     ) -> SurfaceStore:
-        """Open the file to resume it, or create it; refuse another job's file, a locked file, a non-HDF5 file."""
+        """Open the file to resume it, or create it; refuse another job's file, a locked file, a non-HDF5 file.
+
+        ``make_directions`` is called only when the file is created; it returns the directions, or a
+        :class:`Planned` with the datasets that describe them.
+        """
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,7 +313,10 @@ class SurfaceStore:
             if path.exists() and not restart:
                 cls._check(path, grid, names, fingerprint)
             else:
-                cls._create(path, grid, names, fingerprint, job_yaml, make_directions(), attrs or {})
+                planned = make_directions()
+                if not isinstance(planned, Planned):
+                    planned = Planned(planned)
+                cls._create(path, grid, names, fingerprint, job_yaml, planned, attrs or {})
             file = h5py.File(path, "r+", locking=False)
         except BaseException:
             lock.release()
@@ -284,7 +360,7 @@ class SurfaceStore:
         names: Sequence[str],
         fingerprint: dict,
         job_yaml: str,
-        directions: Sequence[dict[str, np.ndarray]],
+        planned: Planned,
         attrs: dict,
     ) -> None:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -297,10 +373,18 @@ class SurfaceStore:
                     f.create_dataset(name, data=np.full(grid.shape, np.nan), track_times=False)
                 f.create_dataset("done", data=np.zeros(grid.shape, np.uint8), track_times=False)
                 group = f.create_group("directions", track_order=True)
-                for axis, direction in zip("xy", directions):
+                for axis, direction in zip("xy", planned.directions):
                     sub = group.create_group(axis, track_order=True)
                     for name, value in direction.items():
                         sub.create_dataset(name, data=np.asarray(value, dtype=np.float32), track_times=False)
+                for name, value in planned.extras.items():
+                    if name in f or name in names:
+                        raise AssertionError(f"extra dataset {name!r} collides with the file's own datasets")
+                    ds = f.create_dataset(name, data=np.asarray(value), track_times=False)
+                    for key, a in planned.extra_attrs.get(name, {}).items():
+                        ds.attrs[key] = a
+                if planned.extras:
+                    f.attrs["extras"] = json.dumps(list(planned.extras))
                 f.attrs["job"] = job_yaml
                 f.attrs["fingerprint"] = fingerprint_digest(fingerprint)
                 f.attrs["fingerprint_fields"] = json.dumps(fingerprint, sort_keys=True)

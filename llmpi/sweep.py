@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,7 @@ class RankSetup:
     loss: Any  # "crossentropy", "mse" or a losses.FactoryLoss
     has_accuracy: bool  # False for a loss factory that counts no correct predictions: no <split>_acc dataset
     bn_samples: Any = None  # data.Samples of the training split for evaluation.bn: recalibrate
+    splits: dict[str, Any] = field(default_factory=dict)  # data.Samples of each split evaluated (split: both)
 
     @property
     def info(self) -> Any:
@@ -131,7 +132,8 @@ class RankSetup:
 
 
 def value_names(job: Any, r: RankSetup) -> list[str]:
-    return [f"{job.data.split}_loss", f"{job.data.split}_acc"][: 2 if r.has_accuracy else 1]
+    """The file's grid datasets: ``job.value_names``, without accuracies where the loss counts none."""
+    return job.value_names(r.has_accuracy)
 
 
 @dataclass
@@ -149,10 +151,11 @@ def setup_rank(job: Any, local_rank: int, local_size: int, faults: Any) -> RankS
     device = runtime.pick_device(job.runtime.device, local_rank)
     threads = runtime.pick_threads(job.runtime.threads, local_size)
     runtime.configure(device, threads)
-    samples = data.load_samples(job.data)
+    splits = {split: data.load_samples(job.data, split) for split in job.splits}
+    samples = splits[job.splits[0]]
     model = checkpoint.load_job_model(job.model)
     loss, has_accuracy = losses.prepare(job.loss, model, *samples.head(2).to())
-    r = RankSetup(device, threads, samples, model, loss, has_accuracy)
+    r = RankSetup(device, threads, samples, model, loss, has_accuracy, splits=splits)
     ev = job.evaluation
     if ev.bn == "recalibrate":
         losses.check_recalibration(model, job.directions.type, job.model.label)
@@ -168,19 +171,18 @@ def setup_rank(job: Any, local_rank: int, local_size: int, faults: Any) -> RankS
 
 def open_store(job: Any, grid: Any, r: RankSetup, restart: bool) -> tuple[Any, np.ndarray, Plan]:
     """Rank 0: open or create the surface file (making the directions only if it is new); what is left to do."""
-    from . import checkpoint, config, directions
+    from . import checkpoint, config, planning
     from .store import SurfaceStore
 
-    def make_directions() -> list[dict[str, np.ndarray]]:
-        weights = {k: v.detach() for k, v in directions.perturbed_entries(r.model, job.directions.type).items()}
-        dirs = directions.random_directions(
-            weights, job.directions.seed, job.directions.norm, job.directions.ignore, count=grid.ndim
-        )
-        return [{k: v.numpy() for k, v in d.items()} for d in dirs]
+    def make_directions() -> Any:
+        return planning.plan_directions(job, r.model, grid.ndim)  # only when the file is new
 
     fields = fingerprint(job, checkpoint.sha256_file(job.model.checkpoint), r.info, r.bn_samples and r.bn_samples.info)
+    if len(r.splits) > 1:  # data.split both: the identity of each split's samples
+        fields["data"]["images_sha256"] = {split: s.info.sha256 for split, s in r.splits.items()}
+    fields.update(planning.fingerprint_fields(job))
     attrs = {
-        "dataset": r.info.describe(),
+        "dataset": "; ".join(samples.info.describe() for samples in r.splits.values()),
         "synthetic": r.info.synthetic,
         "arch": job.model.label,
         "split": job.data.split,
@@ -260,8 +262,77 @@ def tune_and_plan(job: Any, grid: Any, evaluator: Any, todo: np.ndarray, ranks: 
     return tasks, evaluator.batch_size, width, described
 
 
-def make_compute(evaluator: Any, names: list[str], faults: Any) -> Callable[[tuple, Callable[[], None]], Reply]:
+# ----------------------------------------------------------------------------------------------------------------
+# What one point's values are made of (job.value_names, in order): loss and accuracy on each split, then the
+# Hessian's extreme eigenvalues at the same perturbed weights.
+
+
+class PointValues:
+    """The values of a group of points: (loss, acc) per split from that split's evaluator (all share one network),
+    then, with ``metrics: [hessian]``, λmax, λmin and |λmin/λmax| (``llmpi.hessian``) over the first split's data."""
+
+    def __init__(
+        self, evaluators: dict[str, Any], hessian: Any | None, ignore: str, batch_size: int, accuracy: bool = True
+    ) -> None:
+        self.evaluators, self.hessian, self.ignore, self.hessian_batch = evaluators, hessian, ignore, batch_size
+        self.per_split = 2 if accuracy else 1  # a loss factory that counts no correct predictions: loss only
+        self.names = [f"{split}_{what}" for split in evaluators for what in ("loss", "acc")[: self.per_split]]
+        if hessian is not None:
+            self.names += ["max_eig", "min_eig", "eig_ratio"]
+
+    @property
+    def first(self) -> Any:
+        return next(iter(self.evaluators.values()))
+
+    @property
+    def width(self) -> int:
+        """Points handed over at once: the evaluators' points per pass."""
+        return self.first.points_per_pass
+
+    def __call__(self, group: list[tuple[float, ...]], check: Callable[[], None]) -> list[list[float]]:
+        rows: list[list[float]] = [[] for _ in group]
+        for evaluator in self.evaluators.values():
+            for row, got in zip(rows, evaluator.many(group, between_batches=check)):
+                row += list(got[: self.per_split])
+        if self.hessian is not None:
+            for row, point in zip(rows, group):
+                row += self.eigenvalues(point, check)
+        return rows
+
+    def eigenvalues(self, point: tuple[float, ...], check: Callable[[], None]) -> list[float]:
+        from .hessian import HessianOperator, extreme_eigenvalues
+
+        ev, spec = self.first, self.hessian
+        ev.move_to(point)  # with several points per pass the loss never moved the network's own weights
+        n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
+        op = HessianOperator(ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, ignore=self.ignore)
+        result = extreme_eigenvalues(
+            op, tol=spec.tol, max_hvps=spec.max_hvps, basis=spec.basis, seed=spec.seed, between_batches=check
+        )
+        return [result.max_eig, result.min_eig, result.ratio]
+
+
+def make_point_values(job: Any, r: RankSetup, plan: Plan) -> PointValues:
+    """One evaluator per split (the first built by ``make_evaluator``, the others the same way on their data)."""
+    evaluators = {}
+    for split, samples in (r.splits or {job.data.split: r.samples}).items():
+        evaluators[split] = make_evaluator(job, replace(r, samples=samples), plan)
+    hessian = job.hessian if "hessian" in job.metrics else None
+    return PointValues(evaluators, hessian, job.directions.ignore, 0, r.has_accuracy)
+
+
+def settle(values: PointValues, job: Any, batch_size: int, points_per_pass: int) -> None:
+    """Every rank: the batch size and points per pass rank 0 chose, for every evaluator and the Hessian."""
+    for evaluator in values.evaluators.values():
+        evaluator.batch_size, evaluator.points_per_pass = batch_size, points_per_pass
+    spec = job.hessian
+    values.hessian_batch = spec.batch_size if spec.batch_size != "auto" else min(batch_size, 512)
+
+
+def make_compute(values: PointValues, faults: Any) -> Callable[[tuple, Callable[[], None]], Reply]:
     from .protocol import Stopped
+
+    names = values.names
 
     def compute(payload: tuple, check: Callable[[], None]) -> Reply:
         """Evaluate a block's points; on a stop, hand back the points already finished."""
@@ -271,12 +342,12 @@ def make_compute(evaluator: Any, names: list[str], faults: Any) -> Callable[[tup
         try:
             while k < len(coords):
                 check()
-                group = [tuple(p) for p in coords[k : k + evaluator.points_per_pass]]
+                group = [tuple(p) for p in coords[k : k + values.width]]
                 for _ in group:
                     faults.before_point(check)
-                for values in evaluator.many(group, between_batches=check):
-                    for name, value in zip(names, values):  # (loss, acc); a loss without accuracy: loss only
-                        out[name][k] = value
+                for row in values(group, check):
+                    for name, v in zip(names, row):
+                        out[name][k] = v
                     faults.after_point(start + k)
                     k += 1
         except Stopped as stopped:
@@ -328,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
 
         todo = np.empty(0, dtype=np.int64)
         plan = comm.bcast(collective(comm, rank0_store, args.debug))
-        evaluator = collective(comm, lambda: make_evaluator(job, r, plan), args.debug)
+        values = collective(comm, lambda: make_point_values(job, r, plan), args.debug)
+        evaluator = values.first
         tasks: list = []
 
         def rank0_tune() -> tuple[int, int, str] | None:
@@ -339,16 +411,19 @@ def main(argv: list[str] | None = None) -> int:
 
         # the tasks stay on rank 0; every rank needs only the batch size and points per pass
         choice = comm.bcast(collective(comm, rank0_tune, args.debug))
-        evaluator.batch_size, evaluator.points_per_pass, described = choice
-        compute = make_compute(evaluator, value_names(job, r), faults)
+        batch_size, points_per_pass, described = choice
+        settle(values, job, batch_size, points_per_pass)
+        assert values.names == value_names(job, r), (values.names, value_names(job, r))
+        compute = make_compute(values, faults)
 
         if rank != 0:
             outcome = protocol.run(comm, [], compute, lambda results: None, interrupts)
             return {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED}.get(outcome.state, EXIT_FAILED)
 
-        log = RunLog(job, grid.size, grid.size - plan.todo_points, r.info.count, places)
+        infos = [samples.info for samples in r.splits.values()] or [r.info]
+        log = RunLog(job, grid.size, grid.size - plan.todo_points, sum(i.count for i in infos), places)
         print(
-            f"llmpi sweep {job.name}: {job.model.label} on {r.info.describe()}; grid "
+            f"llmpi sweep {job.name}: {job.model.label} on {' + '.join(i.describe() for i in infos)}; grid "
             f"{'x'.join(map(str, grid.shape[::-1]))} = {grid.size} points, {log.done} already done; {size} rank(s) "
             f"on {r.device.type}, {r.threads} thread(s) each, batch {evaluator.batch_size}"
             + (f" x {evaluator.points_per_pass} points per pass" if evaluator.points_per_pass > 1 else "")
@@ -357,6 +432,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         if described:
             print(f"llmpi: tuned on rank 0: {described}", flush=True)
+        if values.hessian is not None:
+            h = job.hessian
+            print(
+                f"llmpi: Hessian extremes at every point: Lanczos to tol {h.tol:g} (at most {h.max_hvps} products), "
+                f"over {h.images or 'all'} of the {job.splits[0]} images, batch {values.hessian_batch}",
+                flush=True,
+            )
 
         def commit(results: list[tuple[int, Reply]]) -> None:
             store.write([reply for _, reply in results])

@@ -1,8 +1,10 @@
 """The command line: ``python -m llmpi.plot FILES... [--kind K] [--value V] [--vmin --vmax --levels --log] [-o OUT]``.
 
 Kinds contour, contourf, heat, surface and vtk write one output per file and value; 1d and html draw all their
-files into one output (an overlay); all (the default) does every kind that applies to each file. Paths are
-printed as they are written. Bad input prints one ``llmpi: error: ...`` line and exits 2.
+files into one output (an overlay); all (the default) does every kind that applies to each file -- Hessian values
+(``max_eig``, ``min_eig``, ``eig_ratio``) as heat maps only, the paper's eigen-ratio maps, and in 1D as one
+eigen-ratio figure beside the loss/accuracy one. Paths are printed as they are written. Bad input prints one
+``llmpi: error: ...`` line and exits 2.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import JobError
-from .landscape import LOSS_SPAN, Landscape, Scale, names_to_draw, quantity
+from .landscape import EIG_NAMES, LOSS_SPAN, Landscape, Scale, names_to_draw, quantity
 
 PICTURE_FORMATS = ("png", "pdf")
 PICTURE_SUFFIXES = ("png", "pdf", "svg")
@@ -67,6 +69,8 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                         continue
                     raise JobError(f"{land.path} has a single point along one axis; --kind {kind} needs 2 or more")
                 for name in names_to_draw(land, values, scale):
+                    if lenient and name in EIG_NAMES and kind != "heat":
+                        continue  # contour lines of an eigen-ratio say little; the paper draws heat maps
                     base = land.path.with_name(f"{land.path.name}_{name}_{static.KINDS_2D[kind]}{log}")
                     if kind == "surface":
                         make = lambda land=land, name=name: static.figure_surface(land, name, scale)
@@ -82,8 +86,14 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                 for land in flat:
                     for name in values or ():
                         land.values(name)  # raises, naming what the file has
-                make = lambda flat=flat: static.figure_1d(flat, values, scale)
-                out.append(Output(_overlay_base(flat, f"1d_loss_acc{log}"), PICTURE_SUFFIXES, _picture(make)))
+                curves = None if values is None else [v for v in values if v not in EIG_NAMES]
+                if curves is None or curves:
+                    make = lambda flat=flat, curves=curves: static.figure_1d(flat, curves, scale)
+                    out.append(Output(_overlay_base(flat, f"1d_loss_acc{log}"), PICTURE_SUFFIXES, _picture(make)))
+                eig = [land for land in flat if any(n in land.names for n in EIG_NAMES)]
+                if eig and (values is None or any(v in EIG_NAMES for v in values)):
+                    make = lambda eig=eig: static.figure_1d_eig(eig, scale)
+                    out.append(Output(_overlay_base(eig, "1d_eig_ratio"), PICTURE_SUFFIXES, _picture(make)))
         elif kind == "html":
             for ndim in (2, 1):
                 group = [land for land in lands if land.ndim == ndim]

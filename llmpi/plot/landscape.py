@@ -5,8 +5,15 @@ The paper writes a 2D landscape as f(α, β) = L(θ* + α·δ + β·η) and a 1D
 every picture are labelled that way, θ* (the trained minimiser, at the origin) is marked, and a partial file (a
 sweep still running or interrupted) draws its computed points only, its title saying "k of n points".
 
-Later datasets (a PCA trajectory, Hessian eigenvalue maps, ...) join through :meth:`Landscape.overlays`: every
-backend draws the :class:`Overlay` marks and paths it returns, so a new one is one more entry there.
+The other direction kinds are labelled in their own terms: an interpolation is f(α) = L(θ1 + α·(θ2 − θ1)) with
+both checkpoints marked, a plane through three checkpoints marks the three models where the file says they sit
+(``model_coordinates``), a PCA plane names its axes by their share of the trajectory's variance and draws the
+training trajectory (``trajectory/x``, ``trajectory/y``) over the picture. Every backend draws the
+:class:`Overlay` marks and paths :meth:`Landscape.overlays` returns.
+
+Hessian maps (``max_eig``, ``min_eig``, ``eig_ratio`` = |λmin/λmax|) are values like the others; the eigen-ratio
+map keeps the paper's colour scale, viridis from 0 to 0.5 (higher ratios clipped to the top colour), unless
+``--vmin``/``--vmax`` say otherwise.
 """
 
 from __future__ import annotations
@@ -28,15 +35,22 @@ PREFERRED = ("train_loss", "train_acc", "test_loss", "test_acc")
 DEFAULT_LEVELS = 20  # contour levels when --levels is not given: enough to read a basin, few enough to label
 LOSS_SPAN = 10.0  # default contour ceiling above the lowest loss, the paper's vmax=10 for CIFAR losses
 MAX_LEVELS = 1000  # a --levels step finer than this is a typo, not a picture
+EIG_NAMES = ("eig_ratio", "max_eig", "min_eig")  # metrics: [hessian]; drawn as heat maps by default
+EIG_WORDS = {"max_eig": "Hessian λmax", "min_eig": "Hessian λmin", "eig_ratio": "eigen-ratio |λmin/λmax|"}
+EIG_RATIO_SPAN = (0.0, 0.5)  # the paper's colour scale for |λmin/λmax| (its plot_2d_eig_ratio: vmin 0, vmax .5)
+KIND_MARKS = ("*", "o", "s")  # the models of a plane: first, second, third checkpoint
+KIND_COLOURS = ("#d62728", "#ff7f0e", "#e377c2")
 
 
 def quantity(name: str) -> str:
-    """'loss' or 'acc' (the part after the split)."""
+    """'loss' or 'acc' (the part after the split); 'eig' for the Hessian's eigenvalues, 'ratio' for their ratio."""
     return name.split("_", 1)[-1]
 
 
 def pretty(name: str) -> str:
     """'train_acc' -> 'train accuracy': the words a figure shows."""
+    if name in EIG_WORDS:
+        return EIG_WORDS[name]
     split, _, what = name.partition("_")
     return f"{split} {'accuracy' if what == 'acc' else what}"
 
@@ -94,6 +108,9 @@ class Scale:
             finite = finite[finite > 0]
         lo = self.vmin if self.vmin is not None else (float(finite.min()) if finite.size else None)
         hi = self.vmax if self.vmax is not None else (float(finite.max()) if finite.size else None)
+        if name == "eig_ratio" and not self.log:  # the paper's scale, comparable between files
+            lo = self.vmin if self.vmin is not None else EIG_RATIO_SPAN[0]
+            hi = self.vmax if self.vmax is not None else EIG_RATIO_SPAN[1]
         if lo is None or hi is None:  # nothing computed yet: any range draws the blank picture
             lo, hi = (1.0, 10.0) if self.log else (0.0, 1.0)
         if self.vmax is None and not self.log and quantity(name) == "loss":
@@ -199,20 +216,56 @@ class Landscape:
     # -- words ----------------------------------------------------------------------------------------------------
 
     @property
+    def directions_spec(self) -> dict:
+        directions = self.job.get("directions")
+        return directions if isinstance(directions, dict) else {}
+
+    @property
+    def kind(self) -> str:
+        """How the directions were made: 'random' (also for files that do not say), 'interpolate', 'plane', 'pca'."""
+        return str(self.directions_spec.get("kind") or "random")
+
+    @property
     def norm(self) -> str | None:
         """The direction normalisation ('filter', ...) from the job the file records, None if it records none."""
-        directions = self.job.get("directions")
-        return directions.get("norm") if isinstance(directions, dict) else None
+        return self.directions_spec.get("norm") if self.kind == "random" else None
 
     def axis_label(self, axis: str) -> str:
-        """'α  (direction δ, filter-normalised)': the paper's names for the coordinates."""
+        """'α  (direction δ, filter-normalised)': the paper's names for the coordinates (in each kind's terms)."""
         letter, direction = {"x": ("α", "δ"), "y": ("β", "η")}[axis]
+        if self.kind == "interpolate":
+            return f"{letter}  (0: {self.model_names[0]}, 1: {self.model_names[1]})"
+        if self.kind == "plane":
+            other = self.model_names[1 if axis == "x" else 2]
+            return f"{letter}  (direction θ{2 if axis == 'x' else 3} − θ1, towards {other})"
+        if self.kind == "pca":
+            k = 0 if axis == "x" else 1
+            ratios = self.surface.extras.get("explained_variance_ratio")
+            share = f", {100 * float(ratios[k]):.1f}% of the variance" if ratios is not None else ""
+            rescaled = ", filter-rescaled" if self.directions_spec.get("rescale") == "filter" else ""
+            return f"{letter}  (PCA component {k + 1} of the trajectory{share}{rescaled})"
         norm = self.norm
         how = f", {norm}-normalised" if norm and norm != "none" else ""
         return f"{letter}  (direction {direction}{how})"
 
     def formula(self) -> str:
+        if self.kind == "interpolate":
+            return "L(θ1 + α·(θ2 − θ1))"
+        if self.kind == "plane":
+            return "L(θ1 + α·(θ2 − θ1) + β·(θ3 − θ1))"
+        if self.kind == "pca":
+            return "L(θ* + α·PC1 + β·PC2)"
         return "L(θ* + α·δ + β·η)" if self.ndim == 2 else "L(θ* + α·δ)"
+
+    @property
+    def model_names(self) -> list[str]:
+        """Short names of the checkpoints the directions were made from (file stems), in the job's order."""
+        stored = self.surface.extra_attrs.get("model_coordinates", {}).get("names")
+        if stored:
+            return [Path(str(n)).stem for n in stored]
+        model = self.job.get("model") if isinstance(self.job.get("model"), dict) else {}
+        keys = ("checkpoint", "checkpoint2", "checkpoint3")
+        return [Path(str(model[k])).stem if model.get(k) else f"θ{i + 1}" for i, k in enumerate(keys)]
 
     def title(self, name: str | None = None) -> str:
         """One line for a figure: architecture, value, data, and how much of the grid is computed."""
@@ -228,14 +281,6 @@ class Landscape:
 
     # -- marks ----------------------------------------------------------------------------------------------------
 
-    def minimiser(self) -> tuple[float, ...] | None:
-        """θ* is the origin of the (α, β) plane; None when the grid does not reach it."""
-        inside = self.x.min() <= 0 <= self.x.max()
-        if self.ndim == 2:
-            inside = inside and self.y.min() <= 0 <= self.y.max()
-            return (0.0, 0.0) if inside else None
-        return (0.0,) if inside else None
-
     def lowest(self, name: str) -> tuple[float, ...] | None:
         """Coordinates of the smallest computed value of ``name`` (None before any point is computed)."""
         v = self.values(name)
@@ -246,18 +291,48 @@ class Landscape:
             return (float(self.x[k[0]]),)
         return float(self.x[k[1]]), float(self.y[k[0]])
 
-    def overlays(self, name: str) -> list[Overlay]:
-        """Marks drawn over the picture of ``name``: θ*, and the lowest computed loss where it is not at θ*.
+    def models(self) -> list[tuple[str, str, tuple[float, ...]]]:
+        """The checkpoints that sit in the picture: (label, short tag, coordinates), those inside the grid only.
 
-        The hook for later datasets: a trajectory or a third checkpoint becomes one more Overlay here.
+        random and pca: θ* at the origin; interpolate: θ1 at α = 0 and θ2 at α = 1; plane: the three models where
+        ``model_coordinates`` says (the origin and the two unit points).
         """
+        names = self.model_names
+        if self.kind == "interpolate":
+            found = [(f"θ1 = {names[0]} (α = 0)", "θ1", (0.0,)), (f"θ2 = {names[1]} (α = 1)", "θ2", (1.0,))]
+        elif self.kind == "plane":
+            coords = self.surface.extras.get("model_coordinates")
+            coords = coords if coords is not None else np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+            found = [(f"θ{i + 1} = {names[i]}", f"θ{i + 1}", tuple(map(float, c))) for i, c in enumerate(coords)]
+        else:
+            label = "θ* (final model of the trajectory)" if self.kind == "pca" else "θ* (trained minimiser)"
+            found = [(label, "θ*", (0.0,) * self.ndim)]
+        return [m for m in found if self._inside(m[2])]
+
+    def _inside(self, point: tuple[float, ...]) -> bool:
+        axes = [self.x] if self.ndim == 1 else [self.x, self.y]
+        return all(a.min() <= c <= a.max() for a, c in zip(axes, point))
+
+    def trajectory(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The training trajectory projected onto a PCA plane (first snapshot first), None for other kinds."""
+        tx, ty = self.surface.extras.get("trajectory/x"), self.surface.extras.get("trajectory/y")
+        return None if tx is None or ty is None else (np.asarray(tx, float), np.asarray(ty, float))
+
+    def overlays(self, name: str) -> list[Overlay]:
+        """Marks drawn over the picture of ``name``: the checkpoints (θ*, or the models of an interpolation or a
+        plane), a PCA plane's training trajectory, and the lowest computed loss where no checkpoint is."""
         marks = []
-        theta = self.minimiser()
-        if theta is not None:
-            marks.append(Overlay("θ* (trained minimiser)", *_columns(theta, self.ndim), tag="θ*"))
+        path = self.trajectory()
+        if path is not None and self.ndim == 2:
+            marks.append(Overlay("training trajectory (first snapshot ▲)", *path, "path", ".", "#ff7f0e", "path"))
+            marks.append(Overlay("first snapshot", path[0][:1], path[1][:1], "point", "^", "#ff7f0e", "start"))
+        models = self.models()
+        for i, (label, tag, at) in enumerate(models):
+            style = i if self.kind in ("interpolate", "plane") else 0
+            marks.append(Overlay(label, *_columns(at, self.ndim), "point", KIND_MARKS[style], KIND_COLOURS[style], tag))
         if quantity(name) == "loss":
             low = self.lowest(name)
-            if low is not None and (theta is None or not np.allclose(low, theta)):
+            if low is not None and not any(np.allclose(low, at) for _, _, at in models):
                 where = _columns(low, self.ndim)
                 marks.append(Overlay(f"lowest {pretty(name)} on the grid", *where, "point", "X", "#000000", "lowest"))
         return marks

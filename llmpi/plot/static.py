@@ -1,5 +1,6 @@
 """The paper's pictures with matplotlib (Agg, headless; never opens a window): contour lines, filled contours,
-heatmap and 3D surface of a 2D landscape; loss and accuracy of 1D landscapes on twin axes.
+heatmap and 3D surface of a 2D landscape; loss and accuracy of 1D landscapes on twin axes; the eigen-ratio
+|λmin/λmax| of 1D landscapes with Hessian values (2D eigen-ratio maps are heat maps of ``eig_ratio``).
 
     fig = figure_2d(Landscape.read("surfaces/vgg56.h5"), "train_loss", "contour", Scale(log=True))
     save(fig, Path("surfaces/vgg56.h5_train_loss_2dcontour_log"), ("png", "pdf"))
@@ -56,9 +57,12 @@ def _undone(ax, land: Landscape, z: np.ndarray) -> bool:
 
 def _draw_overlays(ax, land: Landscape, name: str) -> None:
     for mark in land.overlays(name):
-        style = "-" if mark.kind == "path" else "none"
+        if mark.kind == "path":
+            ax.plot(mark.x, mark.y, "-", marker=mark.marker, color=mark.color, markersize=4, linewidth=1.4,
+                    label=mark.label, zorder=4)  # fmt: skip
+            continue
         ax.plot(
-            mark.x, mark.y, linestyle=style, marker=mark.marker, color=mark.color, markersize=11,
+            mark.x, mark.y, linestyle="none", marker=mark.marker, color=mark.color, markersize=11,
             markeredgecolor="white", markeredgewidth=0.8, label=mark.label, zorder=5,
         )  # fmt: skip
 
@@ -131,6 +135,12 @@ def figure_surface(land: Landscape, name: str, scale: Scale) -> Figure:
         )  # fmt: skip
         fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.1, label=("log10 " if lv.log else "") + with_unit(name))
     for mark in land.overlays(name):
+        if mark.kind == "path":  # drawn on the surface: each point at the height of its nearest grid point
+            hz = [_height(land, z, float(a), float(b)) for a, b in zip(mark.x, mark.y)]
+            hz = [np.nan if h is None else h for h in hz]
+            ax.plot(mark.x, mark.y, hz, "-", marker=mark.marker, color=mark.color, markersize=3, label=mark.label,
+                    zorder=9)  # fmt: skip
+            continue
         at = _height(land, z, float(mark.x[0]), float(mark.y[0]))
         if at is not None:
             ax.scatter([mark.x[0]], [mark.y[0]], [at], marker=mark.marker, color=mark.color, s=80, label=mark.label,
@@ -149,7 +159,9 @@ def figure_surface(land: Landscape, name: str, scale: Scale) -> Figure:
 
 
 def _height(land: Landscape, z: np.ndarray, a: float, b: float) -> float | None:
-    """The drawn height at the grid point nearest (a, b), None where that point is blank."""
+    """The drawn height at the grid point nearest (a, b), None where that point is blank or off the grid."""
+    if not (land.x.min() <= a <= land.x.max() and land.y.min() <= b <= land.y.max()):
+        return None
     i = int(np.abs(land.x - a).argmin())
     j = int(np.abs(land.y - b).argmin())
     return float(z[j, i]) if np.isfinite(z[j, i]) else None
@@ -174,8 +186,8 @@ def figure_1d(lands: Sequence[Landscape], names: Sequence[str] | None, scale: Sc
         tag = f"{land.label}: " if several else ""
         part = f" ({done} of {total} points)" if several and done < total else ""
         for name in wanted:
-            if name not in land.names:
-                continue
+            if name not in land.names or quantity(name) not in ("loss", "acc"):
+                continue  # Hessian values have their own figure (figure_1d_eig)
             split, what = name.split("_", 1)[0], quantity(name)
             ax = loss_ax if what == "loss" else acc_ax
             colour = file_colour if several else ("C0" if what == "loss" else "C3")
@@ -197,8 +209,7 @@ def figure_1d(lands: Sequence[Landscape], names: Sequence[str] | None, scale: Sc
     acc_ax.set_ylim(0, 100)
     xs = np.concatenate([land.x for land in lands])
     loss_ax.set_xlim(xs.min(), xs.max())
-    if any(land.minimiser() is not None for land in lands):
-        loss_ax.axvline(0.0, color="0.5", linewidth=0.8, linestyle=(0, (2, 3)), label="θ* (α = 0)")
+    _mark_models(loss_ax, lands)
     loss_ax.set_xlabel(lands[0].axis_label("x"))
     loss_ax.set_ylabel(
         f"loss  {lands[0].formula()}" + (", log scale" if lv.log else ""), color="k" if several else "C0"
@@ -215,6 +226,62 @@ def figure_1d(lands: Sequence[Landscape], names: Sequence[str] | None, scale: Sc
         fig.suptitle(f"{len(lands)} landscapes{synthetic}", fontsize=10)
     else:
         _titles(loss_ax, lands[0], None)
+    return fig
+
+
+def _mark_models(ax, lands: Sequence[Landscape]) -> None:
+    """Vertical lines where checkpoints sit: θ* at α = 0, or both ends of an interpolation (once per position)."""
+    seen = set()
+    for land in lands:
+        for i, (label, _tag, at) in enumerate(land.models()):
+            if at[0] in seen:
+                continue
+            seen.add(at[0])
+            text = "θ* (α = 0)" if land.kind == "random" else label
+            style = (0, (2, 3)) if i == 0 else (0, (5, 2))
+            ax.axvline(at[0], color="0.5", linewidth=0.8, linestyle=style, label=text)
+
+
+def figure_1d_eig(lands: Sequence[Landscape], scale: Scale) -> Figure:
+    """The eigen-ratio |λmin/λmax| against α (left axis, the paper's 0 to 0.5 unless --vmin/--vmax), with λmax and
+    λmin on the right axis: where the line is not convex along the sampled points."""
+    fig, ratio_ax = plt.subplots(figsize=(7.0, 4.8))
+    fig.subplots_adjust(left=0.1, right=0.88, bottom=0.3, top=0.9)
+    eig_ax = ratio_ax.twinx()
+    several = len(lands) > 1
+    ratios = []
+    for n, land in enumerate(lands):
+        tag = f"{land.label}: " if several else ""
+        colour = f"C{n % 10}" if several else "C2"
+        if "eig_ratio" in land.names:
+            v = land.values("eig_ratio")
+            ratios.append(v)
+            ratio_ax.plot(land.x, v, "-", color=colour, linewidth=1.6, label=f"{tag}{pretty('eig_ratio')}")
+        for name, style, c in (("max_eig", "--", "C0"), ("min_eig", ":", "C3")):
+            if name in land.names:
+                eig_ax.plot(land.x, land.values(name), style, color=colour if several else c, linewidth=1.2,
+                            label=f"{tag}{pretty(name)}")  # fmt: skip
+    stacked = np.concatenate([r.ravel() for r in ratios]) if ratios else np.array([])
+    lv = scale.resolve("eig_ratio", stacked)
+    top = lv.hi
+    finite = stacked[np.isfinite(stacked)]
+    if scale.vmax is None and finite.size and finite.max() > top:  # a line, unlike a map, can show it all
+        top = float(finite.max()) * 1.05
+    ratio_ax.set_ylim(lv.lo, top)
+    xs = np.concatenate([land.x for land in lands])
+    ratio_ax.set_xlim(xs.min(), xs.max())
+    _mark_models(ratio_ax, lands)
+    eig_ax.axhline(0.0, color="0.8", linewidth=0.6)
+    ratio_ax.set_xlabel(lands[0].axis_label("x"))
+    ratio_ax.set_ylabel("|λmin / λmax|")
+    eig_ax.set_ylabel("Hessian eigenvalue")
+    h1, l1 = ratio_ax.get_legend_handles_labels()
+    h2, l2 = eig_ax.get_legend_handles_labels()
+    fig.legend(h1 + h2, l1 + l2, loc="lower center", fontsize=7, ncol=3, frameon=False)
+    if several:
+        fig.suptitle(f"{len(lands)} landscapes: Hessian eigen-ratio", fontsize=10)
+    else:
+        _titles(ratio_ax, lands[0], "eig_ratio")
     return fig
 
 
