@@ -31,9 +31,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra
 
+# Unit tests only (no mpirun, SLURM or browser): a minute or two while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not mpi and not slurm and not browser"
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check llmpi tests bench
-	$(VENV)/bin/ruff format --check llmpi tests bench
+	$(VENV)/bin/ruff check llmpi tests bench examples
+	$(VENV)/bin/ruff format --check llmpi tests bench examples
 
 # The kill -9 fault suite with many more seeded trials than `make test` runs.
 soak: $(STAMP)

@@ -229,7 +229,8 @@ def batch() -> torch.Tensor:
 
 
 def test_registry_is_the_papers_zoo_plus_the_demo_nets():
-    assert sorted(models.REGISTRY) == sorted(PAPER_ARCHS + EXTRA_ARCHS)
+    own = [name for name, make in models.REGISTRY.items() if make.__module__.startswith("llmpi.")]
+    assert sorted(own) == sorted(PAPER_ARCHS + EXTRA_ARCHS)  # tests may register their own nets beside these
     assert len(PAPER_ARCHS) == 29
     assert models.canonical_arch("vgg56") == "resnet56_noshort"
     with torch.device("meta"):
