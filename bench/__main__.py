@@ -45,6 +45,7 @@ from llmpi import checkpoint, runtime
 from llmpi.directions import perturbed_entries, random_directions
 from llmpi.evaluate import Evaluator, autotune
 from llmpi.grid import Grid
+from llmpi.store import read_run_info
 
 from . import fixtures, naive
 from .stress import register as register_trivial
@@ -419,7 +420,9 @@ def stress(profile: Profile, work: Path, root: Path, noop: bool) -> dict:
     wall = time.perf_counter() - t0
     if result.returncode != 0:
         raise RuntimeError(f"stress run failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    m = re.search(r"llmpi: (\d+) points in ([\d.]+) s", result.stdout)
+    # the rate from the run log, not the summary line: a no-op sweep can finish in less than its 0.1 s resolution
+    info = read_run_info(output)
+    points, rate = info["points_this_run"], info["points_per_second"]
     rss = [int(k) for k in re.findall(r"peak_rss_kib (\d+)", result.stderr)]
     store = re.search(r"commits (\d+) blocks (\d+) write_s ([\d.]+) fsync_s ([\d.]+)", result.stderr)
     setup = re.search(r"batch (\d+)(?: x (\d+) points per pass)?", result.stdout)
@@ -427,10 +430,10 @@ def stress(profile: Profile, work: Path, root: Path, noop: bool) -> dict:
         "evaluator": "no-op" if noop else "trivial network",
         "ranks": profile.stress_ranks,
         "grid": grid,
-        "points": int(m.group(1)),
-        "sweep_s": float(m.group(2)),
+        "points": points,
+        "sweep_s": points / rate,
         "wall_s": wall,
-        "points_s": int(m.group(1)) / float(m.group(2)),
+        "points_s": rate,
         "points_per_pass": int(setup.group(2) or 1) if setup else None,
         "peak_rss_mib_max": max(rss) / 1024 if rss else math.nan,
         "file_mib": output.stat().st_size / 2**20,
