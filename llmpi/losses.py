@@ -22,7 +22,6 @@ NaN, so nothing reads a fake value as "not computed yet").
 from __future__ import annotations
 
 import math
-import traceback
 from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
@@ -103,17 +102,9 @@ class FactoryLoss:
         self.function = function if function is not None else resolve(spec, FACTORY_KEY)
 
     def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, int, int | None]:
-        try:
-            result = self.function(model, batch)
-        except JobError:
-            raise
-        except Exception as e:
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            raise JobError(
-                f"{FACTORY_KEY}: {self.spec!r} raised {type(e).__name__}: {e} ({where.filename}:{where.lineno}); "
-                f"run with --debug for the traceback"
-            ) from e
-        return factory_result(self.spec, result)
+        from .plugins import invoke
+
+        return factory_result(self.spec, invoke(self.function, self.spec, FACTORY_KEY, model, batch))
 
 
 def prepare(spec: Any, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[str | FactoryLoss, bool]:

@@ -70,7 +70,11 @@ def resolve(spec: str, key: str) -> Callable[..., Any]:
 
 def call(spec: str, key: str, *args: Any, **kwargs: Any) -> Any:
     """Call the factory ``spec``; its exceptions become a JobError that names it and where it failed."""
-    fn = resolve(spec, key)
+    return invoke(resolve(spec, key), spec, key, *args, **kwargs)
+
+
+def invoke(fn: Callable[..., Any], spec: str, key: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``, already resolved from ``spec``, as ``call`` does: for a function called many times."""
     try:
         return fn(*args, **kwargs)
     except JobError:
