@@ -140,3 +140,30 @@ def brute_force(
     loss = torch.nn.functional.cross_entropy(logits, y, reduction="mean").item()
     acc = 100.0 * (logits.argmax(1) == y).double().mean().item()
     return loss, acc
+
+
+@pytest.fixture(scope="session")
+def other_minimisers(fixture_data, tmp_path_factory) -> list[Path]:
+    """Two more minimisers trained on from the fixture's (other learning rates and orders: other weights and other
+    BatchNorm statistics), for interpolations and planes."""
+    import torch
+
+    from llmpi import checkpoint, data
+
+    folder = tmp_path_factory.mktemp("others")
+    images, labels = data.load_cifar10(fixture_data.root, "train", download=False)
+    x, y = data.normalize(images[:200]), torch.as_tensor(labels[:200])
+    paths = []
+    for i, (lr, seed) in enumerate([(0.05, 1), (0.02, 2)], start=2):
+        torch.manual_seed(seed)
+        model = checkpoint.load_model(fixture_data.arch, fixture_data.checkpoint).train()
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        for s in torch.randperm(200).split(40):
+            loss = torch.nn.functional.cross_entropy(model(x[s]), y[s])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        path = folder / f"model{i}.pt"
+        torch.save({"state_dict": model.state_dict()}, path)
+        paths.append(path)
+    return paths

@@ -15,25 +15,9 @@ from llmpi.paths import difference, interpolation, plane_through
 
 
 @pytest.fixture(scope="module")
-def three(fixture_data, tmp_path_factory) -> list[Fixture]:
+def three(fixture_data, other_minimisers) -> list[Fixture]:
     """The fixture's minimiser and two others trained on from it (other lr and order: other weights and BN stats)."""
-    folder = tmp_path_factory.mktemp("paths")
-    images, labels = data.load_cifar10(fixture_data.root, "train", download=False)
-    x, y = data.normalize(images[:200]), torch.as_tensor(labels[:200])
-    out = [fixture_data]
-    for i, (lr, seed) in enumerate([(0.05, 1), (0.02, 2)], start=2):
-        torch.manual_seed(seed)
-        model = checkpoint.load_model(fixture_data.arch, fixture_data.checkpoint).train()
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        for s in torch.randperm(200).split(40):
-            loss = torch.nn.functional.cross_entropy(model(x[s]), y[s])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        path = folder / f"model{i}.pt"
-        torch.save({"state_dict": model.state_dict()}, path)
-        out.append(Fixture(fixture_data.root, path, fixture_data.arch))
-    return out
+    return [fixture_data] + [Fixture(fixture_data.root, path, fixture_data.arch) for path in other_minimisers]
 
 
 def evaluator(fx: Fixture, directions, kind: str) -> Evaluator:
