@@ -45,7 +45,7 @@ from llmpi import checkpoint, runtime
 from llmpi.directions import perturbed_entries, random_directions
 from llmpi.evaluate import Evaluator, autotune
 from llmpi.grid import Grid
-from llmpi.store import read_run_info
+from llmpi.store import read_run_info, read_surface
 
 from . import fixtures, naive
 from .stress import register as register_trivial
@@ -224,12 +224,9 @@ def llmpi_run(job: Path, timeout: float) -> dict:
 
 
 def stored(path: Path) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """The directions and flat losses of a surface file (h5py directly: the store's reader has no directions)."""
-    import h5py
-
-    with h5py.File(path, "r", locking=False) as f:
-        dirs = [{k: v[()] for k, v in f["directions"][a].items()} for a in ("x", "y") if a in f["directions"]]
-        return dirs, f["train_loss"][()].ravel()
+    """The directions and flat losses of a surface file."""
+    surface = read_surface(path)
+    return surface.directions, surface.values["train_loss"].ravel()
 
 
 def measure_case(case: Case, profile: Profile, work: Path, root: Path, threads: int, rnd: int) -> list[dict]:

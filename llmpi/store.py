@@ -183,10 +183,35 @@ class Surface:
     attrs: dict = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     extra_attrs: dict[str, dict] = field(default_factory=dict)
+    _directions: list[dict[str, np.ndarray]] | None = field(default=None, repr=False)
 
     @property
     def complete(self) -> bool:
         return bool(self.done.all())
+
+    @property
+    def directions(self) -> list[dict[str, np.ndarray]]:
+        """The stored directions, x (then y), ``{entry name: float32 array}``: read on first use, since they are
+        as large as the network and most readers (status, plots) never need them."""
+        if self._directions is None:
+            self._directions = read_directions(self.path)
+        return self._directions
+
+
+def read_directions(path: str | Path) -> list[dict[str, np.ndarray]]:
+    """The directions of a surface file, x first (one for a 1D file), each ``{entry name: float32 array}``."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise StoreError(f"{path} does not exist") from None
+    except OSError as e:
+        raise StoreError(f"{path} is not a readable HDF5 file ({e})") from None
+    with f:
+        if "directions" not in f:
+            raise StoreError(f"{path} holds no directions (not written by llmpi)")
+        group = f["directions"]
+        return [{name: ds[()] for name, ds in group[axis].items()} for axis in "xy" if axis in group]
 
 
 def read_surface(path: str | Path) -> Surface:

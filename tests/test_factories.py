@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import textwrap
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,7 @@ from conftest import REPO, run_cli, write_job
 from llmpi import data, losses
 from llmpi.config import DataSpec, from_dict
 from llmpi.errors import JobError
-from llmpi.store import read_surface
+from llmpi.store import read_directions, read_surface
 
 PACKAGE = {
     "__init__.py": "",
@@ -104,11 +103,6 @@ def sweep(root, job: dict, name: str, ranks: int | None = 2, cwd=None):
     return read_surface(job["output"]), result
 
 
-def stored_directions(path) -> list[dict[str, np.ndarray]]:
-    with h5py.File(path, "r") as f:
-        return [{k: v[()] for k, v in f["directions"][axis].items()} for axis in ("x", "y") if axis in f["directions"]]
-
-
 def perturbed(state: dict, directions: list[dict], point) -> dict:
     """θ* + a·δ + b·η formed by hand in float64 from the stored directions."""
     out = {}
@@ -147,7 +141,7 @@ def test_model_and_data_factories_with_mse_under_two_ranks(userpkg, tmp_path):
     job = user_job(userpkg, tmp_path / "mse.h5", loss={"name": "mse"})
     s, result = sweep(tmp_path, job, "mse", cwd=userpkg)
     assert s.complete and "i7pkg.nets:build on i7pkg.sets:tensors (data.factory)" in result.stdout
-    dirs = stored_directions(tmp_path / "mse.h5")
+    dirs = read_directions(tmp_path / "mse.h5")
     x, y = sets.tensors("train")
     for (j, i), point in points(s):
         with torch.no_grad():
@@ -179,7 +173,7 @@ def test_loss_factory_without_accuracy_and_dataset_subset(userpkg, tmp_path):
     )
     s, _ = sweep(tmp_path, job, "f", cwd=userpkg)
     assert s.complete and set(s.values) == {"train_loss"}
-    dirs = stored_directions(tmp_path / "f.h5")
+    dirs = read_directions(tmp_path / "f.h5")
     x, y = sets.tensors("train")
     pick = np.random.default_rng(4).permutation(96)[:40]
     for (j, i), point in points(s):
@@ -207,7 +201,7 @@ def test_batchnorm_recalibration_is_rank_count_independent_and_exact(userpkg, tm
     for name in ("test_loss", "test_acc"):
         assert np.array_equal(one.values[name], two.values[name])
 
-    dirs = stored_directions(tmp_path / "two.h5")
+    dirs = read_directions(tmp_path / "two.h5")
     train_x, _ = sets.tensors("train")
     bn_x = train_x[np.random.default_rng(2).permutation(96)[:48]].double()
     x, y = sets.tensors("test")
@@ -243,7 +237,7 @@ def test_tinylm_example_trains_and_sweeps_under_two_ranks(tmp_path):
     s, result = sweep(tmp_path, job, "tinylm", cwd=REPO)
     assert s.complete and "examples.tinylm:model" in result.stdout
 
-    dirs = stored_directions(tmp_path / "tinylm.h5")
+    dirs = read_directions(tmp_path / "tinylm.h5")
     inputs, targets = tinylm.data("train", **job["data"]["kwargs"])
     pick = np.random.default_rng(0).permutation(len(inputs))[:24]
     inputs, targets = inputs[pick], targets[pick]

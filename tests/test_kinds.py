@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -17,14 +16,9 @@ from conftest import REPO, Fixture, brute_force, job_dict, run_cli, write_job
 from llmpi import checkpoint, data
 from llmpi.config import load_job
 from llmpi.errors import JobError
-from llmpi.store import WriterLock, read_surface
+from llmpi.store import WriterLock, read_directions, read_surface
 
 pytestmark = pytest.mark.mpi
-
-
-def stored_directions(path):
-    with h5py.File(path, "r") as f:
-        return [{k: v[()] for k, v in f["directions"][axis].items()} for axis in ("x", "y") if axis in f["directions"]]
 
 
 def own_loss(fx: Fixture, path, split: str = "train", subset: int = 64) -> tuple[float, float]:
@@ -111,7 +105,7 @@ def test_interpolation_ends_are_the_two_checkpoints_on_both_splits(fixture_data,
             loss, acc = own_loss(fixture_data, path, split, subset=48)
             assert s.values[f"{split}_loss"][i] == pytest.approx(loss, rel=2e-5), (split, i)
             assert s.values[f"{split}_acc"][i] == pytest.approx(acc, abs=1e-9), (split, i)
-    (dx,) = stored_directions(tmp_path / "line.h5")
+    (dx,) = read_directions(tmp_path / "line.h5")
     assert any("running_var" in k and np.any(v) for k, v in dx.items())  # states: BatchNorm statistics move too
     loss, _ = brute_force(fixture_data, [dx], (1.5,), subset=48, split="test")  # beyond the second model
     assert s.values["test_loss"][4] == pytest.approx(loss, rel=2e-5)
@@ -193,7 +187,7 @@ def test_pca_directions_are_numpys_svd_of_the_snapshots(fixture_data, tmp_path):
     )
     _, sv, vt = np.linalg.svd(D - D.mean(axis=0), full_matrices=False)
     s = read_surface(tmp_path / "pca.h5")
-    dirs = stored_directions(tmp_path / "pca.h5")
+    dirs = read_directions(tmp_path / "pca.h5")
     flat = np.stack([np.concatenate([d[k].astype(np.float64).reshape(-1) for k in moved]) for d in dirs])
     assert np.allclose(flat @ flat.T, np.eye(2), atol=1e-5)  # orthonormal
     signs = np.sign(np.sum(flat * vt[:2], axis=1))
@@ -294,7 +288,7 @@ def test_hessian_extremes_at_every_point_match_a_dense_hessian(tiny):
     assert "Hessian extremes at every point" in result.stdout
     s = read_surface(d / "eig.h5")
     assert s.complete and {"max_eig", "min_eig", "eig_ratio"} <= set(s.values)
-    dirs = stored_directions(d / "eig.h5")
+    dirs = read_directions(d / "eig.h5")
     for j, i in [(0, 0), (1, 2), (2, 3)]:
         lo, hi = dense_extremes(fx, dirs, (s.x[i], s.y[j]), images=16)
         scale = max(abs(lo), abs(hi))

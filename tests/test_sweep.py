@@ -13,16 +13,9 @@ import pytest
 from conftest import MPIRUN, REPO, brute_force, job_dict, run_cli, write_job
 
 from llmpi import checkpoint
-from llmpi.store import read_surface
+from llmpi.store import read_directions, read_surface
 
 pytestmark = pytest.mark.mpi
-
-
-def stored_directions(path):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return [{k: v[()] for k, v in f["directions"][axis].items()} for axis in ("x", "y") if axis in f["directions"]]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def test_three_ranks_fill_the_file_with_the_exact_values(fixture_data, three_ran
     s = read_surface(d / "three.h5")
     assert s.complete and s.values["train_loss"].shape == (4, 5) and s.y is not None
     assert "20 points in" in result.stdout and "3 rank(s)" in result.stdout
-    dirs = stored_directions(d / "three.h5")
+    dirs = read_directions(d / "three.h5")
     for j, b in enumerate(s.y):
         for i, a in enumerate(s.x):
             loss, acc = brute_force(fixture_data, dirs, (a, b))
@@ -50,7 +43,7 @@ def test_three_ranks_fill_the_file_with_the_exact_values(fixture_data, three_ran
 def test_stored_directions_are_filter_normalised_to_the_checkpoint(fixture_data, three_ranks):
     d, _, _ = three_ranks
     state = checkpoint.read_state_dict(fixture_data.checkpoint)
-    dx, dy = stored_directions(d / "three.h5")
+    dx, dy = read_directions(d / "three.h5")
     assert set(dx) == {k for k, v in state.items() if v.is_floating_point() and "running" not in k}
     for name, w in state.items():
         if name not in dx:
@@ -72,7 +65,7 @@ def test_one_rank_without_mpirun_is_bitwise_equal(fixture_data, three_ranks, tmp
     one, three = read_surface(tmp_path / "one.h5"), read_surface(d / "three.h5")
     for name in ("train_loss", "train_acc"):
         assert np.array_equal(one.values[name], three.values[name])
-    for a, b in zip(stored_directions(tmp_path / "one.h5"), stored_directions(d / "three.h5")):
+    for a, b in zip(read_directions(tmp_path / "one.h5"), read_directions(d / "three.h5")):
         assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -159,7 +152,7 @@ def test_worker_error_stops_everyone_with_its_traceback(fixture_data, tmp_path):
     s = read_surface(tmp_path / "err.h5")
     assert 3 <= s.done.sum() < 36
     assert np.all(np.isfinite(s.values["train_loss"][s.done])) and np.all(np.isnan(s.values["train_loss"][~s.done]))
-    dirs = stored_directions(tmp_path / "err.h5")
+    dirs = read_directions(tmp_path / "err.h5")
     j, i = np.argwhere(s.done)[-1]
     assert s.values["train_loss"][j, i] == pytest.approx(brute_force(fixture_data, dirs, (s.x[i], s.y[j]))[0], rel=2e-5)
 
@@ -176,7 +169,7 @@ def test_one_dimensional_line_on_the_test_split(fixture_data, tmp_path):
     assert result.returncode == 0, result.stderr
     s = read_surface(tmp_path / "line.h5")
     assert s.y is None and s.values["test_loss"].shape == (9,) and s.complete and "train_loss" not in s.values
-    (dx,) = stored_directions(tmp_path / "line.h5")
+    (dx,) = read_directions(tmp_path / "line.h5")
     for i in (0, 2, 8):
         loss, acc = brute_force(fixture_data, [dx], (s.x[i],), subset=50, split="test")
         assert s.values["test_loss"][i] == pytest.approx(loss, rel=2e-5)
