@@ -3,7 +3,6 @@ describe them (written with them, read back by plots and status).
 
     planned = plan_directions(job, model, ndim=2)        # model holds θ* (model.checkpoint), on the CPU
     planned.directions, planned.extras, planned.extra_attrs
-    fingerprint_fields(job)                               # what the kind adds to the file's fingerprint
 
 - ``random``: Gaussian directions, normalised (``llmpi.directions``); nothing else to store.
 - ``interpolate``: δ = θ2 − θ1 (``llmpi.paths.interpolation``); with ``type: states`` BatchNorm running statistics
@@ -22,7 +21,6 @@ as ``JobError`` naming the key to change.
 from __future__ import annotations
 
 import copy
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -96,31 +94,3 @@ def plan_directions(job: Any, model: nn.Module, ndim: int) -> Planned:
         raise JobError(f"directions.kind {spec.kind}: {e}") from None
     raise AssertionError(f"unknown directions.kind {spec.kind!r} passed validation")
 
-
-def fingerprint_fields(job: Any) -> dict:
-    """What the kind and the metrics add to the file's fingerprint (nothing for a random-direction loss sweep, so
-    files written before these kinds existed still resume): the other checkpoints' and snapshots' contents, the
-    Hessian settings."""
-    from .checkpoint import sha256_file
-    from .config import to_dict
-
-    out: dict = {}
-    for key in ("checkpoint2", "checkpoint3"):
-        path = getattr(job.model, key)
-        if path is not None:
-            out[f"{key}_sha256"] = sha256_file(path)
-    if job.directions.kind == "pca":
-        from .pca import snapshot_files
-
-        try:
-            files = snapshot_files(job.directions.trajectory)
-        except ValueError as e:
-            raise JobError(f"directions.trajectory: {e}") from None
-        h = hashlib.sha256()
-        for path in files:
-            h.update(f"{path.name}:{sha256_file(path)}\n".encode())
-        out["trajectory"] = {"snapshots": len(files), "sha256": h.hexdigest()}
-    if job.metrics:
-        out["metrics"] = list(job.metrics)
-        out["hessian"] = to_dict(job.hessian)
-    return out

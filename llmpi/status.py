@@ -155,7 +155,7 @@ def render_metrics(metrics: dict) -> str:
 
 
 def render(info: dict) -> str:
-    from .sweep import duration
+    from .runlog import duration
 
     lines = [f"{info['file']}: {info['job']} -- {info['arch']} on {info['data']}"]
     d = info["directions"] or {}

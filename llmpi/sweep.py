@@ -1,15 +1,19 @@
-"""Sweep a loss surface: every rank computes, rank 0 coordinates and writes one HDF5 file.
+"""Sweep loss surfaces: every rank computes, rank 0 coordinates and writes one HDF5 file per surface.
 
     mpirun -n 8 python -m llmpi.sweep jobs/vgg56.yaml            # 8 ranks (one per GPU), all compute
     python -m llmpi.sweep jobs/vgg56.yaml                         # the same job on one rank
     python -m llmpi.sweep jobs/vgg56.yaml --set grid.x=[-0.5,0.5,21] --set output=surfaces/zoom.h5
+    mpirun -n 8 python -m llmpi.sweep jobs/resnet56.yaml jobs/vgg56.yaml jobs/vgg9.yaml    # several, one MPI job
 
-Rerunning the same command resumes: points already in the file are never computed again. Exit status:
-0 complete, 1 failed (a rank's error, printed with its traceback), 2 bad input (one message, what to do next),
-75 interrupted by SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable: rerun the same command.
+Rerunning the same command resumes: points already in a file are never computed again. Several job files make
+one run: one coordinator hands out the blocks of every surface, in the order given, so a rank that runs out of one
+surface's blocks starts on the next one's; each surface keeps its own file, fingerprint, lock, run record and
+resume. Exit status: 0 complete, 1 failed (a rank's error, printed with its traceback), 2 bad input (one message,
+what to do next), 75 interrupted by SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable: rerun the same command.
 
-This module only wires the layers: the job (config), the numerics (data, checkpoint, directions, evaluate) on
-every rank, the store on rank 0, and the protocol between them.
+This module only wires the layers: the jobs (``config``), what a rank loads and computes (``worker``: data,
+checkpoint, directions, evaluators), rank 0's preparation of each surface (``fingerprint``, ``planning``, the
+``store``), the run's record (``runlog``), and the ``protocol`` between ranks.
 """
 
 from __future__ import annotations
@@ -20,30 +24,48 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .config import Job
+    from .faults import Faults
+    from .grid import Grid
+    from .runlog import RunRecord
+    from .store import SurfaceStore
+    from .worker import Choice, Loaded, PointValues, Surfaces
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 75
-Reply = tuple[int, int, dict[str, np.ndarray]]  # (start, stop, {"train_loss": ..., ...}) of a block or its part
+
+# A block's reply, and what a stopped block hands back of its finished part:
+# (surface index, start, stop, {"train_loss": array, ...}, rank, seconds)
+Reply = tuple[int, int, int, dict[str, np.ndarray], int, float]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m llmpi.sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("job", help="the job file (YAML), e.g. jobs/vgg56.yaml")
+    p.add_argument(
+        "jobs", nargs="+", metavar="job", help="job files (YAML), e.g. jobs/vgg56.yaml; several make one run"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a job key, YAML-typed, e.g. --set grid.x=[-0.5,0.5,21] (repeatable)",
+        help="override a job key in every job, YAML-typed, e.g. --set grid.x=[-0.5,0.5,21] (repeatable)",
     )
-    p.add_argument("--restart", action="store_true", help="start the output file anew instead of resuming it")
+    p.add_argument("--restart", action="store_true", help="start the output files anew instead of resuming them")
     p.add_argument("--debug", action="store_true", help="show tracebacks for input errors too")
     return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Set-up steps that every rank takes together: a failure on any rank fails all of them, with the first failure.
 
 
 class SetupFailed(Exception):
@@ -75,268 +97,176 @@ def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
     return value
 
 
-def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any, bn_info: Any = None) -> dict:
-    """Everything that determines the stored values, and nothing that does not (ranks, batch size, points per
-    pass, compile, output: these change per-image losses in their last bits at most). Users' factories count by
-    import path and a hash of their module's source (``plugins.identity``), with their keyword arguments."""
-    from .config import to_dict
-    from .plugins import identity
+def load_jobs(paths: Sequence[str], overrides: Sequence[str]) -> list[Job]:
+    """The jobs of one run, validated together: distinct outputs, and one device and thread count per rank."""
+    from .config import load_job
+    from .errors import JobError
 
-    return {
-        "format": 1,
-        "arch": job.model.arch,
-        **factory_fields(job, bn_info, identity),
-        "precision": job.runtime.precision,  # tf32 and bf16 change values by far more than rounding
-        "checkpoint_sha256": checkpoint_sha256,
-        "data": {
-            "dataset": None if job.data.factory else job.data.dataset,
-            "split": job.data.split,
-            "subset": job.data.subset,
-            "seed": job.data.seed,
-            "images_sha256": data_info.sha256,
-        },
-        "directions": to_dict(job.directions),
-        "grid": {"x": list(job.grid.x), "y": None if job.grid.y is None else list(job.grid.y)},
-    }
-
-
-def factory_fields(job: Any, bn_info: Any, identity: Callable[[str], dict]) -> dict:
-    """The fingerprint's part for issue 7: the model and data factories, the loss, the BatchNorm handling."""
-    model, data, loss, ev = job.model, job.data, job.loss, job.evaluation
-    return {
-        "model": {"factory": model.factory and identity(model.factory), "kwargs": model.kwargs},
-        "data_factory": {"factory": data.factory and identity(data.factory), "kwargs": data.kwargs},
-        "loss": {"name": None if loss.factory else loss.name, "factory": loss.factory and identity(loss.factory)},
-        "evaluation": {"bn": ev.bn}
-        if ev.bn == "eval"
-        else {"bn": ev.bn, "bn_batches": ev.bn_batches, "bn_batch_size": ev.bn_batch_size, "bn_sha256": bn_info.sha256},
-    }
+    jobs = [load_job(path, overrides) for path in paths]
+    for path, job in zip(paths, jobs):
+        if job.model.checkpoint is None:
+            raise JobError(f"{path}: model.checkpoint is required: the trained network to sweep around")
+    outputs: dict[str, str] = {}
+    for path, job in zip(paths, jobs):
+        key = os.path.realpath(job.output)
+        if key in outputs:
+            hint = (
+                " (--set output=... gives every job the same output)" if any("output=" in o for o in overrides) else ""
+            )
+            raise JobError(f"{outputs[key]} and {path} both write {job.output}{hint}: give each job its own output")
+        outputs[key] = path
+    for key in ("device", "threads"):
+        seen = {getattr(job.runtime, key) for job in jobs}
+        if len(seen) > 1:
+            raise JobError(
+                f"the jobs ask for different runtime.{key} ({', '.join(sorted(map(str, seen)))}): the ranks of one "
+                f"run share one; make them agree (e.g. --set runtime.{key}=...) or run the jobs separately"
+            )
+    return jobs
 
 
-@dataclass
-class RankSetup:
-    """What one rank holds once set up: its device, its copy of the data and θ*, the loss, the BatchNorm set."""
+def configure(job: Job, local_rank: int, local_size: int) -> tuple[Any, int]:
+    """This rank's device and CPU threads (the same for every job of the run)."""
+    from . import runtime
 
-    device: Any
-    threads: int
-    samples: Any  # data.Samples
-    model: Any
-    loss: Any  # "crossentropy", "mse" or a losses.FactoryLoss
-    has_accuracy: bool  # False for a loss factory that counts no correct predictions: no <split>_acc dataset
-    bn_samples: Any = None  # data.Samples of the training split for evaluation.bn: recalibrate
-    splits: dict[str, Any] = field(default_factory=dict)  # data.Samples of each split evaluated (split: both)
-
-    @property
-    def info(self) -> Any:
-        return self.samples.info
+    device = runtime.pick_device(job.runtime.device, local_rank)
+    threads = runtime.pick_threads(job.runtime.threads, local_size)
+    runtime.configure(device, threads)
+    return device, threads
 
 
-def value_names(job: Any, r: RankSetup) -> list[str]:
-    """The file's grid datasets: ``job.value_names``, without accuracies where the loss counts none."""
-    return job.value_names(r.has_accuracy)
+# ----------------------------------------------------------------------------------------------------------------
+# Rank 0's preparation of a surface: its file (created with its directions, or resumed), what is left to do, and
+# what it decides for every rank by timing.
 
 
 @dataclass
 class Plan:
-    """What rank 0 decides and every rank needs (the tasks themselves stay on rank 0)."""
+    """What rank 0 decides about one surface and every rank needs to compute its blocks."""
 
+    index: int
+    job: Job
     directions: list[dict[str, np.ndarray]]
-    todo_points: int
+    choice: Choice
+    todo: int  # points left to compute
 
 
-def setup_rank(job: Any, local_rank: int, local_size: int, faults: Any) -> RankSetup:
-    from . import checkpoint, data, losses, runtime
+@dataclass
+class Prepared:
+    """Rank 0's side of a surface: its open file, the points left, its record's set-up facts."""
 
-    faults.at_setup()
-    device = runtime.pick_device(job.runtime.device, local_rank)
-    threads = runtime.pick_threads(job.runtime.threads, local_size)
-    runtime.configure(device, threads)
-    splits = {split: data.load_samples(job.data, split) for split in job.splits}
-    samples = splits[job.splits[0]]
-    model = checkpoint.load_job_model(job.model)
-    loss, has_accuracy = losses.prepare(job.loss, model, *samples.head(2).to())
-    r = RankSetup(device, threads, samples, model, loss, has_accuracy, splits=splits)
-    ev = job.evaluation
-    if ev.bn == "recalibrate":
-        losses.check_recalibration(model, job.directions.type, job.model.label)
-        r.bn_samples = data.load_samples(
-            job.data,
-            "train",
-            ev.bn_batches * ev.bn_batch_size,
-            too_many="evaluation.bn_batches x bn_batch_size = {subset} training samples to recalibrate BatchNorm, "
-            "but the train split has {total}; lower evaluation.bn_batches or evaluation.bn_batch_size",
-        )
-    return r
+    plan: Plan
+    grid: Grid
+    store: SurfaceStore
+    todo: np.ndarray
+    infos: list[Any]
+    setup: dict = field(default_factory=dict)
 
 
-def open_store(job: Any, grid: Any, r: RankSetup, restart: bool) -> tuple[Any, np.ndarray, Plan]:
-    """Rank 0: open or create the surface file (making the directions only if it is new); what is left to do."""
+def open_store(job: Job, grid: Grid, loaded: Loaded, restart: bool) -> SurfaceStore:
+    """Open or create the surface file (making the directions only when it is new)."""
     from . import checkpoint, config, planning
+    from .fingerprint import Identity, fingerprint
     from .store import SurfaceStore
 
-    def make_directions() -> Any:
-        return planning.plan_directions(job, r.model, grid.ndim)  # only when the file is new
-
-    fields = fingerprint(job, checkpoint.sha256_file(job.model.checkpoint), r.info, r.bn_samples and r.bn_samples.info)
-    if len(r.splits) > 1:  # data.split both: the identity of each split's samples
-        fields["data"]["images_sha256"] = {split: s.info.sha256 for split, s in r.splits.items()}
-    fields.update(planning.fingerprint_fields(job))
+    identity = Identity(
+        checkpoint.sha256_file(job.model.checkpoint),
+        {split: samples.info for split, samples in loaded.splits.items()},
+        loaded.bn_samples and loaded.bn_samples.info,
+    )
+    infos = loaded.infos
     attrs = {
-        "dataset": "; ".join(samples.info.describe() for samples in r.splits.values()),
-        "synthetic": r.info.synthetic,
+        "dataset": "; ".join(info.describe() for info in infos),
+        "synthetic": infos[0].synthetic,
         "arch": job.model.label,
         "split": job.data.split,
-        "images": r.info.count,
+        "images": infos[0].count,
     }
-    names = value_names(job, r)
-    store = SurfaceStore.open(
+    return SurfaceStore.open(
         job.output_path,
         grid,
-        names,
-        fields,
+        loaded.value_names,
+        fingerprint(job, identity),
         config.to_yaml(job),
-        make_directions,
+        lambda: planning.plan_directions(job, loaded.model, grid.ndim),  # only when the file is new
         restart=restart,
         attrs=attrs,
     )
-    todo = store.todo()
-    return store, todo, Plan(store.directions(), len(todo))
 
 
-def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
-    """This rank's evaluator, with a provisional batch size and one point per pass until the tuning step."""
-    import torch
+def prepare(
+    index: int, job: Job, loaded: Loaded, restart: bool, ranks: int, faults: Faults
+) -> tuple[Prepared, PointValues]:
+    """Rank 0: a surface's file, its directions, its evaluators and the choice made for every rank."""
+    from .grid import Grid
+    from .worker import PointValues, tune
 
-    from . import runtime
-    from .errors import JobError
-    from .evaluate import Evaluator
+    grid = Grid.from_spec(job.grid.x, job.grid.y)
+    store = open_store(job, grid, loaded, restart)
+    store.faults = faults  # the fault tests kill the writer inside a block write
+    try:
+        todo = store.todo()
+        directions = store.directions()
+        values = PointValues.build(job, loaded, directions)
+        t0 = time.monotonic()
+        choice = tune(job, values, len(todo), ranks)
+        values.settle(choice)
+    except BaseException:
+        store.close()
+        raise
+    setup = {
+        "batch_size": choice.batch_size,
+        "points_per_pass": choice.points_per_pass,
+        "precision": job.runtime.precision,
+        "compile": job.runtime.compile,
+        "tune_seconds": round(time.monotonic() - t0, 3),
+        **choice.facts,
+    }
+    plan = Plan(index, job, directions, choice, len(todo))
+    return Prepared(plan, grid, store, todo, loaded.infos, setup), values
 
-    rt, auto_batch = job.runtime, job.data.batch_size == "auto"
-    images, labels = r.samples.to(r.device)
-    dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
-    # A loss factory runs the network itself, and recalibration rewrites BatchNorm buffers per point: neither can
-    # go through vmap over stacked weights, so both evaluate one point per pass (see llmpi.evaluate).
-    one_point = job.loss.factory is not None or r.bn_samples is not None
-    if one_point and rt.points_per_pass not in ("auto", 1):
-        raise JobError(
-            f"runtime.points_per_pass is {rt.points_per_pass}, but a loss.factory or evaluation.bn: recalibrate "
-            f"evaluates one point per pass; set runtime.points_per_pass: auto (or 1)"
-        )
-    return Evaluator(
-        r.model.to(r.device),
-        dirs,
-        images,
-        labels,
-        runtime.default_batch_size(r.device, r.info.count) if auto_batch else job.data.batch_size,
-        kind=job.directions.type,
-        precision=rt.precision,
-        compile=rt.compile,
-        points_per_pass=1 if rt.points_per_pass == "auto" else rt.points_per_pass,
-        shrink_on_oom=auto_batch,
-        loss=r.loss,
-        bn_inputs=None if r.bn_samples is None else r.bn_samples.to(r.device)[0],
-        bn_batch_size=job.evaluation.bn_batch_size,
+
+def tasks_of(prepared: Sequence[Prepared], ranks: int) -> list[tuple[int, tuple, int]]:
+    """Every surface's blocks, surface after surface: ``(block id, (surface, start, stop, coords), points)``."""
+    from .grid import auto_block, blocks
+
+    tasks: list[tuple[int, tuple, int]] = []
+    for p in prepared:
+        spec, width = p.plan.job.grid, p.plan.choice.points_per_pass
+        block = spec.block if spec.block != "auto" else auto_block(len(p.todo), ranks)
+        if spec.block == "auto" and width > 1:  # whole passes: no padded points
+            block = width * -(-block // width)
+        for start, stop in blocks(p.todo, block):
+            tasks.append((len(tasks), (p.plan.index, start, stop, p.grid.coords(start, stop)), stop - start))
+    return tasks
+
+
+def banner(p: Prepared, ranks: int, device: Any, threads: int) -> str:
+    job, grid, choice = p.plan.job, p.grid, p.plan.choice
+    done = grid.size - p.plan.todo
+    return (
+        f"llmpi sweep {job.name}: {job.model.label} on {' + '.join(i.describe() for i in p.infos)}; grid "
+        f"{'x'.join(map(str, grid.shape[::-1]))} = {grid.size} points, {done} already done; {ranks} rank(s) "
+        f"on {device.type}, {threads} thread(s) each, batch {choice.batch_size}"
+        + (f" x {choice.points_per_pass} points per pass" if choice.points_per_pass > 1 else "")
+        + f", {job.runtime.precision}{', compiled' if job.runtime.compile else ''} -> {job.output}"
     )
 
 
-def tune_and_plan(job: Any, grid: Any, evaluator: Any, todo: np.ndarray, ranks: int) -> tuple[list, int, int, str]:
-    """Rank 0: the batch size and points per pass for every rank, then the blocks.
-
-    "auto" is decided by timing on rank 0 alone and broadcast, because a choice that differed between ranks would
-    give them different bits (see llmpi.evaluate). Blocks are cut afterwards so that an automatic block holds
-    whole passes.
-    """
-    from .evaluate import autotune
-    from .grid import auto_block, blocks
-
-    auto_batch, auto_points = job.data.batch_size == "auto", job.runtime.points_per_pass == "auto"
-    described = ""
-    if (auto_batch or auto_points) and len(todo):
-        work = len(todo) * len(evaluator.labels) / ranks
-        described = autotune(evaluator, work, tune_batch=auto_batch, tune_points=auto_points).describe()
-    width = evaluator.points_per_pass
-    block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), ranks)
-    if job.grid.block == "auto" and width > 1:  # whole passes: no padded points
-        block = width * -(-block // width)
-    tasks = [(b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(blocks(todo, block))]
-    return tasks, evaluator.batch_size, width, described
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# What one point's values are made of (job.value_names, in order): loss and accuracy on each split, then the
-# Hessian's extreme eigenvalues at the same perturbed weights.
+# Every rank: computing a block.
 
 
-class PointValues:
-    """The values of a group of points: (loss, acc) per split from that split's evaluator (all share one network),
-    then, with ``metrics: [hessian]``, λmax, λmin and |λmin/λmax| (``llmpi.hessian``) over the first split's data."""
-
-    def __init__(
-        self, evaluators: dict[str, Any], hessian: Any | None, ignore: str, batch_size: int, accuracy: bool = True
-    ) -> None:
-        self.evaluators, self.hessian, self.ignore, self.hessian_batch = evaluators, hessian, ignore, batch_size
-        self.per_split = 2 if accuracy else 1  # a loss factory that counts no correct predictions: loss only
-        self.names = [f"{split}_{what}" for split in evaluators for what in ("loss", "acc")[: self.per_split]]
-        if hessian is not None:
-            self.names += ["max_eig", "min_eig", "eig_ratio"]
-
-    @property
-    def first(self) -> Any:
-        return next(iter(self.evaluators.values()))
-
-    @property
-    def width(self) -> int:
-        """Points handed over at once: the evaluators' points per pass."""
-        return self.first.points_per_pass
-
-    def __call__(self, group: list[tuple[float, ...]], check: Callable[[], None]) -> list[list[float]]:
-        rows: list[list[float]] = [[] for _ in group]
-        for evaluator in self.evaluators.values():
-            for row, got in zip(rows, evaluator.many(group, between_batches=check)):
-                row += list(got[: self.per_split])
-        if self.hessian is not None:
-            for row, point in zip(rows, group):
-                row += self.eigenvalues(point, check)
-        return rows
-
-    def eigenvalues(self, point: tuple[float, ...], check: Callable[[], None]) -> list[float]:
-        from .hessian import HessianOperator, extreme_eigenvalues
-
-        ev, spec = self.first, self.hessian
-        ev.move_to(point)  # with several points per pass the loss never moved the network's own weights
-        n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
-        op = HessianOperator(ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, ignore=self.ignore)
-        result = extreme_eigenvalues(
-            op, tol=spec.tol, max_hvps=spec.max_hvps, basis=spec.basis, seed=spec.seed, between_batches=check
-        )
-        return [result.max_eig, result.min_eig, result.ratio]
-
-
-def make_point_values(job: Any, r: RankSetup, plan: Plan) -> PointValues:
-    """One evaluator per split (the first built by ``make_evaluator``, the others the same way on their data)."""
-    evaluators = {}
-    for split, samples in (r.splits or {job.data.split: r.samples}).items():
-        evaluators[split] = make_evaluator(job, replace(r, samples=samples), plan)
-    hessian = job.hessian if "hessian" in job.metrics else None
-    return PointValues(evaluators, hessian, job.directions.ignore, 0, r.has_accuracy)
-
-
-def settle(values: PointValues, job: Any, batch_size: int, points_per_pass: int) -> None:
-    """Every rank: the batch size and points per pass rank 0 chose, for every evaluator and the Hessian."""
-    for evaluator in values.evaluators.values():
-        evaluator.batch_size, evaluator.points_per_pass = batch_size, points_per_pass
-    spec = job.hessian
-    values.hessian_batch = spec.batch_size if spec.batch_size != "auto" else min(batch_size, 512)
-
-
-def make_compute(values: PointValues, faults: Any) -> Callable[[tuple, Callable[[], None]], Reply]:
+def make_compute(surfaces: Surfaces, faults: Any, rank: int) -> Callable[[tuple, Callable[[], None]], Reply]:
     from .protocol import Stopped
-
-    names = values.names
 
     def compute(payload: tuple, check: Callable[[], None]) -> Reply:
         """Evaluate a block's points; on a stop, hand back the points already finished."""
-        start, stop, coords = payload
+        index, start, stop, coords = payload
+        values = surfaces.get(index)  # built on this rank's first block of the surface
+        values.activate()
+        started = time.perf_counter()
+        names = values.names
         out = {name: np.empty(stop - start) for name in names}
         k = 0
         try:
@@ -346,230 +276,96 @@ def make_compute(values: PointValues, faults: Any) -> Callable[[tuple, Callable[
                 for _ in group:
                     faults.before_point(check)
                 for row in values(group, check):
-                    for name, v in zip(names, row):
+                    for name, v in zip(names, row, strict=True):
                         out[name][k] = v
                     faults.after_point(start + k)
                     k += 1
         except Stopped as stopped:
             if k > 0:
-                stopped.partial = (start, start + k, {name: v[:k] for name, v in out.items()})
+                part = {name: v[:k] for name, v in out.items()}
+                stopped.partial = (index, start, start + k, part, rank, time.perf_counter() - started)
             raise
-        return start, stop, out
+        return index, start, stop, out, rank, time.perf_counter() - started
 
     return compute
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from mpi4py import MPI
-
-    from . import config, protocol
-    from .faults import Faults
-    from .grid import Grid
-
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    interrupts = protocol.Interrupts().install()
-    faults = Faults.from_env(rank)
-    store = None
-    try:
-        job = comm.bcast(
-            collective(comm, lambda: config.load_job(args.job, args.overrides) if rank == 0 else None, args.debug)
-        )
-        if job.model.checkpoint is None:
-            raise SetupFailed(True, "model.checkpoint is required: the trained network to sweep around")
-        grid = Grid.from_spec(job.grid.x, job.grid.y)
-        if size > grid.size:
-            raise SetupFailed(
-                True,
-                f"{size} ranks for a grid of {grid.size} points: use at most {grid.size} ranks "
-                f"(mpirun -n {grid.size}) or a finer grid",
-            )
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        r = collective(comm, lambda: setup_rank(job, local.Get_rank(), local.Get_size(), faults), args.debug)
-        places = comm.gather((socket.gethostname(), str(r.device), os.getpid()))
-
-        def rank0_store() -> Plan | None:
-            nonlocal store, todo
-            if rank != 0:
-                return None
-            store, todo, plan = open_store(job, grid, r, args.restart)
-            store.faults = faults
-            return plan
-
-        todo = np.empty(0, dtype=np.int64)
-        plan = comm.bcast(collective(comm, rank0_store, args.debug))
-        values = collective(comm, lambda: make_point_values(job, r, plan), args.debug)
-        evaluator = values.first
-        tasks: list = []
-
-        def rank0_tune() -> tuple[int, int, str] | None:
-            if rank != 0:
-                return None
-            tasks[:], *choice = tune_and_plan(job, grid, evaluator, todo, size)
-            return tuple(choice)
-
-        # the tasks stay on rank 0; every rank needs only the batch size and points per pass
-        choice = comm.bcast(collective(comm, rank0_tune, args.debug))
-        batch_size, points_per_pass, described = choice
-        settle(values, job, batch_size, points_per_pass)
-        assert values.names == value_names(job, r), (values.names, value_names(job, r))
-        compute = make_compute(values, faults)
-
-        if rank != 0:
-            outcome = protocol.run(comm, [], compute, lambda results: None, interrupts)
-            return {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED}.get(outcome.state, EXIT_FAILED)
-
-        infos = [samples.info for samples in r.splits.values()] or [r.info]
-        log = RunLog(job, grid.size, grid.size - plan.todo_points, sum(i.count for i in infos), places)
-        print(
-            f"llmpi sweep {job.name}: {job.model.label} on {' + '.join(i.describe() for i in infos)}; grid "
-            f"{'x'.join(map(str, grid.shape[::-1]))} = {grid.size} points, {log.done} already done; {size} rank(s) "
-            f"on {r.device.type}, {r.threads} thread(s) each, batch {evaluator.batch_size}"
-            + (f" x {evaluator.points_per_pass} points per pass" if evaluator.points_per_pass > 1 else "")
-            + f", {job.runtime.precision}{', compiled' if job.runtime.compile else ''} -> {job.output}",
-            flush=True,
-        )
-        if described:
-            print(f"llmpi: tuned on rank 0: {described}", flush=True)
-        if values.hessian is not None:
-            h = job.hessian
-            print(
-                f"llmpi: Hessian extremes at every point: Lanczos to tol {h.tol:g} (at most {h.max_hvps} products), "
-                f"over {h.images or 'all'} of the {job.splits[0]} images, batch {values.hessian_batch}",
-                flush=True,
-            )
-
-        def commit(results: list[tuple[int, Reply]]) -> None:
-            store.write([reply for _, reply in results])
-            log.advance(sum(stop - start for _, (start, stop, _) in results))
-
-        outcome = protocol.run(comm, tasks, compute, commit, interrupts, progress=log.checkpoint)
-        store.close()
-        store = None
-        return log.finish(outcome, comm)
-    except SetupFailed as e:
-        if rank == 0:
-            print(f"llmpi: error: {e}", file=sys.stderr, flush=True)
-        return EXIT_USAGE if e.user else EXIT_FAILED
-    finally:
-        if store is not None:
-            store.close()
+# ----------------------------------------------------------------------------------------------------------------
 
 
-class RunLog:
-    """Rank 0's account of the run: a tqdm bar on a terminal (else a line every ``every`` s), the final summary,
-    and ``<output>.run.json`` for ``python -m llmpi.status`` (rewritten atomically every ``every_json`` s)."""
+class Run:
+    """Rank 0 during the sweep: commits results to their surfaces' files, keeps the records and the progress."""
 
-    def __init__(
-        self, job: Any, total: int, done: int, images: int, places: list, every: float = 10.0, every_json: float = 2.0
-    ) -> None:
-        self.job, self.total, self.done, self.images, self.places = job, total, done, images, places
-        self.every, self.every_json = every, every_json
-        self.start_done = done
-        self.t0 = self.last_line = self.last_json = time.monotonic()
-        self.started = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.bar = None
-        if sys.stderr.isatty() and done < total:
-            from tqdm import tqdm
+    def __init__(self, prepared: Sequence[Prepared], places: list, progress: Any) -> None:
+        from .runlog import RunRecord
 
-            self.bar = tqdm(total=total, initial=done, unit="pt", desc="llmpi", dynamic_ncols=True)
-        self.write_json("running", None)
+        self.prepared, self.progress = list(prepared), progress
+        self.records: list[RunRecord] = []
+        for p in self.prepared:
+            images = sum(info.count for info in p.infos)
+            done = p.grid.size - p.plan.todo
+            self.records.append(RunRecord(p.plan.job, p.grid.size, done, images, places, p.setup))
+        self.finished: set[int] = set()
 
-    @property
-    def rate(self) -> float:
-        return (self.done - self.start_done) / max(time.monotonic() - self.t0, 1e-9)
+    def start(self) -> None:
+        for index, record in enumerate(self.records):
+            record.write("running")
+            if record.done == record.total:
+                self._finish(index)
 
-    def advance(self, new_points: int) -> None:
-        self.done += new_points
-        if self.bar is not None:
-            self.bar.update(new_points)
-            return
-        now = time.monotonic()
-        if now - self.last_line >= self.every:
-            self.last_line = now
-            eta = (self.total - self.done) / self.rate if self.rate > 0 else float("inf")
-            print(
-                f"llmpi: {self.done}/{self.total} points, {self.rate:.2f} points/s, ETA {duration(eta)}",
-                file=sys.stderr,
-                flush=True,
-            )
+    def commit(self, results: list[tuple[int, Reply]]) -> None:
+        by_surface: dict[int, list[Reply]] = defaultdict(list)
+        for _, reply in results:
+            by_surface[reply[0]].append(reply)
+        for index, replies in by_surface.items():
+            self.prepared[index].store.write([(start, stop, values) for _, start, stop, values, _, _ in replies])
+            for _, start, stop, _, rank, seconds in replies:
+                self.records[index].advance(stop - start, rank, seconds)
+                self.progress.advance(stop - start)
+            if self.records[index].done == self.records[index].total:
+                self._finish(index)
 
-    def checkpoint(self, outcome: Any) -> None:
-        if time.monotonic() - self.last_json >= self.every_json:
-            self.write_json("running", outcome)
+    def _finish(self, index: int) -> None:
+        """A surface is complete: its record says so, its file is closed (its lock released) while others run."""
+        record = self.records[index]
+        record.write("complete", reason=None, error=None)
+        self.prepared[index].store.close()
+        self.finished.add(index)
+        print(record.summary(), flush=True)
 
-    def write_json(self, state: str, outcome: Any, extra: dict | None = None) -> None:
-        from .store import write_run_info
-
-        self.last_json = time.monotonic()
-        rate = self.rate
-        per_rank = []
-        for i, (host, device, pid) in enumerate(self.places):
-            s = outcome.stats.get(i, {}) if outcome is not None else {}
-            per_rank.append(
-                {
-                    "rank": i,
-                    "host": host,
-                    "device": device,
-                    "pid": pid,
-                    "blocks": s.get("blocks", 0),
-                    "points": s.get("points", 0),
-                    "seconds": round(s.get("seconds", 0.0), 3),
-                }
-            )
-        info = {
-            "state": state,
-            "job": self.job.name,
-            "started": self.started,
-            "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "ranks": len(self.places),
-            "points_total": self.total,
-            "points_done": self.done,
-            "points_this_run": self.done - self.start_done,
-            "points_per_second": rate,
-            "images_per_point": self.images,
-            "eta_seconds": (self.total - self.done) / rate if rate > 0 else None,
-            "per_rank": per_rank,
-            **(extra or {}),
-        }
-        try:
-            write_run_info(self.job.output_path, info)
-        except OSError as e:  # progress reporting must never fail a sweep
-            print(f"llmpi: warning: cannot write {self.job.output}.run.json ({e})", file=sys.stderr)
-
-    def finish(self, outcome: Any, comm: Any) -> int:
+    def end(self, outcome: Any, comm: Any) -> int:
+        """Every surface's record and the exit status, once the protocol has stopped everyone."""
         from . import protocol
 
-        if self.bar is not None:
-            self.bar.close()
+        self.progress.close()
         extra = {"reason": outcome.reason, "error": outcome.error, "duplicates_dropped": outcome.duplicates}
-        self.write_json(outcome.state, outcome, extra)
+        for index, record in enumerate(self.records):
+            if index not in self.finished:
+                state = outcome.state if outcome.state != protocol.COMPLETE else "incomplete"
+                record.write(state, **extra)
+            else:
+                record.write("complete", **extra)
+        done = sum(r.done for r in self.records)
+        total = sum(r.total for r in self.records)
         if outcome.state == protocol.FAILED:
+            outputs = ", ".join(r.job.output for i, r in enumerate(self.records) if i not in self.finished)
             print(
-                f"llmpi: error: the sweep failed; every point finished before the failure is kept in "
-                f"{self.job.output}; fix the cause and rerun the same command to resume.\n{outcome.error}",
+                f"llmpi: error: the sweep failed; every point finished before the failure is kept in {outputs}; "
+                f"fix the cause and rerun the same command to resume.\n{outcome.error}",
                 file=sys.stderr,
                 flush=True,
             )
             code = EXIT_FAILED
         elif outcome.state == protocol.INTERRUPTED:
             print(
-                f"llmpi: interrupted ({outcome.reason}) with {self.done} of {self.total} points done; "
+                f"llmpi: interrupted ({outcome.reason}) with {done} of {total} points done; "
                 f"rerun the same command to resume",
                 file=sys.stderr,
                 flush=True,
             )
             code = EXIT_INTERRUPTED
         else:
-            seconds = time.monotonic() - self.t0
-            points = self.done - self.start_done
-            print(
-                f"llmpi: {points} points in {seconds:.1f} s ({self.rate:.2f} points/s, "
-                f"{self.rate * self.images:.0f} images/s) on {len(self.places)} rank(s); {self.done}/{self.total} "
-                f"done -> {self.job.output}",
-                flush=True,
-            )
+            assert len(self.finished) == len(self.records), "a complete run left a surface unfinished"
             code = EXIT_OK
         if outcome.unresponsive:
             print(
@@ -578,13 +374,103 @@ class RunLog:
             comm.Abort(code or EXIT_FAILED)
         return code
 
+    def close(self) -> None:
+        for p in self.prepared:
+            p.store.close()
 
-def duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mpi4py import MPI
+
+    from . import protocol
+    from .faults import Faults
+    from .grid import Grid
+    from .runlog import Progress
+    from .worker import DataCache, PointValues, Surfaces, load
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    interrupts = protocol.Interrupts().install()
+    faults = Faults.from_env(rank)
+    prepared: list[Prepared] = []
+    try:
+        jobs = comm.bcast(
+            collective(comm, lambda: load_jobs(args.jobs, args.overrides) if rank == 0 else None, args.debug)
+        )
+        total = sum(Grid.from_spec(job.grid.x, job.grid.y).size for job in jobs)
+        if size > total:
+            raise SetupFailed(
+                True,
+                f"{size} ranks for {'a grid' if len(jobs) == 1 else f'{len(jobs)} grids'} of {total} points"
+                f"{' in all' if len(jobs) > 1 else ''}: use at most {total} ranks (mpirun -n {total}) or a finer grid",
+            )
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        cache = DataCache()
+
+        def set_up() -> tuple[Any, int, Loaded]:
+            faults.at_setup()
+            device, threads = configure(jobs[0], local.Get_rank(), local.Get_size())
+            return device, threads, load(jobs[0], device, cache)
+
+        # Every rank loads the first surface's inputs at once (a missing file on one node is a clean error now).
+        device, threads, first = collective(comm, set_up, args.debug)
+        places = comm.gather((socket.gethostname(), str(device), os.getpid()))
+        spare = {0: first}  # loaded inputs not yet given to an evaluator
+
+        def inputs(index: int) -> Loaded:
+            return spare.pop(index) if index in spare else load(jobs[index], device, cache)
+
+        def rank0_prepare() -> list[Plan] | None:
+            if rank != 0:
+                return None
+            # Last surface first: rank 0 then still holds the first surfaces' evaluators when the sweep begins.
+            for index in reversed(range(len(jobs))):
+                p, values = prepare(index, jobs[index], inputs(index), args.restart, size, faults)
+                prepared.insert(0, p)
+                surfaces.put(index, values)
+            return [p.plan for p in prepared]
+
+        def build(index: int) -> PointValues:
+            plan = plans[index]
+            values = PointValues.build(plan.job, inputs(index), plan.directions)
+            values.settle(plan.choice)
+            return values
+
+        surfaces = Surfaces(build)
+        plans: list[Plan] = comm.bcast(collective(comm, rank0_prepare, args.debug))
+        first_work = next((p.index for p in plans if p.todo), None)
+        if first_work is not None:  # the first surface with work built on every rank now: its errors come now
+            collective(comm, lambda: surfaces.get(first_work), args.debug)
+        compute = make_compute(surfaces, faults, rank)
+
+        if rank != 0:
+            outcome = protocol.run(comm, [], compute, lambda results: None, interrupts)
+            return {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED}.get(outcome.state, EXIT_FAILED)
+
+        for p in prepared:
+            print(banner(p, size, device, threads), flush=True)
+            if p.plan.choice.described:
+                print(f"llmpi: tuned on rank 0: {p.plan.choice.described}", flush=True)
+            if "hessian" in p.plan.job.metrics:
+                h = p.plan.job.hessian
+                batch = h.batch_size if h.batch_size != "auto" else min(p.plan.choice.batch_size, 512)
+                print(
+                    f"llmpi: Hessian extremes at every point: Lanczos to tol {h.tol:g} (at most {h.max_hvps} "
+                    f"products), over {h.images or 'all'} of the {p.plan.job.splits[0]} images, batch {batch}",
+                    flush=True,
+                )
+        run = Run(prepared, places, Progress(total, total - sum(p.plan.todo for p in prepared)))
+        run.start()
+        outcome = protocol.run(comm, tasks_of(prepared, size), compute, run.commit, interrupts)
+        return run.end(outcome, comm)
+    except SetupFailed as e:
+        if rank == 0:
+            print(f"llmpi: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE if e.user else EXIT_FAILED
+    finally:
+        for p in prepared:
+            p.store.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,275 @@
+"""What one rank loads and computes for a surface: its data, θ*, the loss, and the values at a group of points.
+Numerics only, no MPI: ``llmpi.sweep`` wires this to the protocol.
+
+    cache = DataCache()
+    loaded = load(job, device, cache)                      # θ*, the loss, each split's samples (cached by identity)
+    values = PointValues.build(job, loaded, directions)    # one evaluator per split, the Hessian if asked for
+    choice = tune(job, values, todo_points=400, ranks=3)   # rank 0 only; every rank then calls values.settle(choice)
+    rows = values([(0.25, -0.5), ...], check)              # per point: floats in job.value_names() order
+
+A rank keeps the surfaces it computes in a small cache (``Loaded`` objects and their evaluators) and the data in a
+``DataCache`` keyed by the data's spec, so that several jobs over the same images load them once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import DataSpec, Job
+from .data import Samples
+from .errors import JobError
+
+
+class DataCache:
+    """Samples by what selects them (data spec, split, subset): jobs that differ elsewhere share their data."""
+
+    def __init__(self) -> None:
+        self._samples: dict[tuple, Samples] = {}
+
+    @staticmethod
+    def key(spec: DataSpec, split: str, subset: int | None) -> tuple:
+        kwargs = tuple(sorted((k, repr(v)) for k, v in spec.kwargs.items()))
+        source = (spec.factory, kwargs) if spec.factory else (spec.dataset, str(spec.root))
+        return (*source, split, subset, spec.seed)
+
+    def samples(self, spec: DataSpec, split: str, subset: int | None = None, too_many: str | None = None) -> Samples:
+        from .data import load_samples
+
+        subset = spec.subset if subset is None else subset
+        key = self.key(spec, split, subset)
+        if key not in self._samples:
+            self._samples[key] = load_samples(spec, split, subset, too_many=too_many)
+        return self._samples[key]
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+
+@dataclass
+class Loaded:
+    """A surface's inputs on one rank: θ* in its network (on the CPU), the loss, each evaluated split's samples, and
+    the training samples BatchNorm is recalibrated on (``evaluation.bn: recalibrate`` only)."""
+
+    job: Job
+    device: torch.device
+    model: nn.Module
+    loss: Any  # "crossentropy", "mse" or a losses.FactoryLoss
+    has_accuracy: bool  # False for a loss factory that counts no correct predictions: no <split>_acc dataset
+    splits: dict[str, Samples]
+    bn_samples: Samples | None = None
+
+    @property
+    def value_names(self) -> list[str]:
+        return self.job.value_names(self.has_accuracy)
+
+    @property
+    def infos(self) -> list[Any]:
+        return [samples.info for samples in self.splits.values()]
+
+
+def load(job: Job, device: torch.device, cache: DataCache) -> Loaded:
+    """Everything a rank needs of ``job`` before the directions: θ*, the loss (tried once at θ* on two samples, so
+    that a loss that does not fit is a clear error now), the samples of each split, the recalibration set."""
+    from . import checkpoint, losses
+
+    splits = {split: cache.samples(job.data, split) for split in job.splits}
+    model = checkpoint.load_job_model(job.model)
+    first = next(iter(splits.values()))
+    loss, has_accuracy = losses.prepare(job.loss, model, *first.head(2).to())
+    bn_samples = None
+    ev = job.evaluation
+    if ev.bn == "recalibrate":
+        losses.check_recalibration(model, job.directions.type, job.model.label)
+        bn_samples = cache.samples(
+            job.data,
+            "train",
+            ev.bn_batches * ev.bn_batch_size,
+            too_many="evaluation.bn_batches x bn_batch_size = {subset} training samples to recalibrate BatchNorm, "
+            "but the train split has {total}; lower evaluation.bn_batches or evaluation.bn_batch_size",
+        )
+    return Loaded(job, device, model, loss, has_accuracy, splits, bn_samples)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The values of a group of points: loss and accuracy on each split from that split's evaluator (all share one
+# network), then, with ``metrics: [hessian]``, λmax, λmin and |λmin/λmax| over the first split's data.
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What rank 0 decides for every rank by timing (it changes per-image bits, so it must be one decision)."""
+
+    batch_size: int
+    points_per_pass: int
+    described: str = ""  # what the tuning measured, for the banner; empty when nothing was probed
+    facts: dict = field(default_factory=dict)  # for the run record
+
+
+def make_evaluator(job: Job, loaded: Loaded, samples: Samples, directions: Sequence[dict[str, np.ndarray]]) -> Any:
+    """An evaluator of ``samples`` with a provisional batch size and one point per pass until ``settle``."""
+    from . import runtime
+    from .evaluate import Evaluator
+
+    rt, auto_batch = job.runtime, job.data.batch_size == "auto"
+    images, labels = samples.to(loaded.device)
+    dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in directions]
+    # A loss factory runs the network itself, and recalibration rewrites BatchNorm buffers per point: neither can
+    # go through vmap over stacked weights, so both evaluate one point per pass (see llmpi.evaluate).
+    one_point = job.loss.factory is not None or loaded.bn_samples is not None
+    if one_point and rt.points_per_pass not in ("auto", 1):
+        raise JobError(
+            f"runtime.points_per_pass is {rt.points_per_pass}, but a loss.factory or evaluation.bn: recalibrate "
+            f"evaluates one point per pass; set runtime.points_per_pass: auto (or 1)"
+        )
+    return Evaluator(
+        loaded.model.to(loaded.device),
+        dirs,
+        images,
+        labels,
+        runtime.default_batch_size(loaded.device, samples.info.count) if auto_batch else job.data.batch_size,
+        kind=job.directions.type,
+        precision=rt.precision,
+        compile=rt.compile,
+        points_per_pass=1 if rt.points_per_pass == "auto" else rt.points_per_pass,
+        shrink_on_oom=auto_batch,
+        loss=loaded.loss,
+        bn_inputs=None if loaded.bn_samples is None else loaded.bn_samples.to(loaded.device)[0],
+        bn_batch_size=job.evaluation.bn_batch_size,
+    )
+
+
+class PointValues:
+    """The values of a group of points, in ``job.value_names()`` order: (loss, acc) per split -- loss only where
+    the loss counts no correct predictions -- then, with ``metrics: [hessian]``, the Hessian's (llmpi.hessian)."""
+
+    def __init__(self, job: Job, loaded: Loaded, evaluators: dict[str, Any]) -> None:
+        self.job, self.loaded, self.evaluators = job, loaded, evaluators
+        self.per_split = 2 if loaded.has_accuracy else 1
+        self.hessian = job.hessian if "hessian" in job.metrics else None
+        self.hessian_batch = 0  # set by settle()
+
+    @classmethod
+    def build(cls, job: Job, loaded: Loaded, directions: Sequence[dict[str, np.ndarray]]) -> PointValues:
+        """One evaluator per split, all on the one network of ``loaded``."""
+        evaluators = {split: make_evaluator(job, loaded, s, directions) for split, s in loaded.splits.items()}
+        return cls(job, loaded, evaluators)
+
+    @property
+    def names(self) -> list[str]:
+        return self.loaded.value_names
+
+    @property
+    def first(self) -> Any:
+        return next(iter(self.evaluators.values()))
+
+    @property
+    def width(self) -> int:
+        """Points handed over at once: the evaluators' points per pass."""
+        return self.first.points_per_pass
+
+    def settle(self, choice: Choice) -> None:
+        """The batch size and points per pass rank 0 chose, for every evaluator and the Hessian."""
+        for evaluator in self.evaluators.values():
+            evaluator.batch_size, evaluator.points_per_pass = choice.batch_size, choice.points_per_pass
+        spec = self.job.hessian
+        self.hessian_batch = spec.batch_size if spec.batch_size != "auto" else min(choice.batch_size, 512)
+
+    def activate(self) -> None:
+        """Set the process-wide numerics flags this surface was made for (several surfaces share a process)."""
+        from . import runtime
+
+        runtime.set_precision(self.loaded.device, self.job.runtime.precision)
+
+    def __call__(self, group: list[tuple[float, ...]], check: Callable[[], None]) -> list[list[float]]:
+        rows: list[list[float]] = [[] for _ in group]
+        for evaluator in self.evaluators.values():
+            for row, got in zip(rows, evaluator.many(group, between_batches=check)):
+                row += list(got[: self.per_split])
+        if self.hessian is not None:
+            for row, point in zip(rows, group):
+                row += self.eigenvalues(point, check)
+        return rows
+
+    def eigenvalues(self, point: tuple[float, ...], check: Callable[[], None]) -> list[float]:
+        from .hessian import HessianOperator, extreme_eigenvalues
+
+        ev, spec = self.first, self.hessian
+        ev.move_to(point)  # with several points per pass the loss never moved the network's own weights
+        n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
+        op = HessianOperator(
+            ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, ignore=self.job.directions.ignore
+        )
+        result = extreme_eigenvalues(
+            op, tol=spec.tol, max_hvps=spec.max_hvps, basis=spec.basis, seed=spec.seed, between_batches=check
+        )
+        return [result.max_eig, result.min_eig, result.ratio]
+
+
+def tune(job: Job, values: PointValues, todo_points: int, ranks: int) -> Choice:
+    """Rank 0: the batch size and points per pass for every rank of this surface.
+
+    "auto" is decided by timing on rank 0 alone and broadcast, because a choice that differed between ranks would
+    give them different bits (see llmpi.evaluate). Probing spends at most a small share of the work's estimate.
+    """
+    from .evaluate import autotune
+
+    evaluator = values.first
+    auto_batch, auto_points = job.data.batch_size == "auto", job.runtime.points_per_pass == "auto"
+    described, facts = "", {}
+    if (auto_batch or auto_points) and todo_points:
+        work = todo_points * len(evaluator.labels) / ranks
+        tuning = autotune(evaluator, work, tune_batch=auto_batch, tune_points=auto_points)
+        described = tuning.describe()
+        facts = {"probe_seconds": round(tuning.seconds, 3), "probed": [list(row) for row in tuning.table]}
+    return Choice(evaluator.batch_size, evaluator.points_per_pass, described, facts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Surfaces:
+    """The surfaces this rank has built evaluators for, the ``keep`` most recently used ones: a rank that moves on
+    to the next surface frees the one before last (device memory), not the one whose straggler it may still copy."""
+
+    def __init__(self, build: Callable[[int], PointValues], keep: int = 2) -> None:
+        self.build, self.keep = build, keep
+        self._held: OrderedDict[int, PointValues] = OrderedDict()
+        self.loads: list[int] = []  # surfaces in the order this rank built them (the run record shows it)
+
+    def get(self, index: int) -> PointValues:
+        if index in self._held:
+            self._held.move_to_end(index)
+            return self._held[index]
+        while len(self._held) >= self.keep:
+            self._held.popitem(last=False)
+            _release_device_memory()
+        values = self.build(index)
+        self._held[index] = values
+        self.loads.append(index)
+        return values
+
+    def put(self, index: int, values: PointValues) -> None:
+        """Hold values built elsewhere (rank 0 builds and tunes every surface before the sweep)."""
+        self._held[index] = values
+        self._held.move_to_end(index)
+        while len(self._held) > self.keep:
+            self._held.popitem(last=False)
+        if index not in self.loads:
+            self.loads.append(index)
+
+
+def _release_device_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def with_samples(loaded: Loaded, split: str) -> Loaded:
+    """``loaded`` narrowed to one split (for code that evaluates one split only)."""
+    return replace(loaded, splits={split: loaded.splits[split]})
