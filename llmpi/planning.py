@@ -93,4 +93,3 @@ def plan_directions(job: Any, model: nn.Module, ndim: int) -> Planned:
     except ValueError as e:  # paths and pca refuse what does not fit by ValueError: the job's doing
         raise JobError(f"directions.kind {spec.kind}: {e}") from None
     raise AssertionError(f"unknown directions.kind {spec.kind!r} passed validation")
-
