@@ -6,7 +6,8 @@
 
 Rerunning the same command resumes: points already in the file are never computed again. Exit status:
 0 complete, 1 failed (a rank's error, printed with its traceback), 2 bad input (one message, what to do next),
-75 interrupted by SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable: rerun the same command.
+74 the disk failed (full, read-only, vanished: one message; the points marked done are kept, rerun once it is
+fixed), 75 interrupted by SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable: rerun the same command.
 
 This module only wires the layers: the job (config), the numerics (data, checkpoint, directions, evaluate) on
 every rank, the store on rank 0, and the protocol between them.
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 75
+from .cli import EXIT_DISK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
 Reply = tuple[int, int, dict[str, np.ndarray]]  # (start, stop, {"train_loss": ..., ...}) of a block or its part
 
 
@@ -47,31 +49,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class SetupFailed(Exception):
-    """Raised on every rank when any rank failed during set-up; carries the first failure."""
+    """Raised on every rank when any rank failed during set-up; carries the first failure and its exit status."""
 
-    def __init__(self, user: bool, message: str) -> None:
+    def __init__(self, user: bool, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.user = user
+        self.code = code if code is not None else EXIT_USAGE if user else EXIT_FAILED
 
 
 def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
-    """Run ``step`` on every rank; if any rank fails, all raise SetupFailed with the first failure (no hang)."""
-    from .errors import JobError
+    """Run ``step`` on every rank; if any rank fails, all raise SetupFailed with the first failure (no hang).
+    An error the user can act on (``llmpi.cli.explain``: bad input, a failing disk) is one message with its exit
+    status; anything else is a failure with the rank's traceback."""
+    from .cli import explain
     from .protocol import where
 
     failure = None
     try:
         value = step()
-    except JobError as e:
+    except Exception as e:
         value = None
-        failure = (True, str(e) + (f"\n{traceback.format_exc()}" if debug else ""), where(comm))
-    except Exception:
-        value = None
-        failure = (False, traceback.format_exc(), where(comm))
+        explained = explain(e)
+        if explained is not None:
+            code, message = explained
+            failure = (code, message + (f"\n{traceback.format_exc()}" if debug else ""), where(comm))
+        else:
+            failure = (EXIT_FAILED, traceback.format_exc(), where(comm))
     failures = [f for f in comm.allgather(failure) if f is not None]
     if failures:
-        user, message, place = failures[0]
-        raise SetupFailed(user, message if user else f"{place}:\n{message}")
+        code, message, place = failures[0]
+        user = code != EXIT_FAILED
+        raise SetupFailed(user, message if user else f"{place}:\n{message}", code)
     return value
 
 
@@ -269,7 +277,8 @@ def tune_and_plan(job: Any, grid: Any, evaluator: Any, todo: np.ndarray, ranks: 
 
 class PointValues:
     """The values of a group of points: (loss, acc) per split from that split's evaluator (all share one network),
-    then, with ``metrics: [hessian]``, λmax, λmin and |λmin/λmax| (``llmpi.hessian``) over the first split's data."""
+    then, with ``metrics: [hessian]``, λmax, λmin, |λmin/λmax|, whether Lanczos converged and its relative residual
+    (``llmpi.hessian``; ``config.HESSIAN_VALUES``) over the first split's data."""
 
     def __init__(
         self, evaluators: dict[str, Any], hessian: Any | None, ignore: str, batch_size: int, accuracy: bool = True
@@ -278,7 +287,9 @@ class PointValues:
         self.per_split = 2 if accuracy else 1  # a loss factory that counts no correct predictions: loss only
         self.names = [f"{split}_{what}" for split in evaluators for what in ("loss", "acc")[: self.per_split]]
         if hessian is not None:
-            self.names += ["max_eig", "min_eig", "eig_ratio"]
+            from .config import HESSIAN_VALUES
+
+            self.names += HESSIAN_VALUES
 
     @property
     def first(self) -> Any:
@@ -305,11 +316,14 @@ class PointValues:
         ev, spec = self.first, self.hessian
         ev.move_to(point)  # with several points per pass the loss never moved the network's own weights
         n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
-        op = HessianOperator(ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, ignore=self.ignore)
+        auto = spec.batch_size == "auto"  # a batch the user set is kept; an automatic one halves on out-of-memory
+        op = HessianOperator(ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, self.ignore, auto)
         result = extreme_eigenvalues(
             op, tol=spec.tol, max_hvps=spec.max_hvps, basis=spec.basis, seed=spec.seed, between_batches=check
         )
-        return [result.max_eig, result.min_eig, result.ratio]
+        self.hessian_batch = op.batch_size  # an out-of-memory retry may have halved it: keep that for the next point
+        # in the order of config.HESSIAN_VALUES
+        return [result.max_eig, result.min_eig, result.ratio, float(result.converged), result.relative_residual]
 
 
 def make_point_values(job: Any, r: RankSetup, plan: Plan) -> PointValues:
@@ -364,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
 
     from . import config, protocol
+    from .errors import DiskError
     from .faults import Faults
     from .grid import Grid
 
@@ -418,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if rank != 0:
             outcome = protocol.run(comm, [], compute, lambda results: None, interrupts)
-            return {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED}.get(outcome.state, EXIT_FAILED)
+            codes = {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED, protocol.HALTED: EXIT_DISK}
+            return codes.get(outcome.state, EXIT_FAILED)
 
         infos = [samples.info for samples in r.splits.values()] or [r.info]
         log = RunLog(job, grid.size, grid.size - plan.todo_points, sum(i.count for i in infos), places)
@@ -444,14 +460,15 @@ def main(argv: list[str] | None = None) -> int:
             store.write([reply for _, reply in results])
             log.advance(sum(stop - start for _, (start, stop, _) in results))
 
-        outcome = protocol.run(comm, tasks, compute, commit, interrupts, progress=log.checkpoint)
+        # a failing disk (DiskError from the store) stops the run like an interruption, and every rank exits 74
+        outcome = protocol.run(comm, tasks, compute, commit, interrupts, progress=log.checkpoint, halt_on=(DiskError,))
         store.close()
         store = None
         return log.finish(outcome, comm)
     except SetupFailed as e:
         if rank == 0:
             print(f"llmpi: error: {e}", file=sys.stderr, flush=True)
-        return EXIT_USAGE if e.user else EXIT_FAILED
+        return e.code
     finally:
         if store is not None:
             store.close()
@@ -469,6 +486,7 @@ class RunLog:
         self.start_done = done
         self.t0 = self.last_line = self.last_json = time.monotonic()
         self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.record_failing = False  # warned that the run record cannot be written; quiet until it can again
         self.bar = None
         if sys.stderr.isatty() and done < total:
             from tqdm import tqdm
@@ -536,16 +554,33 @@ class RunLog:
         try:
             write_run_info(self.job.output_path, info)
         except OSError as e:  # progress reporting must never fail a sweep
-            print(f"llmpi: warning: cannot write {self.job.output}.run.json ({e})", file=sys.stderr)
+            if not self.record_failing:
+                print(
+                    f"llmpi: warning: cannot write {self.job.output}.run.json ({e.strerror or e}); the sweep goes on "
+                    f"without its run record (python -m llmpi.status still reads the surface file)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self.record_failing = True
+        else:
+            self.record_failing = False
 
     def finish(self, outcome: Any, comm: Any) -> int:
         from . import protocol
 
         if self.bar is not None:
             self.bar.close()
-        extra = {"reason": outcome.reason, "error": outcome.error, "duplicates_dropped": outcome.duplicates}
+        error = str(outcome.halted_by) if outcome.state == protocol.HALTED else outcome.error
+        extra = {"reason": outcome.reason, "error": error, "duplicates_dropped": outcome.duplicates}
         self.write_json(outcome.state, outcome, extra)
-        if outcome.state == protocol.FAILED:
+        if outcome.state == protocol.HALTED:  # the disk failed under the store (a DiskError, saying what to do)
+            print(
+                f"llmpi: error: {outcome.halted_by} ({self.done} of {self.total} points done)",
+                file=sys.stderr,
+                flush=True,
+            )
+            code = EXIT_DISK
+        elif outcome.state == protocol.FAILED:
             print(
                 f"llmpi: error: the sweep failed; every point finished before the failure is kept in "
                 f"{self.job.output}; fix the cause and rerun the same command to resume.\n{outcome.error}",
