@@ -80,8 +80,11 @@ def errno_of(error: BaseException) -> int | None:
     return None
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def size(n: float) -> str:
+    """Bytes for a message: '34 KiB', '1.2 MiB', '3.5 GiB'."""
+    if n < 2**20:
+        return f"{n / 2**10:.0f} KiB"
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"
 
 
 def free_bytes(directory: Path) -> int | None:
@@ -115,8 +118,8 @@ def disk_error(
     elif code in (errno.ENOSPC, errno.EDQUOT):
         full = "no space left on the device" if code == errno.ENOSPC else "the disk quota is exceeded"
         free = free_bytes(where)
-        sizes = [f"needs about {_mib(needed)}"] if needed else []
-        sizes += [f"{_mib(free)} free"] if free is not None else []
+        sizes = [f"needs about {size(needed)}"] if needed else []
+        sizes += [f"{size(free)} free"] if free is not None else []
         what = f"{full} of {where} while {doing} {path}" + (f" ({', '.join(sizes)})" if sizes else "")
         todo = f"free space there (df -h {where}) or set output elsewhere, then {then}"
     elif code == errno.EROFS:

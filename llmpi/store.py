@@ -336,7 +336,7 @@ class SurfaceStore:
             ) from None
         if not os.access(path.parent, os.W_OK):
             if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
-                raise disk_error(OSError(errno.EROFS, "read-only"), path, "creating")
+                raise disk_error(OSError(errno.EROFS, "read-only"), path, "writing" if path.exists() else "creating")
             raise StoreError(f"the output directory {path.parent} is not writable; set output to a writable place")
         if path.exists() and not path.is_file():
             raise StoreError(f"output {path} exists and is not a file; choose another output")

@@ -574,11 +574,8 @@ class RunLog:
         extra = {"reason": outcome.reason, "error": error, "duplicates_dropped": outcome.duplicates}
         self.write_json(outcome.state, outcome, extra)
         if outcome.state == protocol.HALTED:  # the disk failed under the store (a DiskError, saying what to do)
-            print(
-                f"llmpi: error: {outcome.halted_by} ({self.done} of {self.total} points done)",
-                file=sys.stderr,
-                flush=True,
-            )
+            kept = f" ({self.done} of {self.total} points done)" if self.job.output_path.exists() else ""
+            print(f"llmpi: error: {outcome.halted_by}{kept}", file=sys.stderr, flush=True)
             code = EXIT_DISK
         elif outcome.state == protocol.FAILED:
             print(
