@@ -275,7 +275,9 @@ def command(files: list[str], as_json: bool, metrics: bool, options: dict) -> No
     for info in infos if metrics else ():
         try:
             info["metrics"] = surface_metrics(info["file"], **options)
-        except ValueError as e:  # a JobError, or llmpi.metrics refusing an option (e.g. a non-positive radius)
+        except JobError:
+            raise
+        except ValueError as e:  # llmpi.metrics refusing an option (e.g. a non-positive radius): bad input
             raise JobError(str(e)) from None
         try:
             why = store_metrics(info["file"], info["metrics"])

@@ -232,7 +232,7 @@ class Landscape:
         """The legend's words for the unconverged points' mark."""
         mask = self.unconverged()
         k = 0 if mask is None else int(mask.sum())
-        return f"not converged ({k} point{'s' if k != 1 else ''}): inner bounds only"
+        return f"not converged ({k} point{'s' if k != 1 else ''}): λ may fall short of the extremes"
 
     @property
     def synthetic(self) -> bool:
