@@ -45,6 +45,7 @@ from llmpi import checkpoint, runtime
 from llmpi.directions import perturbed_entries, random_directions
 from llmpi.evaluate import Evaluator, autotune
 from llmpi.grid import Grid
+from llmpi.memory import fits
 from llmpi.store import read_run_info, read_surface
 
 from . import fixtures, naive
@@ -183,10 +184,9 @@ def forward_limit(model: torch.nn.Module, x: torch.Tensor, precision: str, susta
     table = []
     for fmt in FORMATS:
         for b in batches:
-            try:
-                table.append((forward_rate(model, x, precision, b, fmt, 0.0), b, fmt))
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
+            rate = fits(lambda b=b, fmt=fmt: forward_rate(model, x, precision, b, fmt, 0.0), x.device)
+            if rate is not None:  # None: this batch does not fit the device
+                table.append((rate, b, fmt))
     top = sorted(table, reverse=True)[:2]
     return max((forward_rate(model, x, precision, b, fmt, sustain), b, fmt) for _, b, fmt in top)
 

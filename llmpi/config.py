@@ -197,6 +197,12 @@ class EvaluationSpec:
                 raise JobError(f"evaluation.{name} must be a positive integer, not {getattr(self, name)}")
 
 
+# What ``metrics: [hessian]`` stores at every point, in this order: λmax and λmin (the extreme Ritz values),
+# |λmin/λmax|, whether Lanczos met hessian.tol within hessian.max_hvps (1.0, else 0.0: the values then lie inside
+# the spectrum but may fall short of its ends), and the larger relative residual of the two extreme Ritz pairs.
+HESSIAN_VALUES = ["max_eig", "min_eig", "eig_ratio", "eig_converged", "eig_residual"]
+
+
 @dataclass(frozen=True)
 class HessianSpec:
     """How ``metrics: [hessian]`` computes λmax and λmin at every point (llmpi.hessian)."""
@@ -239,7 +245,9 @@ class Job:
     loss: LossSpec = _why(LossSpec, "")
     evaluation: EvaluationSpec = _why(EvaluationSpec, "")
     metrics: list[Literal["hessian"]] = _why(
-        [], "loss and accuracy only; hessian adds max_eig, min_eig and eig_ratio = |min/max| at every point"
+        [],
+        "loss and accuracy only; hessian adds max_eig, min_eig, eig_ratio = |min/max|, eig_converged and "
+        "eig_residual at every point",
     )
     hessian: HessianSpec = _why(HessianSpec, "")
     output: str | None = _why(None, "surfaces/<name>.h5")
@@ -286,10 +294,11 @@ class Job:
 
     def value_names(self, accuracy: bool = True) -> list[str]:
         """The grid-shaped datasets of the surface file, in the order a point's values are computed: loss and
-        accuracy per split (loss only when a loss factory counts no correct predictions), then the Hessian's."""
+        accuracy per split (loss only when a loss factory counts no correct predictions), then the Hessian's
+        (``HESSIAN_VALUES``)."""
         names = [f"{split}_{what}" for split in self.splits for what in ("loss", "acc")[: 2 if accuracy else 1]]
         if "hessian" in self.metrics:
-            names += ["max_eig", "min_eig", "eig_ratio"]
+            names += HESSIAN_VALUES
         return names
 
     @property

@@ -20,3 +20,18 @@ class CheckpointError(JobError):
 
 class StoreError(JobError):
     """The surface file cannot be used for this job (another job's file, not HDF5, locked, not writable)."""
+
+
+class DiskError(OSError):
+    """The storage under a file llmpi writes failed: no space left, a quota, a read-only file system, an output
+    directory that vanished, an I/O error. Neither bad input nor a bug: the message says what happened, where,
+    and what to do (free space, remount, ...); the command lines exit with status 74 (``llmpi.cli``). An
+    ``OSError`` with the underlying ``errno`` and ``filename``, so code that tolerates a failing write (the run
+    record) keeps tolerating it."""
+
+    def __init__(self, code: int, message: str, filename: str | None = None) -> None:
+        super().__init__(code, message, filename)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

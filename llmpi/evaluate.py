@@ -45,6 +45,7 @@ from torch import nn
 
 from . import losses, runtime
 from .directions import Direction, perturbed_entries
+from .memory import fits, retry_halving
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -87,14 +88,6 @@ def tally_(losses: torch.Tensor, hits: torch.Tensor, tally: torch.Tensor, rows: 
     tally.view(-1).index_add_(0, (exponent.clamp_(E_MIN, E_MAX) + rows).view(-1), values.view(-1))
     tally[:, CORRECT] = hits.sum(dim=1)
     tally[:, PLAIN_SUM] = losses.sum(dim=1, dtype=torch.float64)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """A device allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
-    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
 
 
 def _quiet(function: Callable, *args: object) -> torch.Tensor:
@@ -256,38 +249,30 @@ class Evaluator:
     def _pass_with_retry(
         self, group: list[Sequence[float]], between_batches: Callable[[], None] | None
     ) -> list[tuple[float, float]]:
-        while True:
-            try:
-                return self._pass(group, between_batches)
-            except Exception as e:  # only allocation failures are handled; everything else propagates as it is
-                if not is_out_of_memory(e):
-                    raise
-                self._release()
-                if not self.shrink_on_oom:
-                    raise MemoryError(
-                        f"a batch of {self.batch_size} images x {self.points_per_pass} point(s) per pass does not "
-                        f"fit in {self.device} memory ({str(e).splitlines()[0]}); set data.batch_size smaller or "
-                        f"to auto"
-                    ) from None
-                if self.batch_size == 1 and self.points_per_pass == 1:
-                    raise
-                old = (self.batch_size, self.points_per_pass)
-                if self.batch_size > 1:
-                    self.batch_size //= 2
-                else:
-                    self.points_per_pass //= 2
-                    del group[self.points_per_pass :]
-                warnings.warn(
-                    f"out of memory on {self.device} with batch {old[0]} x {old[1]} point(s); retrying with "
-                    f"{self.batch_size} x {self.points_per_pass} (this rank's values may now differ in the last "
-                    f"bits from other ranks')",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+        """One pass (``llmpi.memory.retry_halving``): out of memory, an automatic batch halves (then the points per
+        pass, at batch 1) and the pass is retried; a batch the user set is an error saying what to set."""
 
-    def _release(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        def shrink() -> str | None:
+            if not self.shrink_on_oom or (self.batch_size == 1 and self.points_per_pass == 1):
+                return None
+            old = (self.batch_size, self.points_per_pass)
+            if self.batch_size > 1:
+                self.batch_size //= 2
+            else:
+                self.points_per_pass //= 2
+                del group[self.points_per_pass :]
+            return (
+                f"with batch {old[0]} x {old[1]} point(s); retrying with {self.batch_size} x {self.points_per_pass} "
+                f"(this rank's values may now differ in the last bits from other ranks')"
+            )
+
+        def advice() -> str:
+            what = f"a batch of {self.batch_size} images x {self.points_per_pass} point(s) per pass does not fit"
+            if self.shrink_on_oom:
+                return f"{what} either; the network and its data need a larger device, or set data.subset smaller"
+            return f"{what}; set data.batch_size smaller or to auto"
+
+        return retry_halving(lambda: self._pass(group, between_batches), shrink, self.device, advice)
 
     def _buffers(self, width: int) -> tuple[torch.Tensor, ...]:
         """Per-pass device buffers for ``width`` points: per-image losses and hits, the tally, bin offsets."""
@@ -424,15 +409,21 @@ def autotune(
     if 2 * first > budget_fraction * work_images:  # even the first measurement would cost more than it can gain
         ev.batch_size = first
         return Tuning(ev.batch_size, ev.points_per_pass, math.nan, 0.0, table)
-    while True:
-        try:
-            rate = _timed(ev, first, 1, runtime.probe_seconds(ev.device))
-            break
-        except Exception as e:
-            if not is_out_of_memory(e) or first == 1:
-                raise
-            ev._release()
-            first //= 2
+
+    def halve_first() -> str | None:
+        nonlocal first
+        if first == 1:
+            return None
+        first //= 2
+        return f"probing batch {2 * first}; probing {first}"
+
+    rate = retry_halving(
+        lambda: _timed(ev, first, 1, runtime.probe_seconds(ev.device)),
+        halve_first,
+        ev.device,
+        advice=lambda: "even one image per pass does not fit: the network needs a larger device",
+        warn=False,
+    )
     table.append((first, 1, rate))
     budget = budget_fraction * work_images / rate
 
@@ -450,12 +441,8 @@ def autotune(
                     break
                 if spent() + 3 * b / best[2] > budget:  # warm-up plus timed passes, at the best rate seen
                     break
-                try:
-                    r = _timed(ev, b, 1, runtime.probe_seconds(ev.device))
-                except Exception as e:
-                    if not is_out_of_memory(e):
-                        raise
-                    ev._release()
+                r = fits(lambda b=b: _timed(ev, b, 1, runtime.probe_seconds(ev.device)), ev.device)
+                if r is None:  # larger batches do not fit either
                     break
                 table.append((b, 1, r))
                 if r <= best[2]:
@@ -471,12 +458,8 @@ def autotune(
             cost = 3 * width * n / single[2]
             if spent() + cost > budget:
                 break
-            try:
-                r = _timed(ev, n, width, runtime.probe_seconds(ev.device))
-            except Exception as e:
-                if not is_out_of_memory(e):
-                    raise
-                ev._release()
+            r = fits(lambda width=width: _timed(ev, n, width, runtime.probe_seconds(ev.device)), ev.device)
+            if r is None:  # more points per pass do not fit either
                 break
             table.append((n, width, r))
             if r > best[2] and r > 1.1 * single[2]:

@@ -4,7 +4,7 @@
     LLMPI_FAULT="raise:rank=2:after=3"          rank 2 raises after computing 3 points (a worker error)
     LLMPI_FAULT="setup:rank=1"                  rank 1 fails while setting up (e.g. a bad file on one node)
     LLMPI_FAULT="kill:stage=done:after=2"       the writer SIGKILLs itself inside its 2nd block write, at a stage:
-                                                values (half the slabs written), between (values written, done
+                                                values (one value array written), between (values written, done
                                                 not), done (done flags written, not yet fsync'd)
     LLMPI_FAULT="trace:path=/tmp/points"        every rank appends "rank flat-index" for each point it finishes
                                                 (how the fault benchmark counts recomputed work)

@@ -25,7 +25,9 @@ eigenvalue of H (the residual bound for symmetric matrices), and Ritz values nev
 (θmax ≤ λmax, θmin ≥ λmin). Lanczos converges to the extremes first, so in practice the returned values are the
 extremes to within tol·|λmax| (the ratio |λmin/λmax| to about ``tol``); with a coarse tol and an extreme
 eigenvalue at the edge of a dense band, the smallest value can stop short of λmin by more (tests measure both).
-``converged`` and the residuals say whether the rule was met within ``max_hvps``. The start
+``converged`` and the residuals say whether the rule was met within ``max_hvps`` (the sweep stores both at every
+point: ``eig_converged``, and ``eig_residual`` = ``relative_residual``). Unconverged values still lie inside the
+spectrum, so they are inner bounds of its ends, never beyond them. The start
 vector comes from a CPU generator seeded with ``seed`` in float64, so the result depends only on the point,
 the data, the seed and the tolerance -- never on which rank computes it.
 
@@ -48,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .memory import retry_halving
+
 
 def hessian_parameters(model: nn.Module, ignore: str) -> dict[str, nn.Parameter]:
     """The parameters the Hessian is taken over: those of two or more dimensions (``biasbn``) or all (``none``)."""
@@ -62,14 +66,20 @@ class HessianOperator:
     """v -> H·v for the mean loss over resident data at the model's current weights (flat float64 vectors)."""
 
     def __init__(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, ignore: str = "biasbn"
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        ignore: str = "biasbn",
+        shrink_on_oom: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
         if len(labels) == 0:
             raise ValueError("the Hessian needs at least one image")
         self.model = model
-        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.images, self.labels, self.batch_size, self.shrink_on_oom = images, labels, batch_size, shrink_on_oom
         self.params = list(hessian_parameters(model, ignore).values())
         if not self.params:
             raise ValueError("the model has no parameters to take the Hessian over")
@@ -79,20 +89,41 @@ class HessianOperator:
         self.products = 0
 
     def __call__(self, v: torch.Tensor, between_batches: Callable[[], None] | None = None) -> torch.Tensor:
-        """H·v (float64, on the model's device); ``between_batches`` is called before each batch (for stops)."""
+        """H·v (float64, on the model's device); ``between_batches`` is called before each batch (for stops).
+
+        Out of device memory (``llmpi.memory.retry_halving``): with ``shrink_on_oom`` the batch halves and the
+        product starts over (its value then may differ in the last bits); otherwise the error says what to set."""
         if v.shape != (self.n,):
             raise ValueError(f"expected a vector of {self.n} entries, got shape {tuple(v.shape)}")
         self.model.eval()
         pieces = [
             chunk.view_as(p).to(p.dtype) for chunk, p in zip(torch.split(v.to(self.device), self.sizes), self.params)
         ]
-        out = torch.zeros(self.n, dtype=torch.float64, device=self.device)
         total = len(self.labels)
         frozen = [p for p in self.params if not p.requires_grad]  # a caller may have frozen them for speed
         for p in frozen:
             p.requires_grad_(True)
-        try:
+
+        def product() -> torch.Tensor:
+            out = torch.zeros(self.n, dtype=torch.float64, device=self.device)
             self._accumulate(pieces, out, total, between_batches)
+            return out
+
+        def shrink() -> str | None:
+            if not self.shrink_on_oom or self.batch_size == 1:
+                return None
+            self.batch_size //= 2
+            return f"with Hessian batch {2 * self.batch_size}; retrying the product with {self.batch_size}"
+
+        def advice() -> str:
+            fixed = "" if self.shrink_on_oom else "set hessian.batch_size smaller or to auto, or "
+            return (
+                f"a Hessian-vector product over batches of {self.batch_size} images does not fit; {fixed}use a "
+                "larger device"
+            )
+
+        try:
+            out = retry_halving(product, shrink, self.device, advice)
         finally:
             for p in frozen:
                 p.requires_grad_(False)
@@ -138,6 +169,16 @@ class EigenResult:
     def ratio(self) -> float:
         """|λmin / λmax|, the paper's measure of non-convexity (NaN when λmax is zero)."""
         return abs(self.min_eig / self.max_eig) if self.max_eig != 0 else math.nan
+
+    @property
+    def relative_residual(self) -> float:
+        """The larger residual of the two extreme Ritz pairs over max(|λmax|, |λmin|): the quantity the stopping
+        rule holds to ``tol`` (converged means it is at most ``tol``). 0 for an exact zero operator."""
+        residual = max(self.max_residual, self.min_residual)
+        scale = max(abs(self.max_eig), abs(self.min_eig))
+        if scale == 0:
+            return 0.0 if residual == 0 else math.inf
+        return residual / scale
 
 
 def extreme_eigenvalues(

@@ -16,15 +16,18 @@ The two halves, in symmetric pairs (two duplicated communicators keep their mess
                                             SIGNAL  (signal name,)
                                             BYE     ()                       answers STOP
 
-Scheduling: each worker holds up to ``depth`` blocks (it computes the first while the next is already queued, so
-it never waits for the coordinator). When no block is left to hand out, an idle worker takes a queued block that
+Scheduling: each worker holds up to ``depth`` blocks (it computes the first while the next is already queued, so it
+never waits for the coordinator). When no block is left to hand out, an idle worker takes a queued block that
 another worker has not started (the other gets CANCEL), or a copy of a block running longer than
-``straggler_factor`` times the median block time: the first result wins, later copies are dropped and their
-holders told to stop. A worker's exception travels to rank 0 with its traceback; a SIGTERM/SIGUSR1/SIGINT on any
-rank makes the coordinator stop everyone at once: each worker leaves its block at the next ``check()`` and sends
-the part it finished (``Stopped.partial``), which is committed like any result, so an interruption loses at most
-the point each rank was computing. No call here blocks inside MPI: waits poll with a short back-off, so
-oversubscribed ranks and the coordinator thread do not steal a core from the computation.
+``straggler_factor`` times the median block time: the first result wins, later copies are dropped and their holders
+told to stop. A worker's exception travels to rank 0 with its traceback; a SIGTERM/SIGUSR1/SIGINT on any rank makes
+the coordinator stop everyone at once: each worker leaves its block at the next ``check()`` and sends the part it
+finished (``Stopped.partial``), which is committed like any result, so an interruption loses at most the point each
+rank was computing. When ``commit`` raises one of the exceptions the caller names in ``halt_on`` (results can no
+longer be stored, e.g. a full disk), the run stops the same way but ends HALTED on every rank, the exception in
+``Outcome.halted_by``: what arrives afterwards is dropped, not committed. No call here blocks inside MPI: waits
+poll with a short back-off, so oversubscribed ranks and the coordinator thread do not steal a core from the
+computation.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ COORDINATOR = 0
 TASK, CANCEL, STOP = 1, 2, 3  # down
 RESULT, ERROR, SIGNAL, BYE, PARTIAL = 11, 12, 13, 14, 15  # up
 
-COMPLETE, INTERRUPTED, FAILED = "complete", "interrupted", "failed"
+COMPLETE, INTERRUPTED, FAILED, HALTED = "complete", "interrupted", "failed", "halted"
 
 
 class Cancelled(Exception):
@@ -168,7 +171,8 @@ def work(
     interrupts: Interrupts,
     alive: Callable[[], bool] = lambda: True,
 ) -> str:
-    """Compute blocks as they come until STOP; returns the coordinator's reason (complete/interrupted/failed)."""
+    """Compute blocks as they come until STOP; returns the coordinator's reason (complete/interrupted/failed/
+    halted)."""
     state = _WorkerState()
     me = where(up)
     outbox = _Outbox(up)
@@ -240,8 +244,9 @@ def work(
 
 @dataclass
 class Outcome:
-    state: str  # complete | interrupted | failed
+    state: str  # complete | interrupted | failed | halted
     error: str | None = None  # the failing rank's traceback, with where it happened
+    halted_by: BaseException | None = None  # what commit raised (one of halt_on) when the state is halted
     reason: str | None = None  # what interrupted the run (a signal name)
     unresponsive: list[int] = field(default_factory=list)  # ranks that did not answer STOP in time
     duplicates: int = 0  # results of blocks someone else had already returned (dropped)
@@ -259,6 +264,7 @@ class Coordinator:
         commit: Callable[[list[tuple[int, Any]]], None],
         interrupts: Interrupts,
         progress: Callable[[Outcome], None] | None = None,
+        halt_on: tuple[type[BaseException], ...] = (),
         depth: int = 2,
         straggler_factor: float = 3.0,
         min_straggler_seconds: float = 1.0,
@@ -270,7 +276,7 @@ class Coordinator:
         self.payload = {bid: payload for bid, payload, _ in tasks}
         self.points = {bid: n for bid, _, n in tasks}
         self.pending = deque(bid for bid, _, _ in tasks)
-        self.commit, self.progress, self.interrupts = commit, progress, interrupts
+        self.commit, self.progress, self.interrupts, self.halt_on = commit, progress, interrupts, halt_on
         self.depth, self.factor, self.min_timeout = depth, straggler_factor, min_straggler_seconds
         self.bye_seconds = bye_seconds
         self.queue: dict[int, list[int]] = {r: [] for r in range(self.size)}
@@ -327,7 +333,7 @@ class Coordinator:
         return None
 
     def _refill(self) -> None:
-        if self.interrupts.requested:
+        if self.interrupts.requested or self.outcome.state == HALTED:
             return
         for rank in range(self.size):
             while len(self.queue[rank]) < self.depth:
@@ -376,8 +382,12 @@ class Coordinator:
                 self.interrupts.request(f"{body[0]} on rank {rank}")
             elif tag == BYE:
                 self._byes.add(rank)
-        if fresh:
-            self.commit(fresh)
+        if fresh and self.outcome.state != HALTED:
+            try:
+                self.commit(fresh)
+            except self.halt_on as e:
+                self.outcome.state, self.outcome.halted_by = HALTED, e
+                return got
             if self.progress is not None:
                 self.progress(self.outcome)
         return got
@@ -390,7 +400,7 @@ class Coordinator:
         backoff = _Backoff()
         try:
             self._refill()
-            while self.outcome.state != FAILED and len(self.done) < total:
+            while self.outcome.state not in (FAILED, HALTED) and len(self.done) < total:
                 if self.interrupts.requested:
                     self.outcome.state, self.outcome.reason = INTERRUPTED, self.interrupts.requested
                     break
@@ -402,7 +412,7 @@ class Coordinator:
                         or any(self.queue.values())
                         or len(self.done) == total
                         or self.interrupts.requested
-                        or self.outcome.state == FAILED
+                        or self.outcome.state in (FAILED, HALTED)
                     ), "blocks lost by the coordinator"
                 else:
                     self._refill()  # a straggler may have become overdue
@@ -443,11 +453,12 @@ def run(
     commit: Callable[[list[tuple[int, Any]]], None],
     interrupts: Interrupts,
     progress: Callable[[Outcome], None] | None = None,
+    halt_on: tuple[type[BaseException], ...] = (),
     **tuning: float,
 ) -> Outcome:
     """Run the job on every rank of ``comm`` (collective). Rank 0 returns the full outcome, others their reason.
 
-    ``tasks`` and ``commit`` matter on rank 0 only. Every rank must call this, with the same ``comm``.
+    ``tasks``, ``commit`` and ``halt_on`` matter on rank 0 only. Every rank must call this, with the same ``comm``.
     """
     # Two duplicates keep the directions apart: on rank 0 the worker (main thread) listens only on ``down``
     # and the coordinator thread only on ``up``, so neither can take the other's messages. They are not freed:
@@ -455,7 +466,7 @@ def run(
     up, down = comm.Dup(), comm.Dup()
     if comm.Get_rank() != COORDINATOR:
         return Outcome(work(up, down, compute, interrupts))
-    coordinator = Coordinator(up, down, tasks, commit, interrupts, progress, **tuning)
+    coordinator = Coordinator(up, down, tasks, commit, interrupts, progress, halt_on, **tuning)
     box: list[Outcome] = []
     thread = threading.Thread(target=lambda: box.append(coordinator.run()), name="llmpi-coordinator", daemon=True)
     thread.start()

@@ -159,7 +159,12 @@ class RunRecord:
         except OSError as e:  # the record must never fail a sweep: warn once, keep computing
             if not self.warned:
                 self.warned = True
-                print(f"llmpi: warning: cannot write {self.job.output}.run.json ({e})", file=sys.stderr, flush=True)
+                print(
+                    f"llmpi: warning: cannot write {self.job.output}.run.json ({e.strerror or e}); the sweep goes on "
+                    f"without its run record (python -m llmpi.status still reads the surface file)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def summary(self) -> str:
         """The line a complete surface ends with."""

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import cli
+from .disk import disk_error
 from .errors import JobError
 
 STEP_WAIT = 60  # seconds srun lets the other ranks run on after the first one ended
@@ -397,7 +399,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="(run by the script on each node) remove the MPICH shared memory a killed run of this job left behind",
     )
-    p.add_argument("--debug", action="store_true", help="show the traceback of an input error")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -430,29 +432,28 @@ def check_job(spec: BatchSpec) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    return cli.run(lambda: command(args), debug=args.debug)
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.clean_mpi_shm:
+        for path in clean_mpi_shm(dict(os.environ)):
+            print(f"llmpi: removed {path}, left by a killed run of this job", file=sys.stderr)
+        return 0
+    spec = spec_from_args(args)
+    if spec.job is not None:
+        check_job(spec)
+    text = render(spec)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
     try:
-        if args.clean_mpi_shm:
-            for path in clean_mpi_shm(dict(os.environ)):
-                print(f"llmpi: removed {path}, left by a killed run of this job", file=sys.stderr)
-            return 0
-        spec = spec_from_args(args)
-        if spec.job is not None:
-            check_job(spec)
-        text = render(spec)
-        if args.out is None:
-            sys.stdout.write(text)
-            return 0
-        out = Path(args.out)
-        try:
-            out.write_text(text)
-            out.chmod(0o755)
-        except OSError as e:
-            raise JobError(f"cannot write {out} ({e.strerror}); choose another -o") from None
-    except JobError as e:
-        if args.debug:
-            raise
-        print(f"llmpi: error: {e}", file=sys.stderr)
-        return 2
+        out.write_text(text)
+        out.chmod(0o755)
+    except OSError as e:
+        disk = disk_error(e, out, "writing", then="run the command again")
+        raise disk or JobError(f"cannot write {out} ({e.strerror}); choose another -o") from None
     submit = "sbatch " + shlex.quote(str(out)) + ("" if spec.job is not None else " JOB.yaml")
     print(f"llmpi: wrote {out}; submit it with: {submit}", file=sys.stderr)
     return 0

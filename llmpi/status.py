@@ -11,7 +11,12 @@ current run is doing (per-rank throughput, ETA), and ``<file>.lock`` to tell whe
 sharpness within a radius, curvature of a local quadratic fit, basin share and area below a threshold, the share
 of nearly convex points when the file has eigen-ratios) for every loss in the file, and stores them in the file's
 root attribute ``metrics`` (JSON, with the options used) -- unless a sweep is writing the file, in which case they
-are printed only (a warning says so); rerun once the sweep has finished to store them.
+are printed only (a warning says so); rerun once the sweep has finished to store them. When the disk fails while
+storing them (full, read-only, ...), they are printed, the file stays as it was, and the command ends with one
+error and exit status 74.
+
+A file with Hessian values says how many points stopped at ``hessian.max_hvps`` before converging
+(``eig_converged`` 0), and the largest relative residual (``eig_residual``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .errors import JobError
+from . import cli
+from .errors import DiskError, JobError
 from .store import WriterLock, read_run_info, read_surface
 
 
@@ -46,6 +52,7 @@ def summarize(path: str | Path) -> dict:
         }
     live = WriterLock.is_held(path)
     run = read_run_info(path)
+    hessian = (job.get("hessian") or {}) if isinstance(job.get("hessian"), dict) else {}
     state = run.get("state") if run else None
     if run and state == "running" and not live:
         state = "stopped without finishing (killed or lost): rerun the same command to resume"
@@ -62,12 +69,43 @@ def summarize(path: str | Path) -> dict:
         "points_done": done,
         "points_total": int(s.done.size),
         "values": values,
+        "hessian": convergence(s.values, s.done, hessian),
         "live": live,
         "writer": WriterLock.holder(path) if live else None,
         "last_run": run,
         "last_run_state": state,
         "version": s.attrs.get("llmpi_version"),
     }
+
+
+def convergence(values: dict[str, np.ndarray], done: np.ndarray, spec: dict) -> dict | None:
+    """How the Hessian's Lanczos runs ended over the computed points: how many stopped at ``hessian.max_hvps``
+    unconverged, and the largest relative residual (``eig_residual``); None for a file without them."""
+    if "eig_converged" not in values:
+        return None
+    flags = values["eig_converged"][done]
+    residual = values["eig_residual"][done] if "eig_residual" in values else np.array([])
+    finite = residual[np.isfinite(residual)]
+    return {
+        "points": int(flags.size),
+        "unconverged": int((flags != 1.0).sum()),
+        "max_residual": float(finite.max()) if finite.size else None,
+        "tol": spec.get("tol"),
+        "max_hvps": spec.get("max_hvps"),
+    }
+
+
+def describe_convergence(h: dict) -> str:
+    """One line on the Hessian's convergence, saying what unconverged points mean and what to do."""
+    limits = f"hessian.tol {h['tol']:g}, max_hvps {h['max_hvps']}" if h["tol"] is not None else "its settings"
+    if not h["unconverged"]:
+        return f"all {h['points']} computed points converged ({limits})"
+    worst = f", relative residual up to {h['max_residual']:.3g}" if h["max_residual"] is not None else ""
+    return (
+        f"{h['unconverged']} of {h['points']} computed points did not converge ({limits}{worst}): their max_eig and "
+        f"min_eig lie inside the spectrum but may fall short of its extremes (eig_converged = 0 marks them); "
+        f"for exact extremes raise hessian.max_hvps, in a new output or with --restart"
+    )
 
 
 METRIC_OPTIONS = ("radius", "fit_radius", "threshold", "ratio_threshold")
@@ -102,6 +140,10 @@ def surface_metrics(path: str | Path, **options: float | None) -> dict:
         out[name] = _plain(m.to_dict())
     first = out[losses[0]]
     out = {"options": {k: first[k] for k in METRIC_OPTIONS}, **out}
+    job = yaml.safe_load(s.attrs.get("job", "")) or {}
+    hessian = convergence(s.values, s.done, job.get("hessian") if isinstance(job.get("hessian"), dict) else {})
+    if hessian is not None:  # convex_share counts unconverged points' ratios too: say how many there are
+        out["hessian_convergence"] = hessian
     return out
 
 
@@ -135,7 +177,7 @@ def render_metrics(metrics: dict) -> str:
         return f"{v:.6g}" if isinstance(v, float) else str(v)
 
     for name, m in metrics.items():
-        if name == "options":
+        if name in ("options", "hessian_convergence"):
             continue
         lines.append(f"    {name}:")
         rows = [
@@ -151,6 +193,8 @@ def render_metrics(metrics: dict) -> str:
         ]
         for key, text in rows:
             lines.append(f"      {key:<13} {text:<34} {DEFINITIONS[key]}")
+    if "hessian_convergence" in metrics:
+        lines.append(f"    Hessian: {describe_convergence(metrics['hessian_convergence'])}")
     return "\n".join(lines)
 
 
@@ -172,6 +216,8 @@ def render(info: dict) -> str:
     for name, v in info["values"].items():
         rng = f"{v['min']:.4g} .. {v['max']:.4g}" if v["min"] is not None else "no finite values"
         lines.append(f"  {name}: {rng}; non-finite: {v['nan']} NaN, {v['inf']} inf")
+    if info.get("hessian"):
+        lines.append(f"  Hessian: {describe_convergence(info['hessian'])}")
     if info["live"]:
         w = info["writer"] or {}
         lines.append(
@@ -213,26 +259,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-radius", type=float, help="curvature: fit the quadratic within this distance (= radius)")
     p.add_argument("--threshold", type=float, help="basin: loss at most the centre's plus this (0.1)")
     p.add_argument("--ratio-threshold", type=float, help="convex share: eig-ratio |min/max| below this (0.01)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     options = {k: getattr(args, k) for k in METRIC_OPTIONS}
     if not args.metrics and any(v is not None for v in options.values()):
         p.error("--radius, --fit-radius, --threshold and --ratio-threshold go with --metrics")
-    try:
-        infos = [summarize(f) for f in args.files]
-        for info in infos if args.metrics else ():
+    return cli.run(lambda: command(args.files, args.json, args.metrics, options), debug=args.debug)
+
+
+def command(files: list[str], as_json: bool, metrics: bool, options: dict) -> None:
+    """Summarise (and with ``metrics`` measure and store) every file, print it all; then raise the first disk
+    fault that kept metrics from being stored (the metrics are printed all the same)."""
+    infos = [summarize(f) for f in files]
+    fault: DiskError | None = None
+    for info in infos if metrics else ():
+        try:
             info["metrics"] = surface_metrics(info["file"], **options)
+        except JobError:
+            raise
+        except ValueError as e:  # llmpi.metrics refusing an option (e.g. a non-positive radius): bad input
+            raise JobError(str(e)) from None
+        try:
             why = store_metrics(info["file"], info["metrics"])
-            info["metrics_stored"] = why is None
-            if why is not None:
-                print(f"llmpi: warning: metrics of {info['file']} printed, not stored: {why}", file=sys.stderr)
-    except ValueError as e:  # a JobError, or llmpi.metrics refusing an option (e.g. a non-positive radius)
-        print(f"llmpi: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
+        except DiskError as e:
+            info["metrics_stored"], fault = False, fault or e
+            continue
+        info["metrics_stored"] = why is None
+        if why is not None:
+            print(f"llmpi: warning: metrics of {info['file']} printed, not stored: {why}", file=sys.stderr)
+    if as_json:
         print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1))
     else:
         print("\n\n".join(render(i) for i in infos))
-    return 0
+    if fault is not None:
+        raise DiskError(fault.errno, f"metrics printed, not stored: {fault}", fault.filename)
 
 
 if __name__ == "__main__":

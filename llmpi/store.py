@@ -16,16 +16,22 @@ read as ``Surface.extras``, never as values. ``python -m llmpi.status --metrics`
 
 Crash safety, by construction rather than by luck:
 
-1. The file's whole structure (every dataset, attribute and direction, raw storage allocated) is written once,
-   to a temporary file that is fsync'd and then renamed over the target. A kill during creation leaves the old
-   file or none, never half a file.
+1. The file's whole structure (every dataset, attribute and direction, raw storage allocated) is built in
+   memory and written once, to a temporary file that is fsync'd and then renamed over the target
+   (:func:`llmpi.disk.atomic_replace`). A kill or a full disk during creation leaves the old file or none, never
+   half a file.
 2. After that the sweep only overwrites bytes inside the preallocated contiguous raw data of the value and
-   ``done`` datasets (no chunk index, no attribute, no timestamp changes; ``test_store`` checks every other byte
-   of the file stays identical). HDF5 metadata is never rewritten, so a kill at any instant, even mid-write,
-   leaves a file that opens.
+   ``done`` datasets, with ``pwrite`` on its own descriptor (no chunk index, no attribute, no timestamp changes;
+   ``test_store`` checks every other byte of the file stays identical). HDF5 metadata is never rewritten, so a
+   kill at any instant, even mid-write, leaves a file that opens.
 3. A block's values are written and fsync'd before its ``done`` flags are written and fsync'd. A point marked
    done therefore always holds its final value; a point whose values were cut short is not marked done and is
    computed again (to the same bits) on resume.
+4. A failing disk is an error of its own, :class:`~llmpi.errors.DiskError`, saying what happened to which path
+   and what to do: no space or quota, a read-only file system, an I/O error, or the file or its directory
+   removed under the sweep (checked before every block write). By 2 and 3 the file is then as a kill would
+   leave it, and a rerun once the disk is fixed resumes. The preallocation also means that on an ordinary file
+   system (not copy-on-write or compressing) a disk that fills up after creation never stops a sweep.
 
 One writer per file: the writer holds an exclusive ``flock`` on ``<file>.lock`` (host and pid inside), released
 by the kernel when the process dies, so a stale lock never blocks a resume. HDF5's own file locking is not used
@@ -39,9 +45,9 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -52,24 +58,17 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import StoreError
+from .disk import atomic_replace, disk_error
+from .errors import DiskError, StoreError
 from .faults import NONE as NO_FAULTS
 from .faults import Faults
-from .grid import Grid, slabs
+from .grid import Grid
 
 NOT_VALUES = ("xcoordinates", "ycoordinates", "done")
 
 
 def fingerprint_digest(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def lock_path(path: Path) -> Path:
@@ -111,7 +110,9 @@ class WriterLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise StoreError(f"cannot create {self.path} ({e.strerror}); is {self.path.parent} writable?") from None
+            writable = f"is {self.path.parent} writable?"
+            disk = disk_error(e, self.path, "creating the writer's lock")
+            raise disk or StoreError(f"cannot create {self.path} ({e.strerror}); {writable}") from None
         for attempt in range(20):  # a reader's probe holds a shared lock for microseconds: retry briefly
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,8 +132,11 @@ class WriterLock:
                     break  # this filesystem has no locks (e.g. Lustre without -o flock): carry on unprotected
                 raise
         info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        # The note only names the holder in messages; the flock is the lock. On a full disk a resume needs no new
+        # space (the surface file is preallocated), so a note that cannot be written must not stop it.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd
 
     def release(self) -> None:
@@ -146,11 +150,12 @@ def run_info_path(path: Path) -> Path:
 
 
 def write_run_info(path: str | Path, info: dict) -> None:
-    """Replace ``<file>.run.json`` (what the last/current run is doing) atomically: readers see old or new."""
-    target = run_info_path(Path(path))
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, target)
+    """Replace ``<file>.run.json`` (what the last/current run is doing) atomically: readers see old or new.
+
+    Raises OSError (a :class:`DiskError` when the disk is to blame) if it cannot be written; the sweep then
+    carries on without it, since progress reporting must never stop a sweep."""
+    text = json.dumps(info, indent=1)
+    atomic_replace(run_info_path(Path(path)), lambda tmp: tmp.write_text(text))
 
 
 def read_run_info(path: str | Path) -> dict | None:
@@ -258,23 +263,20 @@ def _attr(value: object) -> object:
 def write_attrs(path: str | Path, attrs: dict) -> None:
     """Add or replace root attributes of a finished (or stopped) surface file, never under a live sweep.
 
-    Takes the writer lock (refused, naming the holder, while a sweep writes the file), then writes a copy with the
-    new attributes and renames it over the file: a kill leaves the old file or the new one, never a file whose
-    HDF5 metadata was half rewritten. Values, ``done`` and directions are copied byte for byte.
+    Takes the writer lock (refused, naming the holder, while a sweep writes the file), sets the attributes on a
+    copy of the file in memory and writes that over the file (:func:`llmpi.disk.atomic_replace`): a kill or a full
+    disk leaves the old file or the new one, never a file whose HDF5 metadata was half rewritten. Values, ``done``
+    and directions are copied byte for byte. A failing disk raises :class:`DiskError`, the file untouched.
     """
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path} does not exist")
     lock = WriterLock(path)
     lock.acquire(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        image = io.BytesIO(path.read_bytes())
         try:
-            shutil.copyfile(path, tmp)
-        except OSError as e:
-            raise StoreError(f"cannot write next to {path} ({e.strerror}); is {path.parent} writable?") from None
-        try:
-            f = h5py.File(tmp, "r+", locking=False)
+            f = h5py.File(image, "r+", locking=False)
         except OSError as e:
             raise StoreError(f"{path} is not a writable HDF5 file ({e})") from None
         with f:
@@ -282,25 +284,29 @@ def write_attrs(path: str | Path, attrs: dict) -> None:
                 raise StoreError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
             for key, value in attrs.items():
                 f.attrs[key] = value
-            f.flush()
-            os.fsync(f.id.get_vfd_handle())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic_replace(path, lambda tmp: tmp.write_bytes(image.getbuffer()))
+    except OSError as e:
+        disk = disk_error(e, path, "rewriting", then="rerun the command (the file is as it was)")
+        raise disk or StoreError(f"cannot write next to {path} ({e.strerror}); is {path.parent} writable?") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
         lock.release()
 
 
 class SurfaceStore:
-    """The single writer of one surface file (rank 0 only)."""
+    """The single writer of one surface file (rank 0 only).
 
-    def __init__(self, path: Path, file: h5py.File, grid: Grid, names: Sequence[str], lock: WriterLock) -> None:
+    After creation, HDF5 is only read: the value and ``done`` arrays are contiguous, allocated and uncompressed,
+    so a block is written with ``os.pwrite`` straight into their bytes on a descriptor of our own. HDF5 would
+    buffer such writes (its sieve buffer) and report a full disk only when it flushes -- and then again while
+    closing the file, and at interpreter exit, where a full disk was seen to crash the process. Our own writes
+    fail at the write, with the ``errno``, and leave HDF5 nothing to flush.
+    """
+
+    def __init__(self, path: Path, file: h5py.File, fd: int, grid: Grid, names: Sequence[str], lock: WriterLock):
         self.path, self.f, self.grid, self.names, self.lock = path, file, grid, tuple(names), lock
         self.faults: Faults = NO_FAULTS  # the fault tests set this to kill the writer inside a write
-        self._datasets = {n: file[n] for n in self.names}
-        self._done = file["done"]
-        self._fd = file.id.get_vfd_handle()
+        self._fd = fd
+        self._raw = {n: _raw_region(path, file, n, grid.shape) for n in (*self.names, "done")}
 
     # -- opening --------------------------------------------------------------------------------------------------
 
@@ -319,21 +325,24 @@ class SurfaceStore:
         """Open the file to resume it, or create it; refuse another job's file, a locked file, a non-HDF5 file.
 
         ``make_directions`` is called only when the file is created; it returns the directions, or a
-        :class:`Planned` with the datasets that describe them.
+        :class:`Planned` with the datasets that describe them. A failing disk raises :class:`DiskError`.
         """
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(
+            raise disk_error(e, path, "creating the directory of") or StoreError(
                 f"cannot create the output directory {path.parent} ({e.strerror}); set output to a writable place"
             ) from None
         if not os.access(path.parent, os.W_OK):
+            if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+                raise disk_error(OSError(errno.EROFS, "read-only"), path, "writing" if path.exists() else "creating")
             raise StoreError(f"the output directory {path.parent} is not writable; set output to a writable place")
         if path.exists() and not path.is_file():
             raise StoreError(f"output {path} exists and is not a file; choose another output")
         lock = WriterLock(path)
         lock.acquire(path)
+        fd = None
         try:
             if path.exists() and not restart:
                 cls._check(path, grid, names, fingerprint)
@@ -342,11 +351,20 @@ class SurfaceStore:
                 if not isinstance(planned, Planned):
                     planned = Planned(planned)
                 cls._create(path, grid, names, fingerprint, job_yaml, planned, attrs or {})
-            file = h5py.File(path, "r+", locking=False)
+            try:
+                fd = os.open(path, os.O_RDWR)
+                file = h5py.File(path, "r", locking=False)
+            except OSError as e:
+                disk = disk_error(e, path, "opening")
+                if disk is None:
+                    raise
+                raise disk from None
+            return cls(path, file, fd, grid, names, lock)
         except BaseException:
+            if fd is not None:
+                os.close(fd)
             lock.release()
             raise
-        return cls(path, file, grid, names, lock)
 
     @staticmethod
     def _check(path: Path, grid: Grid, names: Sequence[str], fingerprint: dict) -> None:
@@ -372,10 +390,15 @@ class SurfaceStore:
                     f"(--set output=...), or pass --restart to start it anew (its computed points are lost)"
                 )
             for name in ("done", *names):
-                if name not in f or f[name].shape != grid.shape:
+                if name not in f:
                     raise StoreError(
-                        f"output {path} is damaged: dataset {name!r} missing or not of shape {grid.shape}; "
-                        f"pass --restart"
+                        f"output {path} has no dataset {name!r}, which this llmpi writes for this job (the file is "
+                        f"from llmpi {_attr(f.attrs.get('llmpi_version', '?'))}); pass --restart to compute it "
+                        f"anew, or choose another output"
+                    )
+                if f[name].shape != grid.shape:
+                    raise StoreError(
+                        f"output {path} is damaged: dataset {name!r} is not of shape {grid.shape}; pass --restart"
                     )
 
     @staticmethod
@@ -388,46 +411,49 @@ class SurfaceStore:
         planned: Planned,
         attrs: dict,
     ) -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        """Build the whole file in memory, then write its bytes through :func:`llmpi.disk.atomic_replace`: HDF5
+        never writes to the disk itself, so a full disk is one OSError from our write, never a half-flushed HDF5
+        file (which fails again at close and at exit)."""
+        with h5py.File(f"{path.name}.image", "w", driver="core", backing_store=False, libver="earliest") as f:
+            f.create_dataset("xcoordinates", data=np.asarray(grid.x, dtype=np.float64), track_times=False)
+            if grid.y is not None:
+                f.create_dataset("ycoordinates", data=np.asarray(grid.y, dtype=np.float64), track_times=False)
+            for name in names:  # writing the NaNs now allocates the contiguous storage the sweep overwrites
+                f.create_dataset(name, data=np.full(grid.shape, np.nan), track_times=False)
+            f.create_dataset("done", data=np.zeros(grid.shape, np.uint8), track_times=False)
+            group = f.create_group("directions", track_order=True)
+            for axis, direction in zip("xy", planned.directions):
+                sub = group.create_group(axis, track_order=True)
+                for name, value in direction.items():
+                    sub.create_dataset(name, data=np.asarray(value, dtype=np.float32), track_times=False)
+            for name, value in planned.extras.items():
+                if name in f or name in names:
+                    raise AssertionError(f"extra dataset {name!r} collides with the file's own datasets")
+                ds = f.create_dataset(name, data=np.asarray(value), track_times=False)
+                for key, a in planned.extra_attrs.get(name, {}).items():
+                    ds.attrs[key] = a
+            if planned.extras:
+                f.attrs["extras"] = json.dumps(list(planned.extras))
+            f.attrs["job"] = job_yaml
+            f.attrs["fingerprint"] = fingerprint_digest(fingerprint)
+            f.attrs["fingerprint_fields"] = json.dumps(fingerprint, sort_keys=True)
+            f.attrs["llmpi_version"] = __version__
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            f.flush()
+            image = f.id.get_file_image()
         try:
-            with h5py.File(tmp, "w", libver="earliest", locking=False) as f:
-                f.create_dataset("xcoordinates", data=np.asarray(grid.x, dtype=np.float64), track_times=False)
-                if grid.y is not None:
-                    f.create_dataset("ycoordinates", data=np.asarray(grid.y, dtype=np.float64), track_times=False)
-                for name in names:  # writing the NaNs now allocates the contiguous storage the sweep overwrites
-                    f.create_dataset(name, data=np.full(grid.shape, np.nan), track_times=False)
-                f.create_dataset("done", data=np.zeros(grid.shape, np.uint8), track_times=False)
-                group = f.create_group("directions", track_order=True)
-                for axis, direction in zip("xy", planned.directions):
-                    sub = group.create_group(axis, track_order=True)
-                    for name, value in direction.items():
-                        sub.create_dataset(name, data=np.asarray(value, dtype=np.float32), track_times=False)
-                for name, value in planned.extras.items():
-                    if name in f or name in names:
-                        raise AssertionError(f"extra dataset {name!r} collides with the file's own datasets")
-                    ds = f.create_dataset(name, data=np.asarray(value), track_times=False)
-                    for key, a in planned.extra_attrs.get(name, {}).items():
-                        ds.attrs[key] = a
-                if planned.extras:
-                    f.attrs["extras"] = json.dumps(list(planned.extras))
-                f.attrs["job"] = job_yaml
-                f.attrs["fingerprint"] = fingerprint_digest(fingerprint)
-                f.attrs["fingerprint_fields"] = json.dumps(fingerprint, sort_keys=True)
-                f.attrs["llmpi_version"] = __version__
-                for key, value in attrs.items():
-                    f.attrs[key] = value
-                f.flush()
-                os.fsync(f.id.get_vfd_handle())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            atomic_replace(path, lambda tmp: tmp.write_bytes(image))
+        except OSError as e:
+            disk = disk_error(e, path, "creating", needed=len(image))
+            if disk is None:
+                raise
+            raise disk from None
 
     # -- state ----------------------------------------------------------------------------------------------------
 
     def done_mask(self) -> np.ndarray:
-        return self._done[()].astype(bool)
+        return self._read("done").astype(bool)
 
     def todo(self) -> np.ndarray:
         """Flat indices (row-major) of the points not yet computed."""
@@ -437,47 +463,100 @@ class SurfaceStore:
         group = self.f["directions"]
         return [{name: ds[()] for name, ds in group[axis].items()} for axis in "xy" if axis in group]
 
+    def _read(self, name: str) -> np.ndarray:
+        """A value array or the done mask as it is on disk now (read past HDF5, which may cache raw data)."""
+        offset, dtype = self._raw[name]
+        size = self.grid.size * dtype.itemsize
+        data = os.pread(self._fd, size, offset)
+        assert len(data) == size, f"{self.path} ends inside dataset {name!r}"
+        return np.frombuffer(data, dtype).reshape(self.grid.shape)
+
     # -- writing --------------------------------------------------------------------------------------------------
 
-    def _sync(self) -> None:
-        self.f.flush()
-        os.fsync(self._fd)
+    def _check_in_place(self) -> None:
+        """Refuse to write into a file that is no longer at its path (the file or its directory was removed or
+        replaced under the sweep): every point would go to an inode nobody can open again."""
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            here = None
+        mine = os.fstat(self._fd)
+        if here is None or (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+            gone = "its directory vanished" if not self.path.parent.is_dir() else "it was removed or replaced"
+            raise DiskError(
+                errno.ENOENT,
+                f"the output {self.path} is gone while the sweep was writing it ({gone}), and the points it held "
+                f"with it; rerun the same command to start it anew (or put the file back first to resume it)",
+                str(self.path),
+            )
+
+    def _put(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write ``values`` over the flat range [start, start + len) of a dataset's raw bytes."""
+        offset, dtype = self._raw[name]
+        data = memoryview(np.ascontiguousarray(values, dtype=dtype)).cast("B")
+        at = offset + start * dtype.itemsize
+        while len(data):
+            n = os.pwrite(self._fd, data, at)
+            data, at = data[n:], at + n
 
     def write(self, blocks: Sequence[tuple[int, int, dict[str, np.ndarray]]]) -> None:
-        """Store computed blocks ``(start, stop, {dataset name: array})``: values first, then their done flags."""
+        """Store computed blocks ``(start, stop, {dataset name: array})``: values first, then their done flags.
+
+        A failing disk (full, read-only, vanished, I/O error) raises :class:`DiskError` and leaves the file as
+        consistent as a kill would: a point is marked done only once its values were written and fsync'd, so every
+        point marked done before stays valid, and a point cut short is computed again on resume.
+        """
         if not blocks:
             return
-        shape = self.grid.shape
+        try:
+            self._check_in_place()
+            self._write(blocks)
+        except OSError as e:
+            disk = disk_error(e, self.path, "writing computed points to", then=_RESUME)
+            if disk is None:
+                raise
+            raise disk from None
+
+    def _write(self, blocks: Sequence[tuple[int, int, dict[str, np.ndarray]]]) -> None:
         self.faults.in_write("start")
         for start, stop, values in blocks:
-            for v, ds in self._datasets.items():
-                data = np.asarray(values[v], dtype=np.float64)
-                assert data.shape == (stop - start,), (v, data.shape, start, stop)
-                for index, part in slabs(shape, start, stop):
-                    ds[index] = _region(data[part], index)
+            for name in self.names:
+                data = np.asarray(values[name], dtype=np.float64)
+                assert data.shape == (stop - start,), (name, data.shape, start, stop)
+                self._put(name, start, data)
                 self.faults.in_write("values")
-        self._sync()
+        os.fsync(self._fd)
         self.faults.in_write("between")
         ones = np.ones(max(stop - start for start, stop, _ in blocks), np.uint8)
         for start, stop, _ in blocks:
-            for index, part in slabs(shape, start, stop):
-                self._done[index] = _region(ones[: part.stop - part.start], index)
+            self._put("done", start, ones[: stop - start])
         self.faults.in_write("done")
-        self._sync()
+        os.fsync(self._fd)
 
     def close(self) -> None:
         try:
             if self.f.id.valid:
                 self.f.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         finally:
             self.lock.release()
 
 
-def _region(flat: np.ndarray, index: tuple) -> np.ndarray:
-    """A slab's values in the shape of the array region ``index`` selects: whole rows, or part of one row."""
-    if len(index) == 2 and isinstance(index[0], slice):
-        return flat.reshape(index[0].stop - index[0].start, -1)
-    return flat
+_RESUME = "rerun the same command: it resumes, and every point marked done before is kept"
+
+
+def _raw_region(path: Path, f: h5py.File, name: str, shape: tuple[int, ...]) -> tuple[int, np.dtype]:
+    """(byte offset, dtype) of a dataset's raw data, which the store overwrites in place: it must be contiguous,
+    allocated and unfiltered -- as the store creates it -- or the file is not one this store can resume."""
+    ds = f[name]
+    offset = ds.id.get_offset()
+    contiguous = ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
+    if not contiguous or offset is None or ds.id.get_storage_size() != ds.size * ds.dtype.itemsize:
+        raise StoreError(f"output {path}: dataset {name!r} is not stored as llmpi stores it; pass --restart")
+    assert ds.shape == shape, (name, ds.shape, shape)
+    return offset, ds.dtype
 
 
 def _differences(theirs: dict, ours: dict, prefix: str = "") -> list[str]:

@@ -9,7 +9,9 @@ Rerunning the same command resumes: points already in a file are never computed 
 one run: one coordinator hands out the blocks of every surface, in the order given, so a rank that runs out of one
 surface's blocks starts on the next one's; each surface keeps its own file, fingerprint, lock, run record and
 resume. Exit status: 0 complete, 1 failed (a rank's error, printed with its traceback), 2 bad input (one message,
-what to do next), 75 interrupted by SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable: rerun the same command.
+what to do next), 74 the disk failed (full, read-only, vanished: one message; the points marked done are kept,
+rerun once it is fixed), 75 interrupted by SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable: rerun the same
+command.
 
 This module only wires the layers: the jobs (``config``), what a rank loads and computes (``worker``: data,
 checkpoint, directions, evaluators), rank 0's preparation of each surface (``fingerprint``, ``planning``, the
@@ -31,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .cli import EXIT_DISK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
 if TYPE_CHECKING:
     from .config import Job
     from .faults import Faults
@@ -38,8 +42,6 @@ if TYPE_CHECKING:
     from .runlog import RunRecord
     from .store import SurfaceStore
     from .worker import Choice, Loaded, PointValues, Surfaces
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 75
 
 # A block's reply, and what a stopped block hands back of its finished part:
 # (surface index, start, stop, {"train_loss": array, ...}, rank, seconds)
@@ -69,31 +71,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 class SetupFailed(Exception):
-    """Raised on every rank when any rank failed during set-up; carries the first failure."""
+    """Raised on every rank when any rank failed during set-up; carries the first failure and its exit status."""
 
-    def __init__(self, user: bool, message: str) -> None:
+    def __init__(self, user: bool, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.user = user
+        self.code = code if code is not None else EXIT_USAGE if user else EXIT_FAILED
 
 
 def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
-    """Run ``step`` on every rank; if any rank fails, all raise SetupFailed with the first failure (no hang)."""
-    from .errors import JobError
+    """Run ``step`` on every rank; if any rank fails, all raise SetupFailed with the first failure (no hang).
+
+    An error the user can act on (``llmpi.cli.explain``: bad input, a failing disk) is one message with its exit
+    status; anything else is a failure with the rank's traceback and where it happened."""
+    from .cli import explain
     from .protocol import where
 
     failure = None
     try:
         value = step()
-    except JobError as e:
+    except Exception as e:
         value = None
-        failure = (True, str(e) + (f"\n{traceback.format_exc()}" if debug else ""), where(comm))
-    except Exception:
-        value = None
-        failure = (False, traceback.format_exc(), where(comm))
+        explained = explain(e)
+        if explained is not None:
+            code, message = explained
+            failure = (code, message + (f"\n{traceback.format_exc()}" if debug else ""), where(comm))
+        else:
+            failure = (EXIT_FAILED, traceback.format_exc(), where(comm))
     failures = [f for f in comm.allgather(failure) if f is not None]
     if failures:
-        user, message, place = failures[0]
-        raise SetupFailed(user, message if user else f"{place}:\n{message}")
+        code, message, place = failures[0]
+        user = code != EXIT_FAILED
+        raise SetupFailed(user, message if user else f"{place}:\n{message}", code)
     return value
 
 
@@ -338,7 +347,8 @@ class Run:
         from . import protocol
 
         self.progress.close()
-        extra = {"reason": outcome.reason, "error": outcome.error, "duplicates_dropped": outcome.duplicates}
+        error = str(outcome.halted_by) if outcome.state == protocol.HALTED else outcome.error
+        extra = {"reason": outcome.reason, "error": error, "duplicates_dropped": outcome.duplicates}
         for index, record in enumerate(self.records):
             if index not in self.finished:
                 state = outcome.state if outcome.state != protocol.COMPLETE else "incomplete"
@@ -347,7 +357,10 @@ class Run:
                 record.write("complete", **extra)
         done = sum(r.done for r in self.records)
         total = sum(r.total for r in self.records)
-        if outcome.state == protocol.FAILED:
+        if outcome.state == protocol.HALTED:  # the disk failed under the store (a DiskError saying what to do)
+            print(f"llmpi: error: {outcome.halted_by} ({done} of {total} points done)", file=sys.stderr, flush=True)
+            code = EXIT_DISK
+        elif outcome.state == protocol.FAILED:
             outputs = ", ".join(r.job.output for i, r in enumerate(self.records) if i not in self.finished)
             print(
                 f"llmpi: error: the sweep failed; every point finished before the failure is kept in {outputs}; "
@@ -384,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mpi4py import MPI
 
     from . import protocol
+    from .errors import DiskError
     from .faults import Faults
     from .grid import Grid
     from .runlog import Progress
@@ -446,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if rank != 0:
             outcome = protocol.run(comm, [], compute, lambda results: None, interrupts)
-            return {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED}.get(outcome.state, EXIT_FAILED)
+            codes = {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED, protocol.HALTED: EXIT_DISK}
+            return codes.get(outcome.state, EXIT_FAILED)
 
         for p in prepared:
             print(banner(p, size, device, threads), flush=True)
@@ -462,12 +477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         run = Run(prepared, places, Progress(total, total - sum(p.plan.todo for p in prepared)))
         run.start()
-        outcome = protocol.run(comm, tasks_of(prepared, size), compute, run.commit, interrupts)
+        # a failing disk (a DiskError from a store) stops the run like an interruption; every rank exits 74
+        tasks = tasks_of(prepared, size)
+        outcome = protocol.run(comm, tasks, compute, run.commit, interrupts, halt_on=(DiskError,))
         return run.end(outcome, comm)
     except SetupFailed as e:
         if rank == 0:
             print(f"llmpi: error: {e}", file=sys.stderr, flush=True)
-        return EXIT_USAGE if e.user else EXIT_FAILED
+        return e.code
     finally:
         for p in prepared:
             p.store.close()

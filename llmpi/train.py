@@ -229,32 +229,42 @@ def train(job: TrainJob, log=print) -> dict:
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    import os
-
+    """``torch.save`` through :func:`llmpi.disk.atomic_replace`: a kill or a full disk leaves the previous file
+    (the last epoch's ``resume.pt``) as it was. Saved into a Python file object, whose failed write is an OSError
+    with its errno, where ``torch.save(obj, path)`` reports a full disk as a bare RuntimeError."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .disk import atomic_replace, disk_error
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    try:
+        atomic_replace(path, write)
+    except OSError as e:
+        disk = disk_error(e, path, "saving", then=f"rerun the same command ({RESUMES})")
+        if disk is None:
+            raise
+        raise disk from None
+
+
+RESUMES = "training resumes from the last epoch saved"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import config
+    from . import cli, config
 
     p = argparse.ArgumentParser(prog="python -m llmpi.train", description=__doc__.split("\n\n")[0])
     p.add_argument("job", help="the training job (YAML), e.g. jobs/train/resnet56_noshort.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
-    try:
-        job = config.load(TrainJob, args.job, args.overrides)
-        train(job, log=lambda m: print(m, flush=True))
-    except JobError as e:
-        if args.debug:
-            raise
-        print(f"llmpi: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    def command() -> None:
+        train(config.load(TrainJob, args.job, args.overrides), log=lambda m: print(m, flush=True))
+
+    return cli.run(command, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def make_evaluator(job: Job, loaded: Loaded, samples: Samples, directions: Seque
 
 class PointValues:
     """The values of a group of points, in ``job.value_names()`` order: (loss, acc) per split -- loss only where
-    the loss counts no correct predictions -- then, with ``metrics: [hessian]``, the Hessian's (llmpi.hessian)."""
+    the loss counts no correct predictions -- then, with ``metrics: [hessian]``, the Hessian's
+    (``config.HESSIAN_VALUES``: λmax, λmin, |λmin/λmax|, whether Lanczos converged, its relative residual)."""
 
     def __init__(self, job: Job, loaded: Loaded, evaluators: dict[str, Any]) -> None:
         self.job, self.loaded, self.evaluators = job, loaded, evaluators
@@ -203,13 +204,15 @@ class PointValues:
         ev, spec = self.first, self.hessian
         ev.move_to(point)  # with several points per pass the loss never moved the network's own weights
         n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
-        op = HessianOperator(
-            ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, ignore=self.job.directions.ignore
-        )
+        auto = spec.batch_size == "auto"  # a batch the user set is kept; an automatic one halves on out-of-memory
+        ignore = self.job.directions.ignore
+        op = HessianOperator(ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, ignore, auto)
         result = extreme_eigenvalues(
             op, tol=spec.tol, max_hvps=spec.max_hvps, basis=spec.basis, seed=spec.seed, between_batches=check
         )
-        return [result.max_eig, result.min_eig, result.ratio]
+        self.hessian_batch = op.batch_size  # an out-of-memory retry may have halved it: keep it for the next point
+        # in the order of config.HESSIAN_VALUES
+        return [result.max_eig, result.min_eig, result.ratio, float(result.converged), result.relative_residual]
 
 
 def tune(job: Job, values: PointValues, todo_points: int, ranks: int) -> Choice:

@@ -248,6 +248,15 @@ def test_autotune_skips_small_jobs_and_probes_large_ones(fixture_data):
     assert flat(ev.many(POINTS[:2])) == pytest.approx(flat(before), rel=1e-6)
 
 
+def test_autotune_halves_a_first_probe_that_does_not_fit_and_stops_before_larger_ones(fixture_data, recwarn):
+    ev, _ = make(fixture_data, batch_size=7, subset=48)
+    fail_above(ev.model, 12, OOMS[1])
+    tuned = autotune(ev, work_images=1e7, max_batch=192)
+    assert [b for b, _, _ in tuned.table] == [12]  # 48 and 24 ran out of memory; 24 is not probed again
+    assert (ev.batch_size, ev.points_per_pass) == (12, 1)
+    assert not [w for w in recwarn if "out of memory" in str(w.message)]  # probing is silent
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Through the real command line: what is decided once for all ranks, and what the fingerprint holds.
 

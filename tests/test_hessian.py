@@ -201,6 +201,30 @@ def test_frozen_parameters_are_handled_and_stay_frozen():
     assert not any(p.requires_grad for p in model.parameters())
 
 
+def test_out_of_memory_halves_an_automatic_batch_and_gives_the_same_product():
+    model, x, y = mlp_problem()
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    expected = HessianOperator(model, x, y, batch_size=10, ignore="none")(v)
+
+    def fail_above(module, args):  # an injected allocation failure for batches of more than 10 inputs
+        if args[0].shape[0] > 10:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
+
+    model.register_forward_pre_hook(fail_above)
+    op = HessianOperator(model, x, y, batch_size=40, ignore="none", shrink_on_oom=True)
+    with pytest.warns(RuntimeWarning) as caught:
+        got = op(v)
+    assert [str(w.message) for w in caught] == [
+        "out of memory on cpu with Hessian batch 40; retrying the product with 20",
+        "out of memory on cpu with Hessian batch 20; retrying the product with 10",
+    ]
+    assert op.batch_size == 10 and op.products == 1
+    assert torch.allclose(got, expected, rtol=1e-12, atol=0)  # the same sum over the same batches of 10
+    fixed = HessianOperator(model, x, y, batch_size=40, ignore="none")
+    with pytest.raises(MemoryError, match="set hessian.batch_size smaller or to auto"):
+        fixed(v)
+
+
 def test_between_batches_is_called_before_every_batch_of_every_product():
     model, x, y = mlp_problem(n=40)
     calls = []

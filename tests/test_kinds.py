@@ -62,7 +62,8 @@ def test_value_names_follow_the_split_and_metrics(fixture_data, tmp_path):
     job = job_dict(fixture_data, tmp_path / "x.h5", data={"split": "both"}, metrics=["hessian"])
     loaded = load_job(write_job(tmp_path / "job.yaml", job))
     assert loaded.value_names() == [
-        "train_loss", "train_acc", "test_loss", "test_acc", "max_eig", "min_eig", "eig_ratio",
+        "train_loss", "train_acc", "test_loss", "test_acc", "max_eig", "min_eig", "eig_ratio", "eig_converged",
+        "eig_residual",
     ]  # fmt: skip
 
 
@@ -248,9 +249,15 @@ def tiny(fixture_data, tmp_path_factory):
 
 
 def dense_extremes(fx: Fixture, directions, point, images: int) -> tuple[float, float]:
-    """λmin, λmax of the dense Hessian (float64, ``torch.func.hessian``: forward over reverse) of the mean
-    cross-entropy over the first ``images`` selected images, with respect to the tensors of two or more
-    dimensions, at θ* + Σ point·direction."""
+    """λmin, λmax of the dense Hessian (``dense_hessian``)."""
+    eig = np.linalg.eigvalsh(dense_hessian(fx, directions, point, images))
+    return float(eig[0]), float(eig[-1])
+
+
+def dense_hessian(fx: Fixture, directions, point, images: int) -> np.ndarray:
+    """The dense Hessian (float64, ``torch.func.hessian``: forward over reverse) of the mean cross-entropy over the
+    first ``images`` selected images, with respect to the tensors of two or more dimensions in the order of
+    ``named_parameters``, at θ* + Σ point·direction."""
     import tinynet
 
     state = checkpoint.read_state_dict(fx.checkpoint)
@@ -278,9 +285,7 @@ def dense_extremes(fx: Fixture, directions, point, images: int) -> tuple[float, 
         return torch.nn.functional.cross_entropy(out, y)
 
     start = torch.cat([dict(model.named_parameters())[n].detach().reshape(-1) for n in names])
-    H = torch.func.hessian(loss)(start)
-    eig = np.linalg.eigvalsh(H.numpy())
-    return float(eig[0]), float(eig[-1])
+    return torch.func.hessian(loss)(start).numpy()
 
 
 def test_hessian_extremes_at_every_point_match_a_dense_hessian(tiny):
@@ -288,6 +293,7 @@ def test_hessian_extremes_at_every_point_match_a_dense_hessian(tiny):
     assert "Hessian extremes at every point" in result.stdout
     s = read_surface(d / "eig.h5")
     assert s.complete and {"max_eig", "min_eig", "eig_ratio"} <= set(s.values)
+    assert (s.values["eig_converged"] == 1.0).all() and (s.values["eig_residual"] <= 1e-7).all()
     dirs = read_directions(d / "eig.h5")
     for j, i in [(0, 0), (1, 2), (2, 3)]:
         lo, hi = dense_extremes(fx, dirs, (s.x[i], s.y[j]), images=16)
@@ -307,6 +313,82 @@ def test_hessian_values_do_not_depend_on_the_rank_count(tiny, tmp_path):
     one, three = read_surface(tmp_path / "one.h5"), read_surface(d / "eig.h5")
     for name in ("max_eig", "min_eig", "eig_ratio", "train_loss"):
         assert np.array_equal(one.values[name], three.values[name]), name
+
+
+def plain_lanczos(H: np.ndarray, start: np.ndarray, steps: int, tol: float) -> tuple[float, float, float, bool]:
+    """Textbook Lanczos with full reorthogonalisation on a dense symmetric matrix, stopped when both extreme Ritz
+    pairs have residual <= tol * max|Ritz value| or after ``steps`` products: (θmax, θmin, larger relative
+    residual, converged)."""
+    V = [start / np.linalg.norm(start)]
+    alphas, betas = [], []
+    for k in range(1, steps + 1):
+        w = H @ V[-1]
+        for _ in range(2):
+            w = w - np.array(V).T @ (np.array(V) @ w)
+        alphas.append(V[-1] @ (H @ V[-1]))
+        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        theta, S = np.linalg.eigh(T)
+        beta = np.linalg.norm(w)
+        residual = np.abs(beta * S[-1, :])
+        scale = max(abs(theta[0]), abs(theta[-1]))
+        worst = max(residual[0], residual[-1]) / scale
+        if worst <= tol or k == steps:
+            return float(theta[-1]), float(theta[0]), float(worst), bool(worst <= tol)
+        betas.append(beta)
+        V.append(w / beta)
+    raise AssertionError("unreachable")
+
+
+def test_points_that_stop_at_max_hvps_are_marked_unconverged(tiny, tmp_path):
+    """A budget of products some points need more than: the stored flags and residuals are those of a plain
+    Lanczos run on the dense Hessian from the same start vector; status counts the unconverged points and the
+    eigen-ratio map marks them."""
+    fx, _, _, env = tiny
+    tol, steps, images = 1e-3, 18, 16
+    job = job_dict(
+        fx, tmp_path / "few.h5", metrics=["hessian"], grid={"x": [-1.0, 1.0, 3], "y": [-1.0, 1.0, 3], "block": 3},
+        hessian={"tol": tol, "max_hvps": steps, "basis": 30, "images": images, "seed": 5},
+    )  # fmt: skip
+    result = run_cli("tinynet", str(write_job(tmp_path / "job.yaml", job)), env=env)
+    assert result.returncode == 0, result.stderr
+    s = read_surface(tmp_path / "few.h5")
+    dirs = read_directions(tmp_path / "few.h5")
+    expected = np.zeros(s.done.shape, bool)
+    decided = 0
+    for j, i in np.ndindex(s.done.shape):
+        H = dense_hessian(fx, dirs, (s.x[i], s.y[j]), images)
+        start = torch.randn(len(H), generator=torch.Generator().manual_seed(5), dtype=torch.float64).numpy()
+        hi, lo, residual, converged = plain_lanczos(H, start, steps, tol)
+        scale = max(abs(hi), abs(lo))
+        assert s.values["max_eig"][j, i] == pytest.approx(hi, abs=1e-4 * scale), (i, j)
+        assert s.values["min_eig"][j, i] == pytest.approx(lo, abs=1e-4 * scale), (i, j)
+        assert s.values["eig_residual"][j, i] == pytest.approx(residual, rel=1e-3), (i, j)
+        expected[j, i] = not converged
+        # float32 products move the residual by ~2e-5 relative (measured): 2% away from tol the verdict is sure
+        if abs(residual / tol - 1) > 0.02:
+            decided += 1
+            assert s.values["eig_converged"][j, i] == float(converged), (i, j, residual)
+    assert decided >= 7 and 0 < expected.sum() < expected.size  # some points converge within the budget, some not
+    flags = s.values["eig_converged"]
+    unconverged = int((flags == 0).sum())
+    assert set(np.unique(flags)) <= {0.0, 1.0} and unconverged >= 1
+
+    status = run_cli("llmpi.status", str(tmp_path / "few.h5"), "--json")
+    assert json.loads(status.stdout)["hessian"]["unconverged"] == unconverged
+    text = run_cli("llmpi.status", str(tmp_path / "few.h5")).stdout
+    assert f"{unconverged} of 9 computed points did not converge (hessian.tol 0.001, max_hvps {steps}" in text
+
+    from llmpi.plot.landscape import Landscape, Scale
+    from llmpi.plot.static import figure_2d
+
+    land = Landscape.read(tmp_path / "few.h5")
+    fig = figure_2d(land, "eig_ratio", "heat", Scale())
+    (marks,) = [c for c in fig.axes[0].collections if c.get_label().startswith("not converged")]
+    X, Y = np.meshgrid(s.x, s.y)
+    got = {tuple(p) for p in marks.get_offsets().tolist()}
+    assert got == {(X[j, i], Y[j, i]) for j, i in zip(*np.nonzero(flags == 0))}
+    assert marks.get_label().startswith(f"not converged ({unconverged} point")
+    assert f"{unconverged} of 9 not converged" in fig._suptitle.get_text()
 
 
 # -- status --metrics ---------------------------------------------------------------------------------------------

@@ -353,7 +353,7 @@ def test_interrupted_sweep_requeues_the_job_until_the_cap(tmp_path, status, rest
     assert requeues == ([["scontrol", "requeue", "4242"]] if requeued else [])
 
 
-@pytest.mark.parametrize("status", [0, 1, 2])
+@pytest.mark.parametrize("status", [0, 1, 2, 74])  # 74: a failing disk would fail again
 def test_complete_failed_or_bad_input_is_not_requeued(tmp_path, status):
     assert run_script(tmp_path, BatchSpec(), "job.yaml", env={"SWEEP_EXIT": str(status)}) == status
     assert [c for c in calls(tmp_path) if c[0] == "scontrol"] == []

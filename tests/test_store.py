@@ -170,3 +170,12 @@ def test_one_dimensional_file(tmp_path):
     assert s.y is None and s.values["test_loss"].shape == (7,) and s.values["test_loss"][3] == 2.0
     with h5py.File(tmp_path / "l.h5", "r") as f:
         assert "ycoordinates" not in f and "y" not in f["directions"]
+
+
+def test_a_file_without_a_dataset_this_job_writes_is_refused_saying_what_to_do(tmp_path):
+    """E.g. a Hessian file from before eig_converged and eig_residual were stored: resumable only anew."""
+    open_store(tmp_path / "s.h5").close()
+    grid = Grid.from_spec((-1, 1, 5), (0, 2, 3))
+    with pytest.raises(StoreError, match="has no dataset 'eig_converged', which this llmpi writes for this job") as e:
+        SurfaceStore.open(tmp_path / "s.h5", grid, ["train_loss", "train_acc", "eig_converged"], FP, "", directions)
+    assert "pass --restart to compute it anew" in str(e.value)

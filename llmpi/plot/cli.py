@@ -4,15 +4,13 @@ Kinds contour, contourf, heat, surface and vtk write one output per file and val
 files into one output (an overlay); all (the default) does every kind that applies to each file -- Hessian values
 (``max_eig``, ``min_eig``, ``eig_ratio``) as heat maps only, the paper's eigen-ratio maps, and in 1D as one
 eigen-ratio figure beside the loss/accuracy one. Paths are printed as they are written. Bad input prints one
-``llmpi: error: ...`` line and exits 2.
+``llmpi: error: ...`` line and exits 2, a failing disk likewise with 74 (``llmpi.cli``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,13 +196,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import run as run_command
+
     args = parser().parse_args(argv)
-    try:
+
+    def command() -> None:
         scale = Scale(args.vmin, args.vmax, args.levels, args.log)
         run(args.files, args.kind or ["all"], args.value, scale, args.output)
-    except JobError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"llmpi: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(command, debug=args.debug)

@@ -13,7 +13,10 @@ training trajectory (``trajectory/x``, ``trajectory/y``) over the picture. Every
 
 Hessian maps (``max_eig``, ``min_eig``, ``eig_ratio`` = |λmin/λmax|) are values like the others; the eigen-ratio
 map keeps the paper's colour scale, viridis from 0 to 0.5 (higher ratios clipped to the top colour), unless
-``--vmin``/``--vmax`` say otherwise.
+``--vmin``/``--vmax`` say otherwise. Points whose Lanczos run stopped at ``hessian.max_hvps`` before converging
+(``eig_converged`` 0) are marked on every Hessian picture and counted in its title: their values are inner bounds
+of the spectrum's ends. ``eig_converged`` and ``eig_residual`` themselves are drawn only when asked for
+(``--value eig_residual``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,15 @@ DEFAULT_LEVELS = 20  # contour levels when --levels is not given: enough to read
 LOSS_SPAN = 10.0  # default contour ceiling above the lowest loss, the paper's vmax=10 for CIFAR losses
 MAX_LEVELS = 1000  # a --levels step finer than this is a typo, not a picture
 EIG_NAMES = ("eig_ratio", "max_eig", "min_eig")  # metrics: [hessian]; drawn as heat maps by default
-EIG_WORDS = {"max_eig": "Hessian λmax", "min_eig": "Hessian λmin", "eig_ratio": "eigen-ratio |λmin/λmax|"}
+EIG_DIAGNOSTICS = ("eig_converged", "eig_residual")  # how Lanczos ended at each point: drawn only when asked for
+EIG_WORDS = {
+    "max_eig": "Hessian λmax",
+    "min_eig": "Hessian λmin",
+    "eig_ratio": "eigen-ratio |λmin/λmax|",
+    "eig_converged": "Lanczos converged (1) or not (0)",
+    "eig_residual": "Lanczos relative residual",
+}
+UNCONVERGED_COLOUR = "#ff2d95"  # marks unconverged Hessian points: a colour viridis never takes
 EIG_RATIO_SPAN = (0.0, 0.5)  # the paper's colour scale for |λmin/λmax| (its plot_2d_eig_ratio: vmin 0, vmax .5)
 KIND_MARKS = ("*", "o", "s")  # the models of a plane: first, second, third checkpoint
 KIND_COLOURS = ("#d62728", "#ff7f0e", "#e377c2")
@@ -209,6 +220,20 @@ class Landscape:
     def progress(self) -> tuple[int, int]:
         return int(self.surface.done.sum()), int(self.surface.done.size)
 
+    def unconverged(self) -> np.ndarray | None:
+        """Where the Hessian's Lanczos run stopped at ``hessian.max_hvps`` unconverged (computed points with
+        ``eig_converged`` 0), as a mask of the grid's shape; None for a file without Hessian values."""
+        flags = self.surface.values.get("eig_converged")
+        if flags is None:
+            return None
+        return self.surface.done & (flags != 1.0)
+
+    def unconverged_label(self) -> str:
+        """The legend's words for the unconverged points' mark."""
+        mask = self.unconverged()
+        k = 0 if mask is None else int(mask.sum())
+        return f"not converged ({k} point{'s' if k != 1 else ''}): λ may fall short of the extremes"
+
     @property
     def synthetic(self) -> bool:
         return bool(self.surface.attrs.get("synthetic", False))
@@ -277,6 +302,9 @@ class Landscape:
         done, total = self.progress
         if done < total:
             parts.append(f"{done} of {total} points")
+        unconverged = self.unconverged()
+        if name in (*EIG_NAMES, *EIG_DIAGNOSTICS) and unconverged is not None and unconverged.any():
+            parts.append(f"{int(unconverged.sum())} of {done} not converged")
         return " — ".join(parts)
 
     # -- marks ----------------------------------------------------------------------------------------------------
@@ -360,7 +388,7 @@ def names_to_draw(landscape: Landscape, wanted: list[str] | None, scale: Scale) 
         for name in wanted:
             landscape.values(name)  # raises, naming what the file has
         return list(wanted)
-    names = landscape.losses if scale.given else landscape.names
+    names = landscape.losses if scale.given else [n for n in landscape.names if n not in EIG_DIAGNOSTICS]
     if not names:
         raise JobError(f"{landscape.path} holds no loss or accuracy values to draw")
     return names

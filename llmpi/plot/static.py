@@ -23,7 +23,17 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..errors import JobError
-from .landscape import Landscape, Levels, Scale, pretty, quantity, with_unit
+from .landscape import (
+    EIG_DIAGNOSTICS,
+    EIG_NAMES,
+    UNCONVERGED_COLOUR,
+    Landscape,
+    Levels,
+    Scale,
+    pretty,
+    quantity,
+    with_unit,
+)
 
 CMAP = "viridis"  # dark = low: the basin around a minimiser is the darkest region of every 2D picture
 UNDONE = "#e4e4e4"  # the axes' own colour, seen where no point is computed yet
@@ -94,6 +104,7 @@ def figure_2d(land: Landscape, name: str, kind: str, scale: Scale) -> Figure:
     if mappable is not None and kind != "contour":
         fig.colorbar(mappable, ax=ax, label=with_unit(name), extend="both" if kind == "heat" else "neither")
     _draw_overlays(ax, land, name)
+    _mark_unconverged(ax, land, name)
     _frame(ax, land)
     handles, labels = ax.get_legend_handles_labels()
     if blank:
@@ -103,6 +114,19 @@ def figure_2d(land: Landscape, name: str, kind: str, scale: Scale) -> Figure:
         ax.legend(handles, labels, loc="upper right", fontsize=7, framealpha=0.75)
     _titles(ax, land, name)
     return fig
+
+
+def _mark_unconverged(ax, land: Landscape, name: str) -> None:
+    """Cross out the points of a Hessian picture where Lanczos stopped unconverged (their values are inner bounds
+    of the spectrum's ends, not the extremes)."""
+    mask = land.unconverged()
+    if name not in (*EIG_NAMES, *EIG_DIAGNOSTICS) or mask is None or not mask.any():
+        return
+    X, Y = np.meshgrid(land.x, land.y)
+    ax.scatter(
+        X[mask], Y[mask], marker="x", s=28, linewidths=1.2, color=UNCONVERGED_COLOUR, label=land.unconverged_label(),
+        zorder=4.5,
+    )  # fmt: skip
 
 
 def _frame(ax, land: Landscape) -> None:
@@ -257,6 +281,10 @@ def figure_1d_eig(lands: Sequence[Landscape], scale: Scale) -> Figure:
             v = land.values("eig_ratio")
             ratios.append(v)
             ratio_ax.plot(land.x, v, "-", color=colour, linewidth=1.6, label=f"{tag}{pretty('eig_ratio')}")
+            mask = land.unconverged()
+            if mask is not None and mask.any():
+                ratio_ax.plot(land.x[mask], v[mask], "x", color=UNCONVERGED_COLOUR, markersize=7, mew=1.4,
+                              label=f"{tag}{land.unconverged_label()}", zorder=5)  # fmt: skip
         for name, style, c in (("max_eig", "--", "C0"), ("min_eig", ":", "C3")):
             if name in land.names:
                 eig_ax.plot(land.x, land.values(name), style, color=colour if several else c, linewidth=1.2,
