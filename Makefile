@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 DEMO   := demo
 NP     ?= 2
 
-.PHONY: install demo test test-fast lint bench soak clean
+.PHONY: install demo test test-fast lint bench soak schema clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ lint: $(STAMP)
 # The kill -9 fault suite with many more seeded trials than `make test` runs.
 soak: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" LLMPI_KILL_TRIALS=$${TRIALS:-200} $(PY) -m pytest -q -ra tests/test_faults.py -k kill_9
+
+# The job files' JSON Schemas (llmpi/schemas/), generated from the job dataclasses: rerun after changing a key
+# (tests/test_jobschema.py fails until the shipped files equal the generated ones).
+schema: $(STAMP)
+	$(PY) -m llmpi.jobschema --write
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench

@@ -32,7 +32,8 @@ Reply = tuple[int, int, dict[str, np.ndarray]]  # (start, stop, {"train_loss": .
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m llmpi.sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("job", help="the job file (YAML), e.g. jobs/vgg56.yaml")
+    p.add_argument("job", nargs="?", help="the job file (YAML), e.g. jobs/vgg56.yaml")
+    p.add_argument("--keys", action="store_true", help="list every job key with its type, default and reason; exit")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -43,7 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--restart", action="store_true", help="start the output file anew instead of resuming it")
     p.add_argument("--debug", action="store_true", help="show tracebacks for input errors too")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.job is None and not args.keys:
+        p.error("the following arguments are required: job")
+    return args
 
 
 class SetupFailed(Exception):
@@ -361,6 +365,10 @@ def make_compute(values: PointValues, faults: Any) -> Callable[[tuple, Callable[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.keys:  # before MPI: a question about job files, answered at once
+        from .jobschema import print_keys
+
+        return print_keys("job")
     from mpi4py import MPI
 
     from . import config, protocol
