@@ -22,11 +22,26 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # Trains a small net on the synthetic CIFAR-shaped set, sweeps a 21x21 filter-normalised surface on
-# $(NP) MPI ranks, draws it. Offline, a few minutes at most on 2 CPU cores.
+# $(NP) MPI ranks, draws it, prints its metrics and checks the picture is right: θ* is the grid's lowest point.
+# Offline, about two minutes on 2 CPU cores.
 demo: $(STAMP)
 	$(PY) -m llmpi.train jobs/train/demo.yaml
 	$(VENV)/bin/mpirun -n $(NP) $(PY) -m llmpi.sweep jobs/demo.yaml
 	$(PY) -m llmpi.plot $(DEMO)/demo.h5
+	$(PY) -m llmpi.status $(DEMO)/demo.h5 --metrics
+	@$(PY) -c "$$DEMO_CHECK"
+
+define DEMO_CHECK
+from llmpi.status import surface_metrics
+m = surface_metrics("$(DEMO)/demo.h5")["train_loss"]
+if m["min_at"] != m["centre"]:
+    raise SystemExit(
+        f"demo: the lowest train loss {m['min_loss']:.4g} is at {m['min_at']}, not at θ* {m['centre']} "
+        f"({m['centre_loss']:.4g}): the demo minimiser is not at the bottom of its basin (jobs/train/demo.yaml)"
+    )
+print(f"demo: θ* is the lowest point of its grid (train loss {m['centre_loss']:.4g}): $(DEMO)/demo.h5_*.png")
+endef
+export DEMO_CHECK
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra
