@@ -54,7 +54,8 @@ def _required(why: str) -> Any:
 class ModelSpec:
     arch: str | None = _why(None, "a name from llmpi.models (vgg56 = resnet56_noshort, the paper's name)")
     checkpoint: str | None = _why(
-        None, "the trained minimiser θ* (a state_dict, or a dict with 'state_dict'); sweeps need it, training writes output"
+        None,
+        "the trained minimiser θ* (a state_dict, or a dict with 'state_dict'); sweeps need it, training writes output",
     )
     checkpoint2: str | None = _why(None, "directions.kind interpolate and plane only: the model at α = 1")
     checkpoint3: str | None = _why(None, "directions.kind plane only: the model at β = 1")
@@ -298,6 +299,31 @@ class Job:
             )
         if kind in ("plane", "pca") and self.grid.y is None:
             raise JobError(f"directions.kind: {kind} spans a plane: give grid.y too (e.g. grid.y: [-0.5, 1.5, 41])")
+
+    @property
+    def cautions(self) -> list[str]:
+        """What the job allows but probably does not mean, one line each (the sweep prints them as warnings).
+
+        ``type: states`` mixes the checkpoints' BatchNorm running variances with the weights (1 - α, α) of an
+        interpolation, (1 - α - β, α, β) of a plane. Within the segment (the triangle) that is an average of
+        variances, positive; beyond it a weight is negative and the variance becomes negative wherever the
+        networks' variances differ enough -- NaN losses there.
+        """
+        kind, x, y = self.directions.kind, self.grid.x, self.grid.y
+        if self.directions.type != "states" or kind not in ("interpolate", "plane"):
+            return []
+        if kind == "interpolate" and (x[0] < 0 or x[1] > 1):
+            where = f"grid.x [{x[0]:g}, {x[1]:g}] leaves [0, 1]"
+        elif kind == "plane" and y is not None and (x[0] < 0 or y[0] < 0 or x[1] + y[1] > 1):
+            where = "the grid leaves the triangle of the three models (α, β >= 0, α + β <= 1)"
+        else:
+            return []
+        return [
+            f"directions.type: states with directions.kind: {kind}, and {where}: the BatchNorm running variances "
+            "are extrapolated there and turn negative where the networks' variances differ enough (NaN losses). "
+            "Beyond the models use directions.type: weights with evaluation.bn: recalibrate (statistics "
+            "recomputed at every point), or keep the grid within the models"
+        ]
 
     @property
     def splits(self) -> tuple[str, ...]:

@@ -384,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         job = comm.bcast(
             collective(comm, lambda: config.load_job(args.job, args.overrides) if rank == 0 else None, args.debug)
         )
+        for caution in job.cautions if rank == 0 else ():
+            print(f"llmpi: warning: {caution}", file=sys.stderr, flush=True)
         if job.model.checkpoint is None:
             raise SetupFailed(True, "model.checkpoint is required: the trained network to sweep around")
         grid = Grid.from_spec(job.grid.x, job.grid.y)

@@ -130,3 +130,20 @@ def test_keys_lists_every_key_with_default_and_reason_without_torch_or_mpi(cls, 
 def test_sweep_without_a_job_or_keys_is_a_usage_error():
     done = subprocess.run([sys.executable, "-m", "llmpi.sweep"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 2 and "required: job" in done.stderr
+
+
+def test_the_demo_sweeps_images_its_minimiser_was_trained_on_as_they_are():
+    """θ* is the lowest point of the demo's picture only if it minimises the loss the sweep evaluates: the swept
+    images must be among the training images, seen unaugmented, to the end of a decayed learning rate."""
+    from llmpi.config import load
+    from llmpi.data import SYNTHETIC_SIZES, subset_indices
+
+    sweep, train = load_job(REPO / "jobs" / "demo.yaml"), load(TrainJob, REPO / "jobs" / "train" / "demo.yaml")
+    assert sweep.model.checkpoint == train.output
+    assert (sweep.data.dataset, sweep.data.split) == (train.data.dataset, "train")
+    total = SYNTHETIC_SIZES["train"]
+    swept = set(subset_indices(total, sweep.data.subset, sweep.data.seed).tolist())
+    assert swept <= set(subset_indices(total, train.data.subset, train.data.seed).tolist())
+    assert not train.train.augment
+    assert train.train.lr * train.train.gamma ** len(train.train.milestones) <= 1e-4
+    assert (sweep.grid.x, sweep.grid.y) == ((-1.0, 1.0, 21), (-1.0, 1.0, 21))
