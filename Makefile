@@ -23,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 # Trains a small net on the synthetic CIFAR-shaped set, sweeps a 21x21 filter-normalised surface on
 # $(NP) MPI ranks, draws it, prints its metrics and checks the picture is right: θ* is the grid's lowest point.
-# Offline, about two minutes on 2 CPU cores.
+# Offline, about two minutes of CPU time (a few minutes at most on 2 cores).
 demo: $(STAMP)
 	$(PY) -m llmpi.train jobs/train/demo.yaml
 	$(VENV)/bin/mpirun -n $(NP) $(PY) -m llmpi.sweep jobs/demo.yaml
