@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 DEMO   := demo
 NP     ?= 2
 
-.PHONY: install demo test test-fast lint bench soak clean
+.PHONY: install demo test test-fast lint bench soak schema clean
 
 install: $(STAMP)
 
@@ -22,11 +22,26 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # Trains a small net on the synthetic CIFAR-shaped set, sweeps a 21x21 filter-normalised surface on
-# $(NP) MPI ranks, draws it. Offline, a few minutes at most on 2 CPU cores.
+# $(NP) MPI ranks, draws it, prints its metrics and checks the picture is right: θ* is the grid's lowest point.
+# Offline, about two minutes of CPU time (a few minutes at most on 2 cores).
 demo: $(STAMP)
 	$(PY) -m llmpi.train jobs/train/demo.yaml
 	$(VENV)/bin/mpirun -n $(NP) $(PY) -m llmpi.sweep jobs/demo.yaml
 	$(PY) -m llmpi.plot $(DEMO)/demo.h5
+	$(PY) -m llmpi.status $(DEMO)/demo.h5 --metrics
+	@$(PY) -c "$$DEMO_CHECK"
+
+define DEMO_CHECK
+from llmpi.status import surface_metrics
+m = surface_metrics("$(DEMO)/demo.h5")["train_loss"]
+if m["min_at"] != m["centre"]:
+    raise SystemExit(
+        f"demo: the lowest train loss {m['min_loss']:.4g} is at {m['min_at']}, not at θ* {m['centre']} "
+        f"({m['centre_loss']:.4g}): the demo minimiser is not at the bottom of its basin (jobs/train/demo.yaml)"
+    )
+print(f"demo: θ* is the lowest point of its grid (train loss {m['centre_loss']:.4g}): $(DEMO)/demo.h5_*.png")
+endef
+export DEMO_CHECK
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra
@@ -42,6 +57,11 @@ lint: $(STAMP)
 # The kill -9 fault suite with many more seeded trials than `make test` runs.
 soak: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" LLMPI_KILL_TRIALS=$${TRIALS:-200} $(PY) -m pytest -q -ra tests/test_faults.py -k kill_9
+
+# The job files' JSON Schemas (llmpi/schemas/), generated from the job dataclasses: rerun after changing a key
+# (tests/test_jobschema.py fails until the shipped files equal the generated ones).
+schema: $(STAMP)
+	$(PY) -m llmpi.jobschema --write
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench

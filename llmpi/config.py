@@ -2,9 +2,10 @@
 
     python -m llmpi.sweep jobs/vgg56.yaml --set grid.x=[-0.5,0.5,21] --set output=surfaces/zoom.h5
 
-Every default below says why it is what it is. A key that is not in the tree is an error naming the nearest
-valid key, a value of the wrong type or outside its range is an error naming the key and what it accepts:
-a typo must never silently fall back to a default and cost a cluster night.
+Every default below says why it is what it is (``python -m llmpi.sweep --keys`` prints them all, and the JSON
+Schema that ``llmpi.jobschema`` generates from this tree carries them to editors). A key that is not in the tree is
+an error naming the nearest valid key, a value of the wrong type or outside its range is an error naming the key
+and what it accepts: a typo must never silently fall back to a default and cost a cluster night.
 """
 
 from __future__ import annotations
@@ -25,19 +26,37 @@ from .errors import JobError
 Auto = Literal["auto"]
 
 
-def _why(default: Any, why: str) -> Any:
-    """A field default together with the reason for it (kept in the field's metadata, shown by ``--help-keys``)."""
+def _why(default: Any, why: str, requires: Mapping[str, str] | None = None) -> Any:
+    """A field default together with the reason for it (kept in the field's metadata, shown by ``--keys``).
+
+    ``requires`` (sections only): keys of the section that this tree needs although the section's own class
+    does not, with the reason -- a sweep needs ``model.checkpoint``, a training run (same ModelSpec) does not.
+    """
+    meta: dict[str, Any] = {"why": why}
+    if requires:
+        assert isinstance(default, type), "requires names keys of a section"
+        meta["requires"] = dict(requires)
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"why": why})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     if isinstance(default, type):  # a section: built when absent (validating it then, not at import)
-        return field(default_factory=default, metadata={"why": why})
-    return field(default=default, metadata={"why": why})
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _required(why: str) -> Any:
+    """A key the job file must give: loading refuses a job without it, ``--keys`` and the schema say so.
+
+    The default None only satisfies the dataclass; ``from_dict`` never lets it through."""
+    return field(default=None, metadata={"why": why, "required": True})
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     arch: str | None = _why(None, "a name from llmpi.models (vgg56 = resnet56_noshort, the paper's name)")
-    checkpoint: str | None = _why(None, "the trained minimiser θ*; required by sweeps, absent for training")
+    checkpoint: str | None = _why(
+        None,
+        "the trained minimiser θ* (a state_dict, or a dict with 'state_dict'); sweeps need it, training writes output",
+    )
     checkpoint2: str | None = _why(None, "directions.kind interpolate and plane only: the model at α = 1")
     checkpoint3: str | None = _why(None, "directions.kind plane only: the model at β = 1")
     factory: str | None = _why(None, "your own network instead of arch: package.module:function -> nn.Module")
@@ -237,21 +256,23 @@ class HessianSpec:
 class Job:
     """A sweep: the loss at every grid point around ``model.checkpoint`` along two directions."""
 
-    name: str = _why(None, "required: names the job in messages and in the default output path")
-    model: ModelSpec = _why(ModelSpec, "")
-    data: DataSpec = _why(DataSpec, "")
-    directions: DirectionsSpec = _why(DirectionsSpec, "")
-    grid: GridSpec = _why(GridSpec, "")
-    loss: LossSpec = _why(LossSpec, "")
-    evaluation: EvaluationSpec = _why(EvaluationSpec, "")
+    name: str = _required("names the job in messages and in the default output path")
+    model: ModelSpec = _why(
+        ModelSpec, "the network and its trained weights", requires={"checkpoint": "the trained network to sweep around"}
+    )
+    data: DataSpec = _why(DataSpec, "the images (or your data) the loss is the mean over")
+    directions: DirectionsSpec = _why(DirectionsSpec, "the plane (or line) through the weights the grid spans")
+    grid: GridSpec = _why(GridSpec, "the coordinates (α, β) of the points")
+    loss: LossSpec = _why(LossSpec, "what is evaluated at every point")
+    evaluation: EvaluationSpec = _why(EvaluationSpec, "how BatchNorm statistics are treated at every point")
     metrics: list[Literal["hessian"]] = _why(
         [],
         "loss and accuracy only; hessian adds max_eig, min_eig, eig_ratio = |min/max|, eig_converged and "
         "eig_residual at every point",
     )
-    hessian: HessianSpec = _why(HessianSpec, "")
-    output: str | None = _why(None, "surfaces/<name>.h5")
-    runtime: RuntimeSpec = _why(RuntimeSpec, "")
+    hessian: HessianSpec = _why(HessianSpec, "how metrics: [hessian] computes the extreme eigenvalues")
+    output: str | None = _why(None, "null: surfaces/<name>.h5")
+    runtime: RuntimeSpec = _why(RuntimeSpec, "devices, threads and speed knobs (precision is part of the result)")
 
     def __post_init__(self) -> None:
         if self.output is None:
@@ -286,6 +307,31 @@ class Job:
             )
         if kind in ("plane", "pca") and self.grid.y is None:
             raise JobError(f"directions.kind: {kind} spans a plane: give grid.y too (e.g. grid.y: [-0.5, 1.5, 41])")
+
+    @property
+    def cautions(self) -> list[str]:
+        """What the job allows but probably does not mean, one line each (the sweep prints them as warnings).
+
+        ``type: states`` mixes the checkpoints' BatchNorm running variances with the weights (1 - α, α) of an
+        interpolation, (1 - α - β, α, β) of a plane. Within the segment (the triangle) that is an average of
+        variances, positive; beyond it a weight is negative and the variance becomes negative wherever the
+        networks' variances differ enough -- NaN losses there.
+        """
+        kind, x, y = self.directions.kind, self.grid.x, self.grid.y
+        if self.directions.type != "states" or kind not in ("interpolate", "plane"):
+            return []
+        if kind == "interpolate" and (x[0] < 0 or x[1] > 1):
+            where = f"grid.x [{x[0]:g}, {x[1]:g}] leaves [0, 1]"
+        elif kind == "plane" and y is not None and (x[0] < 0 or y[0] < 0 or x[1] + y[1] > 1):
+            where = "the grid leaves the triangle of the three models (α, β >= 0, α + β <= 1)"
+        else:
+            return []
+        return [
+            f"directions.type: states with directions.kind: {kind}, and {where}: the BatchNorm running variances "
+            "are extrapolated there and turn negative where the networks' variances differ enough (NaN losses). "
+            "Beyond the models use directions.type: weights with evaluation.bn: recalibrate (statistics "
+            "recomputed at every point), or keep the grid within the models"
+        ]
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -412,11 +458,16 @@ def from_dict(cls: type, raw: Any, path: str = "") -> Any:
         full = f"{path}.{f.name}" if path else f.name
         if f.name in raw:
             kwargs[f.name] = _coerce(raw[f.name], hints[f.name], full)
-        elif f.default is None and f.metadata.get("why", "").startswith("required"):
-            raise JobError(f"missing required key '{full}' ({f.metadata['why'][len('required: ') :]})")
+        elif f.metadata.get("required"):
+            raise JobError(f"missing required key '{full}' ({f.metadata['why']})")
         elif dataclasses.is_dataclass(hints[f.name]):
             kwargs[f.name] = from_dict(hints[f.name], {}, full)
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    for f in dataclasses.fields(cls):  # after every other check: a missing key is the last thing to fix
+        for key, reason in f.metadata.get("requires", {}).items():
+            if getattr(getattr(built, f.name), key) is None:
+                raise JobError(f"{path + '.' if path else ''}{f.name}.{key} is required: {reason}")
+    return built
 
 
 def to_dict(obj: Any) -> Any:

@@ -27,7 +27,7 @@ import pickle
 import tarfile
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -112,10 +112,32 @@ def download_cifar10(root: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
     digest = hashlib.md5(payload).hexdigest()
     if digest != md5:
         raise DataError(f"the archive from {url} has MD5 {digest}, expected {md5}: refusing to unpack it")
-    root.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(CIFAR10_DIR + "/") and m.isfile()]
-        tar.extractall(root, members=members, filter="data")
+    unpack_cifar10(payload, root)
+
+
+def unpack_cifar10(archive: bytes, root: Path) -> list[Path]:
+    """Write the regular files of ``cifar-10-batches-py/`` from the archive into ``root``, each atomically.
+
+    Member by member rather than ``extractall``: only plain files whose names stay inside that folder are
+    written (no links, devices, absolute paths or ``..``), with the file mode of a new file, so nothing depends
+    on tarfile's extraction filters, which Python 3.10 before 3.10.12 and 3.11 before 3.11.4 lack.
+    """
+    written = []
+    folder = root / CIFAR10_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            parts = PurePosixPath(member.name).parts
+            if not member.isfile() or len(parts) != 2 or parts[0] != CIFAR10_DIR or parts[1] in ("..", "."):
+                continue
+            source = tar.extractfile(member)
+            assert source is not None, "a regular member always has data"
+            target = folder / parts[1]
+            partial = target.with_name(f".{target.name}.part-{os.getpid()}")
+            partial.write_bytes(source.read())
+            os.replace(partial, target)  # a crash mid-write leaves no half file under the final name
+            written.append(target)
+    return written
 
 
 def load_cifar10(root: str | Path, split: str, download: bool = True) -> tuple[np.ndarray, np.ndarray]:

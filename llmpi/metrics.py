@@ -11,9 +11,13 @@ networks. Definitions (``DEFINITIONS`` holds them as text, for the README and ``
   planes); ties go to the first in row-major order. ``centre_loss`` is the loss there.
 - ``min_loss`` / ``min_at``: the lowest computed loss and where it is (the interpolation's other end, say).
 - sharpness(r): max of the loss over computed points within distance r of the centre, minus the centre loss.
+  NaN when no computed point but the centre lies within r (a radius below the grid step measures nothing);
+  ``nearest`` is the distance from the centre to the nearest other grid point, the smallest radius that can work.
 - curvature: the eigenvalues (ascending) of the Hessian of the least-squares quadratic
   c + gᵀu + ½ uᵀHu fitted to the computed points within ``fit_radius`` of the centre (u = offset from the
   centre). NaN when fewer points than the quadratic has coefficients (6 in 2D, 3 in 1D) or they do not determine it.
+  ``neighbourhood`` is the radius of the centre's 3×3 block of grid points (3 points in 1D), the fewest that
+  determine the quadratic; :func:`default_fit_radius` widens a radius to it, so the fit works on any grid.
 - basin: the level is centre loss + ``threshold``. ``basin_share`` is the share of computed points in the
   connected region (4-neighbours) around the centre where the loss is at most the level -- the minimiser's own
   basin; ``basin_area`` is that region's size in coordinate units (points × cell area, a length in 1D);
@@ -37,7 +41,7 @@ import numpy as np
 DEFINITIONS = {
     "centre_loss": "loss at the grid point nearest (0, 0), where the swept model sits",
     "min_loss": "lowest computed loss on the grid (min_at: its coordinates)",
-    "sharpness": "max loss within distance `radius` of the centre minus the centre loss",
+    "sharpness": "max loss within distance `radius` of the centre minus the centre loss (n/a: only the centre)",
     "curvature": "eigenvalues of the Hessian of a least-squares quadratic fitted within `fit_radius` of the centre",
     "basin_share": "share of computed points in the connected region around the centre with loss <= centre + threshold",
     "basin_area": "that region's size in coordinate units (points x grid cell area)",
@@ -56,9 +60,11 @@ class SurfaceMetrics:
     radius: float
     sharpness: float
     points_in_radius: int
+    nearest: float
     fit_radius: float
     curvature: tuple[float, ...]
     fit_points: int
+    neighbourhood: float
     threshold: float
     basin_share: float
     basin_area: float
@@ -85,7 +91,10 @@ def surface_metrics(
     threshold: float = 0.1,
     ratio_threshold: float = 0.01,
 ) -> SurfaceMetrics:
-    """The metrics of a surface (see the module docstring); 2D arrays are (ny, nx), [j, i] = (x[i], y[j])."""
+    """The metrics of a surface (see the module docstring); 2D arrays are (ny, nx), [j, i] = (x[i], y[j]).
+
+    ``fit_radius`` None fits within ``radius``; ``python -m llmpi.status`` passes :func:`default_fit_radius`.
+    """
     x = np.asarray(x, dtype=np.float64)
     loss = np.asarray(loss, dtype=np.float64)
     shape = (len(x),) if y is None else (len(y), len(x))
@@ -120,7 +129,13 @@ def surface_metrics(
 
     distance = np.linalg.norm(flat_coords - centre_xy, axis=1)
     near = flat_computed & (distance <= radius * (1 + 1e-9))
-    sharpness = float(np.max(flat_loss[near]) - centre_loss) if near.any() and not math.isnan(centre_loss) else math.nan
+    others = near.copy()
+    others[centre] = False
+    if others.any() and not math.isnan(centre_loss):
+        sharpness = float(np.max(flat_loss[near]) - centre_loss)
+    else:  # the centre alone: a max over one point would read as a perfectly flat minimum
+        sharpness = math.nan
+    nearest = float(np.min(np.delete(distance, centre))) if len(distance) > 1 else math.nan
 
     in_fit = flat_usable & (distance <= fit_radius * (1 + 1e-9))
     curvature = _quadratic_fit_curvature(flat_coords[in_fit] - centre_xy, flat_loss[in_fit])
@@ -153,9 +168,11 @@ def surface_metrics(
         radius=float(radius),
         sharpness=sharpness,
         points_in_radius=int(near.sum()),
+        nearest=nearest,
         fit_radius=float(fit_radius),
         curvature=curvature,
         fit_points=int(in_fit.sum()),
+        neighbourhood=neighbourhood_radius(x, y),
         threshold=float(threshold),
         basin_share=basin_share,
         basin_area=basin_area,
@@ -164,6 +181,27 @@ def surface_metrics(
         convex_share=convex_share,
         done_share=n_computed / flat_loss.size,
     )
+
+
+def neighbourhood_radius(x: np.ndarray, y: np.ndarray | None) -> float:
+    """The distance from a grid point to the corners of its 3×3 block (to its two neighbours in 1D): the smallest
+    fit radius that holds enough points to determine the quadratic around an interior centre."""
+    steps = [_step(np.asarray(x, dtype=np.float64))]
+    if y is not None:
+        steps.append(_step(np.asarray(y, dtype=np.float64)))
+    return float(math.hypot(*steps))
+
+
+def default_fit_radius(x: np.ndarray, y: np.ndarray | None, radius: float) -> float:
+    """``radius``, widened to :func:`neighbourhood_radius` where the grid is coarser: with the sharpness radius
+    0.1 on the paper's 21×21 grid over [-1, 1] (step 0.1) the fit would hold 5 points, one short of determining
+    the quadratic, and say n/a; widened to 0.141 it holds the 9 points of the centre's block."""
+    return max(float(radius), neighbourhood_radius(x, y))
+
+
+def _step(axis: np.ndarray) -> float:
+    """The grid step along an axis, 0 for a single point (no neighbour along it)."""
+    return _spacing(axis) if len(axis) > 1 else 0.0
 
 
 def _spacing(axis: np.ndarray) -> float:

@@ -63,6 +63,7 @@ def summarize(path: str | Path) -> dict:
         "data": s.attrs.get("dataset"),
         "synthetic": bool(s.attrs.get("synthetic", False)),
         "directions": job.get("directions"),
+        "directions_described": describe_directions(job, s.extras),
         "grid": [len(s.x)] if s.y is None else [len(s.x), len(s.y)],
         "x": [float(s.x[0]), float(s.x[-1])],
         "y": None if s.y is None else [float(s.y[0]), float(s.y[-1])],
@@ -108,7 +109,46 @@ def describe_convergence(h: dict) -> str:
     )
 
 
+def describe_directions(job: dict, extras: dict) -> str | None:
+    """The directions of the file's job in the terms of its kind: only the settings that kind uses (an
+    interpolation has no seed and no normalisation), with what the file stores about them."""
+    d = job.get("directions")
+    if not isinstance(d, dict):
+        return None
+    model = job.get("model") if isinstance(job.get("model"), dict) else {}
+    kind = d.get("kind") or "random"
+    stats = (
+        "BatchNorm running statistics move with the weights (type states)"
+        if d.get("type") == "states"
+        else "weights only (type weights)"
+    )
+    if kind == "interpolate":
+        return (
+            f"interpolate: the line from {model.get('checkpoint')} (α = 0) to {model.get('checkpoint2')} (α = 1), "
+            f"unnormalised; {stats}"
+        )
+    if kind == "plane":
+        where = extras.get("model_coordinates")
+        at = [f"({a:g}, {b:g})" for a, b in where] if where is not None else ["(0, 0)", "(1, 0)", "(0, 1)"]
+        models = [model.get(k) for k in ("checkpoint", "checkpoint2", "checkpoint3")]
+        return f"plane through {', '.join(f'{m} at {c}' for m, c in zip(models, at))}, unnormalised; {stats}"
+    if kind == "pca":
+        ratios = extras.get("explained_variance_ratio")
+        share = (
+            f", {100 * float(ratios[0]):.1f}% and {100 * float(ratios[1]):.1f}% of the variance"
+            if ratios is not None and len(ratios) >= 2
+            else ""
+        )
+        rescale = "filter-rescaled" if d.get("rescale") == "filter" else "unit components"
+        return (
+            f"pca: the top two principal components of the trajectory {d.get('trajectory')}{share}, {rescale}, "
+            f"ignore {d.get('ignore')}; {stats}"
+        )
+    return f"random (seed {d.get('seed')}), {d.get('norm')} norm, ignore {d.get('ignore')}; {stats}"
+
+
 METRIC_OPTIONS = ("radius", "fit_radius", "threshold", "ratio_threshold")
+DEFAULT_RADIUS = 0.1  # llmpi.metrics.surface_metrics' own default: 10% of every filter's norm
 
 
 def _plain(value: object) -> object:
@@ -124,6 +164,7 @@ def _plain(value: object) -> object:
 
 def surface_metrics(path: str | Path, **options: float | None) -> dict:
     """``llmpi.metrics.surface_metrics`` of every loss in the file: ``{"options": {...}, "train_loss": {...}}``."""
+    from .metrics import default_fit_radius
     from .metrics import surface_metrics as compute
 
     s = read_surface(path)
@@ -131,6 +172,8 @@ def surface_metrics(path: str | Path, **options: float | None) -> dict:
     if not losses:
         raise JobError(f"{path} holds no loss values (datasets named <split>_loss) to take metrics of")
     given = {k: v for k, v in options.items() if v is not None}
+    if "fit_radius" not in given:  # a fit that holds enough points on this grid, whatever its step
+        given["fit_radius"] = default_fit_radius(s.x, s.y, given.get("radius", DEFAULT_RADIUS))
     out: dict = {}
     for name in losses:
         m = compute(
@@ -160,6 +203,12 @@ def store_metrics(path: str | Path, metrics: dict) -> str | None:
     return None
 
 
+def _round_up(value: float, digits: int = 3) -> float:
+    """``value`` rounded up to ``digits`` significant digits: a radius suggested from it still reaches the point."""
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale * (1 - 1e-12)) / scale
+
+
 def render_metrics(metrics: dict) -> str:
     from .metrics import DEFINITIONS
 
@@ -180,11 +229,17 @@ def render_metrics(metrics: dict) -> str:
         if name in ("options", "hessian_convergence"):
             continue
         lines.append(f"    {name}:")
+        sharpness = f"{fmt(m['sharpness'])} ({m['points_in_radius']} points within {fmt(m['radius'])})"
+        if m["sharpness"] is None and m.get("nearest") is not None and m["nearest"] > m["radius"]:
+            sharpness += f"; --radius {_round_up(m['nearest']):g} reaches the nearest grid point"
+        curvature = f"{fmt(m['curvature'])} ({m['fit_points']} points fitted)"
+        if None in m["curvature"] and m.get("neighbourhood") and m["neighbourhood"] > m["fit_radius"]:
+            curvature += f"; --fit-radius {_round_up(m['neighbourhood']):g} holds the centre's 3x3 block"
         rows = [
             ("centre_loss", f"{fmt(m['centre_loss'])} at {fmt(m['centre'])}"),
             ("min_loss", f"{fmt(m['min_loss'])} at {fmt(m['min_at'])}"),
-            ("sharpness", f"{fmt(m['sharpness'])} ({m['points_in_radius']} points within {fmt(m['radius'])})"),
-            ("curvature", f"{fmt(m['curvature'])} ({m['fit_points']} points fitted)"),
+            ("sharpness", sharpness),
+            ("curvature", curvature),
             ("basin_share", fmt(m["basin_share"])),
             ("basin_area", fmt(m["basin_area"])),
             ("below_share", fmt(m["below_share"])),
@@ -202,12 +257,8 @@ def render(info: dict) -> str:
     from .runlog import duration
 
     lines = [f"{info['file']}: {info['job']} -- {info['arch']} on {info['data']}"]
-    d = info["directions"] or {}
-    if d:
-        lines.append(
-            f"  directions: {d.get('kind')} (seed {d.get('seed')}), {d.get('norm')} norm, ignore "
-            f"{d.get('ignore')}, {d.get('type')}"
-        )
+    if info.get("directions_described"):
+        lines.append(f"  directions: {info['directions_described']}")
     grid = " x ".join(map(str, info["grid"]))
     span = f"[{info['x'][0]:g}, {info['x'][1]:g}]" + (f" x [{info['y'][0]:g}, {info['y'][1]:g}]" if info["y"] else "")
     lines.append(f"  grid: {grid} over {span} = {info['points_total']} points")
@@ -255,8 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics", action="store_true",
         help="summary metrics of every loss (see the README's 'Surface metrics'), also stored in the file's attrs",
     )  # fmt: skip
-    p.add_argument("--radius", type=float, help="sharpness: max loss within this distance of the centre (0.1)")
-    p.add_argument("--fit-radius", type=float, help="curvature: fit the quadratic within this distance (= radius)")
+    p.add_argument(
+        "--radius", type=float, help=f"sharpness: max loss within this distance of the centre ({DEFAULT_RADIUS:g})"
+    )
+    p.add_argument(
+        "--fit-radius", type=float,
+        help="curvature: fit the quadratic within this distance (default: the radius, widened to the centre's "
+        "3x3 block of grid points where the grid is coarser, so the fit is determined)",
+    )  # fmt: skip
     p.add_argument("--threshold", type=float, help="basin: loss at most the centre's plus this (0.1)")
     p.add_argument("--ratio-threshold", type=float, help="convex share: eig-ratio |min/max| below this (0.01)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")

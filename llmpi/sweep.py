@@ -51,8 +51,9 @@ Reply = tuple[int, int, int, dict[str, np.ndarray], int, float]
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m llmpi.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "jobs", nargs="+", metavar="job", help="job files (YAML), e.g. jobs/vgg56.yaml; several make one run"
+        "jobs", nargs="*", metavar="job", help="job files (YAML), e.g. jobs/vgg56.yaml; several make one run"
     )
+    p.add_argument("--keys", action="store_true", help="list every job key with its type, default and reason; exit")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -63,7 +64,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--restart", action="store_true", help="start the output files anew instead of resuming them")
     p.add_argument("--debug", action="store_true", help="show tracebacks for input errors too")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.jobs and not args.keys:
+        p.error("the following arguments are required: job")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,9 +116,6 @@ def load_jobs(paths: Sequence[str], overrides: Sequence[str]) -> list[Job]:
     from .errors import JobError
 
     jobs = [load_job(path, overrides) for path in paths]
-    for path, job in zip(paths, jobs):
-        if job.model.checkpoint is None:
-            raise JobError(f"{path}: model.checkpoint is required: the trained network to sweep around")
     outputs: dict[str, str] = {}
     for path, job in zip(paths, jobs):
         key = os.path.realpath(job.output)
@@ -394,6 +395,10 @@ class Run:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.keys:  # before MPI: a question about job files, answered at once
+        from .jobschema import print_keys
+
+        return print_keys("job")
     from mpi4py import MPI
 
     from . import protocol
@@ -412,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = comm.bcast(
             collective(comm, lambda: load_jobs(args.jobs, args.overrides) if rank == 0 else None, args.debug)
         )
+        for job in jobs if rank == 0 else ():
+            for caution in job.cautions:
+                print(f"llmpi: warning: {job.name}: {caution}", file=sys.stderr, flush=True)
         total = sum(Grid.from_spec(job.grid.x, job.grid.y).size for job in jobs)
         if size > total:
             raise SetupFailed(

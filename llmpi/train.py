@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .config import DataSpec, ModelSpec, RuntimeSpec, _why
+from .config import DataSpec, ModelSpec, RuntimeSpec, _required, _why
 from .errors import JobError
 
 
@@ -65,12 +65,12 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class TrainJob:
-    name: str = _why(None, "required: names the run")
-    model: ModelSpec = _why(ModelSpec, "")
-    data: DataSpec = _why(DataSpec, "")
-    train: TrainSpec = _why(TrainSpec, "")
-    output: str | None = _why(None, "checkpoints/<name>.pt")
-    runtime: RuntimeSpec = _why(RuntimeSpec, "")
+    name: str = _required("names the run in messages and in the default output path")
+    model: ModelSpec = _why(ModelSpec, "the network to train (model.checkpoint is not used)")
+    data: DataSpec = _why(DataSpec, "the training images; the test split is evaluated after every epoch")
+    train: TrainSpec = _why(TrainSpec, "the optimiser and its schedule: the paper's recipe")
+    output: str | None = _why(None, "null: checkpoints/<name>.pt")
+    runtime: RuntimeSpec = _why(RuntimeSpec, "device and threads")
 
     def __post_init__(self) -> None:
         if self.output is None:
@@ -256,10 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     from . import cli, config
 
     p = argparse.ArgumentParser(prog="python -m llmpi.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("job", help="the training job (YAML), e.g. jobs/train/resnet56_noshort.yaml")
+    p.add_argument("job", nargs="?", help="the training job (YAML), e.g. jobs/train/resnet56_noshort.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--keys", action="store_true", help="list every job key with its type, default and reason; exit")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
+    if args.keys:
+        from .jobschema import print_keys
+
+        return print_keys("train-job")
+    if args.job is None:
+        p.error("the following arguments are required: job")
 
     def command() -> None:
         train(config.load(TrainJob, args.job, args.overrides), log=lambda m: print(m, flush=True))

@@ -130,3 +130,36 @@ def test_missing_job_file_is_a_job_error(tmp_path):
 def test_job_yaml_is_plain_yaml(tmp_path):
     text = to_yaml(load_text(tmp_path, FULL))
     assert yaml.safe_load(text)["grid"]["x"] == [-1.0, 1.0, 51]
+
+
+@pytest.mark.parametrize(
+    ("kind", "grid", "cautioned"),
+    [
+        ("interpolate", "{x: [-0.5, 1.5, 9]}", True),
+        ("interpolate", "{x: [0.0, 1.2, 9]}", True),
+        ("interpolate", "{x: [0.0, 1.0, 9]}", False),
+        ("plane", "{x: [0.0, 1.0, 5], y: [0.0, 0.0, 1]}", False),  # the edge α + β <= 1 of the triangle
+        ("plane", "{x: [-0.5, 1.5, 5], y: [-0.5, 1.5, 5]}", True),
+        ("plane", "{x: [0.0, 1.0, 5], y: [0.0, 1.0, 5]}", True),  # (1, 1) is outside the triangle
+    ],
+)
+def test_states_beyond_the_models_is_cautioned_with_the_alternative(tmp_path, kind, grid, cautioned):
+    third = "checkpoint3: c.pt, " if kind == "plane" else ""
+    text = (
+        f"name: a\nmodel: {{arch: resnet20, checkpoint: a.pt, checkpoint2: b.pt, {third}}}\n"
+        f"directions: {{kind: {kind}, type: states}}\ngrid: {grid}\n"
+    )
+    job = load_text(tmp_path, text)
+    assert bool(job.cautions) == cautioned
+    if cautioned:
+        (caution,) = job.cautions
+        assert "running variances" in caution and "directions.type: weights with evaluation.bn: recalibrate" in caution
+    weights = load_text(tmp_path, text.replace("type: states", "type: weights"))
+    assert weights.cautions == [], "weights leave the statistics alone: nothing to extrapolate"
+
+
+def test_no_checked_in_job_is_cautioned():
+    from conftest import REPO
+
+    for path in sorted((REPO / "jobs").glob("*.yaml")):
+        assert load_job(path).cautions == [], path.name

@@ -71,6 +71,31 @@ def test_download_checks_md5_before_unpacking(tmp_path, monkeypatch):
     assert im.shape == (20, 32, 32, 3)
 
 
+def test_unpacking_writes_only_the_release_files_inside_the_folder(tmp_path):
+    """Whatever the archive holds besides the batches -- a path out of the folder, an absolute path, a link, a
+    subfolder -- is not written, on every Python the package allows (no tarfile extraction filter needed)."""
+    buf = io.BytesIO()
+
+    def add(name: str, payload: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname, info.size = kind, link, len(payload) if kind == tarfile.REGTYPE else 0
+        tar.addfile(info, io.BytesIO(payload) if kind == tarfile.REGTYPE else None)
+
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        add("cifar-10-batches-py/data_batch_1", b"batch one")
+        add("cifar-10-batches-py/../escaped")
+        add("/tmp/absolute")
+        add("cifar-10-batches-py/link", kind=tarfile.SYMTYPE, link="/etc/passwd")
+        add("cifar-10-batches-py/sub/deeper")
+        add("elsewhere/test_batch")
+    root = tmp_path / "root"
+    written = data.unpack_cifar10(buf.getvalue(), root)
+    assert written == [root / "cifar-10-batches-py" / "data_batch_1"]
+    assert written[0].read_bytes() == b"batch one"
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert files == ["root", "root/cifar-10-batches-py", "root/cifar-10-batches-py/data_batch_1"]
+
+
 def test_subset_is_a_seeded_permutation_prefix(tmp_path):
     small_release(tmp_path, n_train=50)
     im, lab, info = data.load_images("cifar10", tmp_path, "train", 7, seed=4)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from llmpi.metrics import DEFINITIONS, SurfaceMetrics, surface_metrics
+from llmpi.metrics import DEFINITIONS, SurfaceMetrics, default_fit_radius, surface_metrics
 
 AXIS = np.linspace(-1.0, 1.0, 41)  # step 0.05, holds 0
 
@@ -131,3 +131,56 @@ def test_nothing_computed_gives_nans_and_the_dict_is_plain():
         surface_metrics(AXIS, AXIS, np.zeros((41, 40)))
     with pytest.raises(ValueError, match="radius"):
         surface_metrics(AXIS, None, np.zeros(41), radius=0.0)
+
+
+# -- radii that fit the grid --------------------------------------------------------------------------------------
+
+PAPER_21 = np.linspace(-1.0, 1.0, 21)  # the paper's 21x21 grid over [-1, 1]: step 0.1
+PAPER_51 = np.linspace(-1.0, 1.0, 51)  # and its 51x51: step 0.04
+
+
+def within(axis: np.ndarray, r: float) -> int:
+    """Grid points within distance r of the origin, counted one by one."""
+    return sum(1 for a in axis for b in axis if math.hypot(a, b) <= r * (1 + 1e-9))
+
+
+def test_sharpness_of_the_centre_alone_is_not_available():
+    a, b = np.meshgrid(AXIS, AXIS)
+    m = surface_metrics(AXIS, AXIS, 0.3 + a**2 + b**2, radius=0.04)  # below the step 0.05: the centre only
+    assert m.points_in_radius == 1 and math.isnan(m.sharpness), "a max over the centre alone is not a flat minimum"
+    assert m.nearest == pytest.approx(0.05)
+    line = surface_metrics(PAPER_21, None, PAPER_21**2, radius=0.05)
+    assert math.isnan(line.sharpness) and line.nearest == pytest.approx(0.1)
+    assert surface_metrics(PAPER_21, None, PAPER_21**2, radius=0.1).sharpness == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(("axis", "fit_radius", "points"), [(PAPER_21, math.hypot(0.1, 0.1), 9), (PAPER_51, 0.1, 21)])
+def test_the_default_fit_radius_determines_the_fit_on_the_papers_grids(axis, fit_radius, points):
+    a, b = np.meshgrid(axis, axis)
+    loss = 0.2 + 1.5 * a**2 + 0.5 * b**2 + 0.25 * a * b
+    assert default_fit_radius(axis, axis, 0.1) == pytest.approx(fit_radius)
+    m = surface_metrics(axis, axis, loss, fit_radius=default_fit_radius(axis, axis, 0.1))
+    assert m.fit_points == within(axis, fit_radius) == points
+    assert m.curvature == pytest.approx(tuple(np.linalg.eigvalsh([[3.0, 0.25], [0.25, 1.0]])), rel=1e-9)
+    assert m.neighbourhood == pytest.approx(math.hypot(axis[1] - axis[0], axis[1] - axis[0]))
+    assert default_fit_radius(axis, None, 0.01) == pytest.approx(axis[1] - axis[0])  # 1D: the two neighbours
+
+
+def test_status_defaults_fit_the_grid_and_says_which_radius_would(tmp_path):
+    from test_plot_surfaces import bowl_file
+
+    from llmpi.status import render_metrics
+    from llmpi.status import surface_metrics as file_metrics
+
+    path = bowl_file(tmp_path / "b21.h5", n=21)
+    got = file_metrics(path)
+    assert got["options"]["radius"] == 0.1 and got["options"]["fit_radius"] == pytest.approx(math.hypot(0.1, 0.1))
+    assert None not in got["train_loss"]["curvature"] and got["train_loss"]["fit_points"] == 9
+    assert got["train_loss"]["curvature"] == pytest.approx([2.0, 2.0], rel=1e-9)  # the bowl is (α-a0)² + (β-b0)²
+    narrow = file_metrics(path, radius=0.05, fit_radius=0.05)
+    m = narrow["train_loss"]
+    assert m["sharpness"] is None and m["points_in_radius"] == 1
+    text = render_metrics(narrow)
+    assert "--radius 0.1 reaches the nearest grid point" in text
+    assert "--fit-radius 0.142 holds the centre's 3x3 block" in text
+    assert within(PAPER_21, 0.142) == 9

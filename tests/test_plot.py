@@ -258,3 +258,76 @@ def test_vtk_structured_grid_reads_back_with_a_vtk_reader(tmp_path, log):
 def test_contour_function_kept_for_callers(tmp_path):
     out = contour(bowl_file(tmp_path / "b.h5", n=11))
     assert out == tmp_path / "b.h5_train_loss_2dcontour.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- titles, legends and the cut of the 3D surface ---------------------------------------------------------------
+
+
+def test_titles_name_the_job_not_the_factory(tmp_path):
+    lands = []
+    for name in ("wide_net", "narrow_net"):
+        land = Landscape.read(bowl_file(tmp_path / f"{name}.h5", n=5, arch="mypkg.nets:build"))
+        land.job = {"name": name, "model": {"factory": "mypkg.nets:build"}}  # two networks from one factory
+        lands.append(land)
+    titles = [land.title("train_loss") for land in lands]
+    assert titles[0].startswith("wide_net — train loss") and titles[1].startswith("narrow_net — train loss")
+    assert not any("mypkg" in t for t in titles)
+    zoo = Landscape.read(bowl_file(tmp_path / "z.h5", n=5))
+    assert zoo.title(None).startswith("bowl (resnet8)")  # the job's name, and the zoo architecture it sweeps
+
+
+def test_several_1d_files_are_named_and_the_legend_stays_inside(tmp_path):
+    lands = [
+        Landscape.read(line_file(tmp_path / f"{stem}.h5", a0=a0))
+        for stem, a0 in (("small_batch_vgg9_minimiser_run_one", 0.0), ("large_batch_vgg9_minimiser_run_one", 0.3))
+    ]
+    fig = figure_1d(lands, None, Scale())
+    fig.canvas.draw()
+    title = " ".join(fig._suptitle.get_text().split())
+    # both files come from a job named "bowl": the title tells them apart by file name
+    assert title.startswith("small_batch_vgg9_minimiser_run_one vs large_batch_vgg9_minimiser_run_one")
+    renderer = fig.canvas.get_renderer()
+    figure_box = fig.bbox
+    for artist in (fig.legends[0], fig._suptitle, *fig.axes):
+        box = artist.get_window_extent(renderer)
+        assert box.x0 >= figure_box.x0 - 1 and box.x1 <= figure_box.x1 + 1, artist
+        assert box.y0 >= figure_box.y0 - 1 and box.y1 <= figure_box.y1 + 1, artist
+    legend = fig.legends[0].get_window_extent(renderer)
+    plot = fig.axes[0].get_tightbbox(renderer)  # the plot with its tick labels and axis labels
+    assert legend.y1 <= plot.y0 + 1, "the legend sits under the plot, not over its labels"
+    assert len(fig.legends[0].get_texts()) == 9  # 2 files x (2 losses + 2 accuracies) + θ*
+    matplotlib.pyplot.close(fig)
+
+
+def test_3d_surface_is_cut_level_at_the_cap_without_plateaus(bowl):
+    from llmpi.plot.static import _cut_surface
+
+    cap = 1.0  # the bowl reaches it on the circle (α - A0)² + (β - B0)² = 0.75
+    fig = figure_surface(bowl, "train_loss", Scale(vmax=cap))
+    ax = fig.axes[0]
+    assert ax.zz_dataLim.intervalx == pytest.approx([LOSS0, cap])
+    matplotlib.pyplot.close(fig)
+    x = np.linspace(-1, 1, 51)
+    X, Y = np.meshgrid(x, x)
+    polygons = _cut_surface(X, Y, bowl_loss(X, Y), LOSS0, cap)
+    tops = [p for p in polygons if np.all(p[:, 2] >= cap - 1e-12)]
+    assert not tops, "no polygon lies flat on the cap: the clipped region is left out, not drawn level"
+    assert max(p[:, 2].max() for p in polygons) == pytest.approx(cap, abs=1e-12)
+    edge = np.concatenate([p[np.isclose(p[:, 2], cap, atol=1e-12)] for p in polygons])
+    radius = np.hypot(edge[:, 0] - A0, edge[:, 1] - B0)  # the cut's vertices lie on the level circle
+    assert radius == pytest.approx(np.sqrt(cap - LOSS0), abs=0.04**2 / 2)  # linear interpolation's error on a cell
+    area = sum(0.5 * abs(np.dot(p[:, 0], np.roll(p[:, 1], 1)) - np.dot(p[:, 1], np.roll(p[:, 0], 1))) for p in polygons)
+    fine = np.linspace(-1, 1, 2001)  # the part of the grid's square where the bowl is below the cap, counted finely
+    below = bowl_loss(*np.meshgrid(fine, fine)) <= cap
+    assert area == pytest.approx(below.mean() * 4.0, rel=0.01)
+
+
+def test_3d_surface_of_a_partial_file_leaves_undone_cells_out(tmp_path):
+    from llmpi.plot.static import _cut_surface
+
+    n = 11
+    land = Landscape.read(bowl_file(tmp_path / "p.h5", n=n, done=partial_done(n, 4)))
+    X, Y = np.meshgrid(land.x, land.y)
+    polygons = _cut_surface(X, Y, land.values("train_loss"), 0.0, 100.0)
+    assert len(polygons) == 3 * (n - 1)  # the cells between the 4 computed rows, nothing with an undone corner
+    assert all(np.isfinite(p).all() for p in polygons)

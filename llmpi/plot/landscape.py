@@ -22,6 +22,7 @@ of the spectrum's ends. ``eig_converged`` and ``eig_residual`` themselves are dr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +187,22 @@ class Landscape:
         return self.path.stem
 
     @property
+    def name(self) -> str:
+        """What titles call the landscape: the job's name (files from the paper's code have none: the file's)."""
+        name = self.job.get("name")
+        return str(name) if name else self.label
+
+    @property
+    def network(self) -> str | None:
+        """The architecture's name for a title, None for a network built by a factory (its import path says
+        nothing two different networks would not share)."""
+        arch = self.surface.attrs.get("arch")
+        factory = (self.job.get("model") or {}).get("factory") if isinstance(self.job.get("model"), dict) else None
+        if not arch or factory or ":" in str(arch):
+            return None
+        return str(arch)
+
+    @property
     def ndim(self) -> int:
         return 1 if self.surface.y is None else 2
 
@@ -293,8 +310,9 @@ class Landscape:
         return [Path(str(model[k])).stem if model.get(k) else f"θ{i + 1}" for i, k in enumerate(keys)]
 
     def title(self, name: str | None = None) -> str:
-        """One line for a figure: architecture, value, data, and how much of the grid is computed."""
-        parts = [str(self.surface.attrs.get("arch") or self.label)]
+        """One line for a figure: the job's name (and its architecture), value, data, how much is computed."""
+        network = self.network
+        parts = [self.name if network in (None, self.name) else f"{self.name} ({network})"]
         if name:
             parts.append(pretty(name))
         if self.synthetic:
@@ -364,6 +382,20 @@ class Landscape:
                 where = _columns(low, self.ndim)
                 marks.append(Overlay(f"lowest {pretty(name)} on the grid", *where, "point", "X", "#000000", "lowest"))
         return marks
+
+
+def names_of(lands: Sequence[Landscape], limit: int | None = None) -> str:
+    """'a vs b', 'a, b and c', 'a, b and 3 more' (at most ``limit`` names, at least one): the landscapes of one
+    figure by name -- their file names where two jobs share a name (one job swept twice with --set output=...)."""
+    names = [land.name for land in lands]
+    if len(set(names)) < len(names):
+        names = [land.label for land in lands]
+    shown = len(names) if limit is None else max(1, limit)
+    if shown < len(names):
+        return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+    if len(names) == 2:
+        return f"{names[0]} vs {names[1]}"
+    return f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
 
 
 def _columns(point: tuple[float, ...], ndim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,8 @@ Each ``figure_*`` returns the Figure (tests look inside it), :func:`save` writes
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,9 +20,11 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no display, no window, whatever MPLBACKEND says
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
 from ..errors import JobError
 from .landscape import (
@@ -30,6 +34,7 @@ from .landscape import (
     Landscape,
     Levels,
     Scale,
+    names_of,
     pretty,
     quantity,
     with_unit,
@@ -141,23 +146,32 @@ def _frame(ax, land: Landscape) -> None:
 
 
 def figure_surface(land: Landscape, name: str, scale: Scale) -> Figure:
-    """The 3D surface of ``name``: heights clipped to the scale's range (and log10 with --log), undone points blank."""
+    """The 3D surface of ``name`` between the scale's range (log10 heights with --log): cut cleanly where it leaves
+    the range -- a level edge at the cap rather than plateaus of clipped points -- and blank where undone."""
     raw = land.values(name)
     lv = scale.resolve(name, raw)
     if lv.log:
         raw = np.where(raw > 0, raw, np.nan)
-    z = lv.transform(raw)
+    z = lv.transform(raw)  # clipped: the heights marks sit at
     fig = plt.figure(figsize=(7.0, 5.6))
     fig.subplots_adjust(left=0.0, right=0.98, bottom=0.02, top=0.92)
     ax = fig.add_subplot(projection="3d", computed_zorder=False)  # marks stay in front
     X, Y = np.meshgrid(land.x, land.y)
     top = lv.transform(np.array([lv.lo, lv.hi]))
     if np.isfinite(z).any():
-        surf = ax.plot_surface(
-            X, Y, np.ma.masked_invalid(z), cmap=CMAP, norm=Normalize(*top), rstride=1, cstride=1,
-            linewidth=0, antialiased=False, rasterized=True,
-        )  # fmt: skip
-        fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.1, label=("log10 " if lv.log else "") + with_unit(name))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            heights = np.log10(raw) if lv.log else raw
+        polygons = _cut_surface(X, Y, heights, float(top[0]), float(top[1]))
+        norm = Normalize(*top)
+        colours = plt.get_cmap(CMAP)(norm([p[:, 2].mean() for p in polygons]))
+        # One vertex count for all (the last vertex repeated): mplot3d pads polygons of mixed sizes itself, and its
+        # data limits then read the padding.
+        most = max((len(p) for p in polygons), default=3)
+        even = [np.concatenate([p, np.repeat(p[-1:], most - len(p), axis=0)]) for p in polygons]
+        surface = Poly3DCollection(even, facecolors=colours, linewidths=0, antialiased=False, rasterized=True)
+        ax.add_collection3d(surface)
+        label = ("log10 " if lv.log else "") + with_unit(name)
+        fig.colorbar(ScalarMappable(norm, CMAP), ax=ax, shrink=0.6, pad=0.1, label=label)
     for mark in land.overlays(name):
         if mark.kind == "path":  # drawn on the surface: each point at the height of its nearest grid point
             hz = [_height(land, z, float(a), float(b)) for a, b in zip(mark.x, mark.y)]
@@ -180,6 +194,47 @@ def figure_surface(land: Landscape, name: str, scale: Scale) -> Figure:
         ax.legend(loc="upper left", fontsize=7)
     _titles(ax, land, name)
     return fig
+
+
+def _cut_surface(X: np.ndarray, Y: np.ndarray, Z: np.ndarray, lo: float, hi: float) -> list[np.ndarray]:
+    """The grid's cells as (k, 3) polygons, cut at the planes z = lo and z = hi.
+
+    Cells whose four corners lie within [lo, hi] stay quads (as plot_surface draws them); a cell crossing a plane
+    is split into two triangles, each cut along the plane (the new vertices on it, by linear interpolation along
+    the edges), so the surface ends in a level edge; cells wholly outside, or with a corner not computed, are
+    left out.
+    """
+    corners = np.stack(
+        [np.stack([A[:-1, :-1], A[:-1, 1:], A[1:, 1:], A[1:, :-1]], axis=-1) for A in (X, Y, Z)], axis=-1
+    )  # (ny-1, nx-1, 4 corners, xyz)
+    z = corners[..., 2]
+    computed = np.isfinite(z).all(-1)
+    inside = computed & (z >= lo).all(-1) & (z <= hi).all(-1)
+    polygons = list(corners[inside])
+    for j, i in zip(*np.nonzero(computed & ~inside)):
+        quad = corners[j, i]
+        for triangle in (quad[[0, 1, 2]], quad[[0, 2, 3]]):
+            piece = _keep_below(triangle, hi, 1.0)
+            piece = _keep_below(piece, -lo, -1.0) if len(piece) else piece
+            if len(piece) >= 3:
+                polygons.append(piece)
+    return polygons
+
+
+def _keep_below(polygon: np.ndarray, level: float, sign: float) -> np.ndarray:
+    """The part of a convex polygon where sign·z <= level (one step of Sutherland-Hodgman clipping)."""
+    kept = []
+    h = sign * polygon[:, 2]
+    for k in range(len(polygon)):
+        a, b = polygon[k], polygon[(k + 1) % len(polygon)]
+        ha, hb = h[k], h[(k + 1) % len(polygon)]
+        if ha <= level:
+            kept.append(a)
+        if (ha <= level) != (hb <= level):  # the edge crosses the plane: add the crossing point, exactly on it
+            point = a + (b - a) * ((level - ha) / (hb - ha))
+            point[2] = sign * level
+            kept.append(point)
+    return np.array(kept).reshape(-1, 3)
 
 
 def _height(land: Landscape, z: np.ndarray, a: float, b: float) -> float | None:
@@ -244,13 +299,45 @@ def figure_1d(lands: Sequence[Landscape], names: Sequence[str] | None, scale: Sc
         acc_ax.tick_params(axis="y", colors="C3")
     h1, l1 = loss_ax.get_legend_handles_labels()
     h2, l2 = acc_ax.get_legend_handles_labels()
-    fig.legend(h1 + h2, l1 + l2, loc="lower center", fontsize=7, ncol=4 if several else 5, frameon=False)
+    _legend_below(fig, h1 + h2, l1 + l2, 4 if several else 5)
     if several:
         synthetic = " — SYNTHETIC data" if any(land.synthetic for land in lands) else ""
-        fig.suptitle(f"{len(lands)} landscapes{synthetic}", fontsize=10)
+        _overlay_title(fig, lands, synthetic)
     else:
         _titles(loss_ax, lands[0], None)
     return fig
+
+
+# The 1D figures' vertical layout in inches: title, plot, tick labels and axis label under it, then the legend.
+TOP_IN, PLOT_IN, XLABEL_IN, PAD_IN = 0.5, 2.9, 0.6, 0.1
+
+
+def _overlay_title(fig: Figure, lands: Sequence[Landscape], suffix: str) -> None:
+    """The title of a figure of several landscapes: their names, as many as fit the figure's width on two lines."""
+    renderer = fig.canvas.get_renderer()
+    for shown in range(len(lands), 0, -1):
+        text = f"{names_of(lands, shown)}{suffix}"
+        for lines in (text, "\n".join(textwrap.wrap(text, math.ceil(len(text) / 2) + 8))):
+            title = fig.suptitle(lines, fontsize=10)
+            if lines.count("\n") <= 1 and title.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+                return
+
+
+def _legend_below(fig: Figure, handles: list, labels: list[str], columns: int) -> None:
+    """The legend under the plot and inside the figure, however many and however long its entries: fewer
+    columns until it fits the width, and the figure as tall as the plot plus the legend's rows."""
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(max(1, min(columns, len(labels))), 0, -1):
+        legend = fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), fontsize=7, ncol=ncol,
+                            frameon=False)  # fmt: skip
+        box = legend.get_window_extent(renderer)
+        if box.width <= 0.98 * fig.bbox.width or ncol == 1:
+            break
+        legend.remove()
+    below = XLABEL_IN + box.height / fig.dpi + PAD_IN
+    height = TOP_IN + PLOT_IN + below
+    fig.set_size_inches(fig.get_figwidth(), height)
+    fig.subplots_adjust(top=1 - TOP_IN / height, bottom=below / height)
 
 
 def _mark_models(ax, lands: Sequence[Landscape]) -> None:
@@ -305,9 +392,9 @@ def figure_1d_eig(lands: Sequence[Landscape], scale: Scale) -> Figure:
     eig_ax.set_ylabel("Hessian eigenvalue")
     h1, l1 = ratio_ax.get_legend_handles_labels()
     h2, l2 = eig_ax.get_legend_handles_labels()
-    fig.legend(h1 + h2, l1 + l2, loc="lower center", fontsize=7, ncol=3, frameon=False)
+    _legend_below(fig, h1 + h2, l1 + l2, 3)
     if several:
-        fig.suptitle(f"{len(lands)} landscapes: Hessian eigen-ratio", fontsize=10)
+        _overlay_title(fig, lands, ": Hessian eigen-ratio")
     else:
         _titles(ratio_ax, lands[0], "eig_ratio")
     return fig

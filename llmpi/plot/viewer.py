@@ -33,11 +33,12 @@ CAMERA = {
 
 
 def plotly_js() -> str:
-    """The plotly.js bundle shipped inside the plotly Python package (so the page needs no network)."""
+    """The plotly.js bundle of the plotly Python package, through its public API (so the page needs no network)."""
     try:
-        return resources.files("plotly").joinpath("package_data", "plotly.min.js").read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError) as e:
+        from plotly.offline import get_plotlyjs
+    except ImportError as e:
         raise JobError(f"the HTML viewer needs the plotly package ({e}); pip install plotly") from None
+    return get_plotlyjs()
 
 
 def _nulls(a: np.ndarray) -> list:
