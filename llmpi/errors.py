@@ -20,3 +20,7 @@ class CheckpointError(JobError):
 
 class StoreError(JobError):
     """The surface file cannot be used for this job (another job's file, not HDF5, locked, not writable)."""
+
+
+class MpiError(JobError):
+    """The MPI library cannot run a sweep as it is set up (it grants too low a thread level)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 import traceback
@@ -144,12 +143,13 @@ class Plan:
     todo_points: int
 
 
-def setup_rank(job: Any, local_rank: int, local_size: int, faults: Any) -> RankSetup:
+def setup_rank(job: Any, bound: Any, faults: Any) -> RankSetup:
+    """``bound``: this rank's GPU and threads (``placement.bind``)."""
     from . import checkpoint, data, losses, runtime
 
     faults.at_setup()
-    device = runtime.pick_device(job.runtime.device, local_rank)
-    threads = runtime.pick_threads(job.runtime.threads, local_size)
+    device = runtime.pick_device(job.runtime.device, bound.gpu)
+    threads = bound.threads
     runtime.configure(device, threads)
     splits = {split: data.load_samples(job.data, split) for split in job.splits}
     samples = splits[job.splits[0]]
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mpi4py import MPI
 
-    from . import config, protocol
+    from . import config, placement, protocol, runtime
     from .faults import Faults
     from .grid import Grid
 
@@ -373,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     faults = Faults.from_env(rank)
     store = None
     try:
+        # a library without thread support is refused here, not found out by a hang in the sweep
+        thread_level = collective(comm, protocol.thread_level, args.debug)
         job = comm.bcast(
             collective(comm, lambda: config.load_job(args.job, args.overrides) if rank == 0 else None, args.debug)
         )
@@ -385,9 +387,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{size} ranks for a grid of {grid.size} points: use at most {grid.size} ranks "
                 f"(mpirun -n {grid.size}) or a finer grid",
             )
+        # which GPU and how many threads: decided from what every rank of the node sees (llmpi.placement)
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        r = collective(comm, lambda: setup_rank(job, local.Get_rank(), local.Get_size(), faults), args.debug)
-        places = comm.gather((socket.gethostname(), str(r.device), os.getpid()))
+        seen = collective(comm, lambda: runtime.look(job.runtime.device), args.debug)
+        bound = placement.bind(
+            local.allgather(seen), local.Get_rank(), job.runtime.threads, job.runtime.device != "cpu"
+        )
+        r = collective(comm, lambda: setup_rank(job, bound, faults), args.debug)
+        places = comm.gather(bound.place(rank, str(r.device), r.threads, os.getpid()))
 
         def rank0_store() -> Plan | None:
             nonlocal store, todo
@@ -430,8 +437,16 @@ def main(argv: list[str] | None = None) -> int:
             + f", {job.runtime.precision}{', compiled' if job.runtime.compile else ''} -> {job.output}",
             flush=True,
         )
+        print("\n".join(placement.describe(places)), flush=True)
+        for warning in placement.warnings(places):
+            print(f"llmpi: warning: {warning}", file=sys.stderr, flush=True)
         if described:
             print(f"llmpi: tuned on rank 0: {described}", flush=True)
+        if thread_level != "MPI_THREAD_MULTIPLE":
+            print(
+                f"llmpi: {protocol.library()} granted {thread_level}: rank 0's two threads take turns on MPI",
+                flush=True,
+            )
         if values.hessian is not None:
             h = job.hessian
             print(
@@ -505,14 +520,15 @@ class RunLog:
         self.last_json = time.monotonic()
         rate = self.rate
         per_rank = []
-        for i, (host, device, pid) in enumerate(self.places):
+        for i, place in enumerate(self.places):
             s = outcome.stats.get(i, {}) if outcome is not None else {}
             per_rank.append(
                 {
                     "rank": i,
-                    "host": host,
-                    "device": device,
-                    "pid": pid,
+                    "host": place.host,
+                    "device": place.device,
+                    "gpu": place.gpu_id,
+                    "pid": place.pid,
                     "blocks": s.get("blocks", 0),
                     "points": s.get("points", 0),
                     "seconds": round(s.get("seconds", 0.0), 3),

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import MPIRUN, REPO, job_dict, run_cli, write_job
+from conftest import REPO, job_dict, mpirun, run_cli, write_job
 from faultkit import arrays, env, kill_tree, rank_pids, resume, run_and_kill
 
 from llmpi.store import read_run_info, read_surface
@@ -63,7 +63,7 @@ def test_kill_9_anywhere_then_rerun_finishes_bitwise_equal(fixture_data, referen
 
 def start(job, extra_env=None, ranks=3):
     return subprocess.Popen(
-        [MPIRUN, "-n", str(ranks), sys.executable, "-m", "llmpi.sweep", str(job)],
+        [*mpirun(ranks), sys.executable, "-m", "llmpi.sweep", str(job)],
         cwd=REPO,
         env=env(extra_env),
         stdout=subprocess.PIPE,
@@ -106,7 +106,8 @@ def test_signal_to_any_rank_stops_within_10_s_with_75_and_resumes(fixture_data, 
     assert 4 <= done < 30
     info = read_run_info(out)
     assert info["state"] == "interrupted" and signame in info["reason"]
-    assert resume(job).returncode == 0
+    resumed = resume(job)
+    assert resumed.returncode == 0, resumed.stderr
     assert check_against(reference, out, complete=True) == 30
 
 

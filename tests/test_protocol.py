@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from conftest import MPIRUN, REPO
+from conftest import REPO, launch_env, mpirun
 
 pytestmark = pytest.mark.mpi
 
@@ -17,7 +17,7 @@ DRIVER = str(REPO / "tests" / "protocol_driver.py")
 def drive(ranks, *args, timeout=60):
     import subprocess
 
-    cmd = [MPIRUN, "-n", str(ranks), sys.executable, DRIVER, *map(str, args)]
+    cmd = [*mpirun(ranks), sys.executable, DRIVER, *map(str, args)]
     try:
         out = subprocess.run(
             cmd,
@@ -25,7 +25,7 @@ def drive(ranks, *args, timeout=60):
             text=True,
             timeout=timeout,
             cwd=REPO,
-            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+            env=launch_env(),
         )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"deadlock: {' '.join(cmd)} did not finish in {timeout} s\n{e.stderr}")

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import MPIRUN, REPO, brute_force, job_dict, run_cli, write_job
+from conftest import REPO, brute_force, job_dict, launch_env, mpirun, run_cli, write_job
 
 from llmpi import checkpoint
 from llmpi.store import read_directions, read_surface
@@ -96,11 +96,10 @@ def test_another_job_on_the_same_file_is_refused_and_the_file_untouched(three_ra
 def test_interrupted_sweep_exits_75_quickly_and_resumes_to_the_same_bits(fixture_data, tmp_path):
     job = job_dict(fixture_data, tmp_path / "cut.h5", grid={"x": [-1.0, 1.0, 7], "y": [-1.0, 1.0, 6], "block": 3})
     path = write_job(tmp_path / "job.yaml", job)
-    env = {"LLMPI_FAULT": "slow:seconds=0.2", "PYTHONPATH": str(REPO), "LLMPI_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [MPIRUN, "-n", "3", sys.executable, "-m", "llmpi.sweep", str(path)],
+        [*mpirun(3), sys.executable, "-m", "llmpi.sweep", str(path)],
         cwd=REPO,
-        env={**__import__("os").environ, **env},
+        env=launch_env({"LLMPI_FAULT": "slow:seconds=0.2"}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
