@@ -14,7 +14,14 @@ Open MPI's differences, found by running it here (a container, as root, two core
   refuses more ranks than cores without the ``:oversubscribe`` mapping modifier. Both are set through the
   environment rather than as options, so an mpirun started by the program under test (the benchmark's stress run)
   gets them too;
-- each rank's world rank is in ``OMPI_COMM_WORLD_RANK`` (MPICH's Hydra: ``PMI_RANK``).
+- each rank's world rank is in ``OMPI_COMM_WORLD_RANK`` (MPICH's Hydra: ``PMI_RANK``);
+- SIGTERM or SIGINT to Open MPI's mpirun is not passed on: it sends every rank SIGCONT, SIGTERM 0.25 s later and
+  SIGKILL 0.25 s after that (no setting changes the delay), and exits 1; a sweep stopped so loses its blocks in
+  flight, as with kill -9. SIGUSR1 (and SIGUSR2) it forwards, and then exits with the ranks' 75. MPICH's mpirun
+  forwards all three and waits;
+- a rank killed by SIGKILL: Open MPI's mpirun kills the others at once and exits 137; MPICH's exits 9;
+- MPICH's ``mpiexec -launcher fork -hosts a:2,b:2`` runs two "nodes" on this one machine (MPI's node split then
+  finds two); Open MPI has no such launcher, so ``nodes()`` is None for it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,11 +79,31 @@ _LAUNCHER_ENV = {
 }[FLAVOUR]
 
 RANK_VARIABLE = {"mpich": b"PMI_RANK=", "openmpi": b"OMPI_COMM_WORLD_RANK="}[FLAVOUR]
+LIBRARY = {"mpich": "MPICH Version", "openmpi": "Open MPI v"}[FLAVOUR]  # how MPI_Get_library_version begins
+
+# What mpirun does with a signal sent to it: passes it on to every rank, or kills the ranks.
+MPIRUN_ON_SIGNAL = {
+    "mpich": {"SIGTERM": "forwards", "SIGINT": "forwards", "SIGUSR1": "forwards"},
+    "openmpi": {"SIGTERM": "kills", "SIGINT": "kills", "SIGUSR1": "forwards"},
+}[FLAVOUR]
+# The signal that stops a sweep cleanly when sent to mpirun itself (SIGTERM where mpirun passes it on).
+GRACEFUL = next(s for s in ("SIGTERM", "SIGUSR1") if MPIRUN_ON_SIGNAL[s] == "forwards")
 
 
 def mpirun(ranks: int) -> list[str]:
     """The launcher's command line for ``ranks`` ranks on this machine (oversubscribed: CI has two cores)."""
     return [MPIRUN, "-n", str(ranks)]
+
+
+def nodes(per_node: Sequence[int]) -> list[str] | None:
+    """The launcher's command line for ranks spread over several simulated nodes of this one machine (so many
+    ranks on each), or None where this MPI cannot pretend."""
+    if FLAVOUR != "mpich":
+        return None
+    names = ("localhost", "127.0.0.1")[: len(per_node)]  # two names for this machine: Hydra's two "nodes"
+    assert len(names) == len(per_node), "two simulated nodes at most"
+    hosts = ",".join(f"{name}:{n}" for name, n in zip(names, per_node))
+    return [MPIRUN, "-launcher", "fork", "-hosts", hosts, "-n", str(sum(per_node))]
 
 
 def env(extra: dict | None = None) -> dict:
