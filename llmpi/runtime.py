@@ -22,8 +22,8 @@ from .errors import JobError
 
 def gpu_identities() -> tuple[str, ...]:
     """The GPUs torch sees, in its index order, by UUID (``GPU-...``, as nvidia-smi writes it): the same physical
-    GPU has the same name in every process, whatever CUDA_VISIBLE_DEVICES renumbered. Reading the properties
-    creates no CUDA context. A torch without ``uuid`` falls back to the index, which only this process understands.
+    GPU has the same name in every process, whatever CUDA_VISIBLE_DEVICES renumbered. A torch without ``uuid``
+    falls back to the index, which only this process understands.
     """
     ids = []
     for i in range(torch.cuda.device_count()):
