@@ -23,4 +23,4 @@ class StoreError(JobError):
 
 
 class MpiError(JobError):
-    """The MPI library cannot run a sweep as it is set up (it grants too low a thread level)."""
+    """MPI cannot run a sweep as it is set up: too low a thread level, or an MPI that is not the launcher's."""

@@ -5,6 +5,8 @@
     bound = placement.bind(node, local.Get_rank(), job.runtime.threads)   # bound.gpu -> runtime.pick_device
     places = comm.gather(bound.place(rank, str(device), threads, os.getpid()))   # rank 0: describe, warnings
 
+Also ``check_launch``: a launcher that started N processes which MPI counts otherwise (each "rank 0 of 1").
+
 No MPI and no torch here: the sweep gathers, ``runtime`` asks torch and the OS, and everything that decides is a
 function of plain data, tested with every case faked (tests/test_placement.py). The launcher's variables
 (``SLURM_*``, ``OMPI_*``, MPICH's ``MPI_LOCALRANKID``, ``CUDA_VISIBLE_DEVICES``) are read in ``look`` alone.
@@ -34,6 +36,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .errors import MpiError
+
 # The launcher's own node-local rank, most specific first: an mpirun started inside a SLURM allocation launches
 # its daemons with srun, so its ranks inherit SLURM_LOCALID of the daemon (0 on every node) as well.
 LOCAL_RANK_VARIABLES = (
@@ -42,6 +46,51 @@ LOCAL_RANK_VARIABLES = (
     ("PALS_LOCAL_RANKID", "Cray's PALS"),
     ("SLURM_LOCALID", "srun"),
 )
+
+
+# How many ranks the launcher started, by the same launchers in the same order. A batch script's own process has
+# SLURM_NTASKS but no step: only a step's task count says what srun started.
+SIZE_VARIABLES = (
+    ("OMPI_COMM_WORLD_SIZE", "Open MPI's mpirun"),
+    ("PMI_SIZE", "MPICH's mpirun"),
+    ("PALS_SIZE", "Cray's PALS"),
+    ("SLURM_STEP_NUM_TASKS", "srun"),
+)
+
+
+def check_launch(environ: Mapping[str, str], size: int, library: str) -> None:
+    """MpiError where MPI and the launcher disagree on the number of ranks (``launch_mismatch``)."""
+    mismatch = launch_mismatch(environ, size, library)
+    if mismatch is not None:
+        raise MpiError(mismatch)
+
+
+def launch_mismatch(environ: Mapping[str, str], size: int, library: str) -> str | None:
+    """What is wrong when MPI counts ``size`` ranks but the launcher started another number, else None.
+
+    The usual cause: an mpi4py whose MPI does not speak the launcher's process manager, so that every process
+    starts alone as "rank 0 of 1" (Open MPI 5 under ``srun --mpi=pmi2``; PyPI's MPICH under another MPI's
+    mpirun), and N copies of the sweep would fight over one file.
+    """
+    for name, who in SIZE_VARIABLES:
+        value = environ.get(name, "").strip()
+        if not value.isdigit():
+            continue
+        started = int(value)
+        if started == size:
+            return None
+        fix = (
+            "give srun the --mpi plugin this MPI needs (Open MPI 5: --mpi=pmix; MPICH: --mpi=pmi2; `srun --mpi=list` "
+            "shows what your SLURM has), or start the ranks with this MPI's own mpirun"
+            if who == "srun"
+            else "start the ranks with the mpirun of the MPI that mpi4py loaded (python -m mpi4py --mpi-library), or "
+            "rebuild mpi4py against this mpirun's MPI: pip install --no-cache-dir --no-binary=mpi4py mpi4py"
+        )
+        return (
+            f"{who} started {started} processes ({name}={started}), but MPI ({library}) sees {size} rank(s) in "
+            f"this job: mpi4py's MPI and the launcher do not belong together; {fix}"
+        )
+    return None
 
 
 @dataclass(frozen=True)

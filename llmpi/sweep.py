@@ -375,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # a library without thread support is refused here, not found out by a hang in the sweep
         thread_level = collective(comm, protocol.thread_level, args.debug)
+        # every process alone as "rank 0 of 1" (an MPI that does not speak the launcher's language) is refused
+        collective(comm, lambda: placement.check_launch(os.environ, size, protocol.library()), args.debug)
         job = comm.bcast(
             collective(comm, lambda: config.load_job(args.job, args.overrides) if rank == 0 else None, args.debug)
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from llmpi import placement
+from llmpi.errors import MpiError
 from llmpi.placement import Seen, bind, look
 
 
@@ -193,3 +194,34 @@ def test_seen_is_plain_data_that_mpi_can_pickle():
 
     seen = node_of(1, uuids("a", 1))[0]
     assert pickle.loads(pickle.dumps(seen)) == seen and isinstance(seen, Seen)
+
+
+@pytest.mark.parametrize(
+    ("environ", "size", "who"),
+    [
+        ({"SLURM_STEP_ID": "3", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4"}, 1, "srun started 4"),
+        ({"OMPI_COMM_WORLD_SIZE": "3"}, 1, "Open MPI's mpirun started 3"),
+        ({"PMI_SIZE": "8", "SLURM_STEP_NUM_TASKS": "2"}, 1, "MPICH's mpirun started 8"),  # mpirun inside srun's step
+    ],
+)
+def test_a_launcher_whose_ranks_mpi_does_not_count_is_refused(environ, size, who):
+    """Open MPI 5 under srun --mpi=pmi2 (seen on SLURM 22.05): every process is "rank 0 of 1"."""
+    message = placement.launch_mismatch(environ, size, "Open MPI v5.0.11")
+    assert message is not None and message.startswith(who) and "Open MPI v5.0.11" in message
+    assert ("--mpi=pmix" in message) == who.startswith("srun")
+    with pytest.raises(MpiError, match="do not belong together"):
+        placement.check_launch(environ, size, "x")
+
+
+@pytest.mark.parametrize(
+    ("environ", "size"),
+    [
+        ({"SLURM_STEP_NUM_TASKS": "4"}, 4),
+        ({"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7"}, 1),  # a batch script's own process: no step, no launcher
+        ({"OMPI_COMM_WORLD_SIZE": "2", "SLURM_STEP_NUM_TASKS": "1"}, 2),  # mpirun's ranks inherit its daemon's step
+        ({}, 1),
+    ],
+)
+def test_a_launcher_and_mpi_that_agree_pass(environ, size):
+    assert placement.launch_mismatch(environ, size, "MPICH") is None
+    placement.check_launch(environ, size, "MPICH")

@@ -615,7 +615,7 @@ def test_a_script_rendered_for_two_nodes_runs_a_rank_on_each_node(two_nodes, swe
     render_cmd += ["--output", str(log), "-o", str(script)]
     rendered = subprocess.run(render_cmd, timeout=60, capture_output=True, text=True)
     assert rendered.returncode == 0, rendered.stderr
-    job = two_nodes.sbatch(script, cwd=tmp_path)
+    job = two_nodes.sbatch(script, cwd=tmp_path, env={"PYTHONPATH": str(REPO)})  # this checkout's llmpi
     info = two_nodes.wait(job, lambda j: j["JobState"] in FINISHED, 240, "end")
     text = log.read_text()
     assert info["JobState"] == "COMPLETED", f"{info}\n{text}\n{two_nodes.diagnostics()}"

@@ -94,6 +94,16 @@ def test_mpi_thread_funneled_is_refused_at_start_naming_the_library(fixture_data
     assert result.stderr.count("llmpi: error") == 1 and not (tmp_path / "s.h5").exists()
 
 
+def test_processes_the_launcher_started_alone_each_are_refused(fixture_data, tmp_path):
+    """srun started 4 tasks but MPI sees one rank (what Open MPI 5 under srun --mpi=pmi2 does to each): refused at
+    start, rather than 4 sweeps fighting over one file."""
+    job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "s.h5"))
+    result = run_cli("llmpi.sweep", str(job), env={"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4"}, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "srun started 4 processes" in result.stderr and "sees 1 rank(s)" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "s.h5").exists()
+
+
 def test_rerun_of_a_complete_job_computes_nothing(three_ranks):
     d, job, _ = three_ranks
     before = read_surface(d / "three.h5")
