@@ -21,7 +21,9 @@ Open MPI's differences, found by running it here (a container, as root, two core
   forwards all three and waits;
 - a rank killed by SIGKILL: Open MPI's mpirun kills the others at once and exits 137; MPICH's exits 9;
 - MPICH's ``mpiexec -launcher fork -hosts a:2,b:2`` runs two "nodes" on this one machine (MPI's node split then
-  finds two); Open MPI has no such launcher, so ``nodes()`` is None for it.
+  finds two); Open MPI has no such launcher, so ``nodes()`` is None for it;
+- under srun, PyPI's MPICH speaks ``--mpi=pmi2``, Open MPI 5 only ``--mpi=pmix`` (with pmi2 each of its ranks
+  starts alone, "rank 0 of 1").
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ _LAUNCHER_ENV = {
 
 RANK_VARIABLE = {"mpich": b"PMI_RANK=", "openmpi": b"OMPI_COMM_WORLD_RANK="}[FLAVOUR]
 LIBRARY = {"mpich": "MPICH Version", "openmpi": "Open MPI v"}[FLAVOUR]  # how MPI_Get_library_version begins
+SRUN_MPI = {"mpich": "pmi2", "openmpi": "pmix"}[FLAVOUR]  # the srun --mpi plugin this MPI speaks
 
 # What mpirun does with a signal sent to it: passes it on to every rank, or kills the ranks.
 MPIRUN_ON_SIGNAL = {

@@ -19,6 +19,7 @@ MPI's node split, fed by SLURM's PMI, finds two nodes. Every node describes the 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -62,6 +63,9 @@ SelectTypeParameters=CR_Core
 SchedulerType=sched/builtin
 SchedulerParameters=sched_interval=2
 JobRequeue=1
+# Job ids from a random start, not 1: MPICH names its shared memory after the job and step ids, so two clusters on
+# one machine (this session's two, or another test run's) would otherwise hand their ranks each other's segments.
+FirstJobId={first_job}
 MpiDefault=none
 ReturnToService=2
 MailProg=/bin/true
@@ -191,6 +195,7 @@ class SlurmCluster:
                 nodes="\n".join(lines),
                 names=",".join(names),
                 per_node=per_node,
+                first_job=random.randint(1_000, 60_000_000),
                 ctld_port=_free_port(),
                 slurmd_port=_free_port(),
             )

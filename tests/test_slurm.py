@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mpilaunch import SRUN_MPI
 from slurm_cluster import FINISHED, SlurmCluster, Unavailable
 
 from llmpi import slurm
@@ -622,4 +623,30 @@ def test_a_script_rendered_for_two_nodes_runs_a_rank_on_each_node(two_nodes, swe
     assert "on n[1-2]" in text
     ranks = sorted(line for line in text.splitlines() if line.startswith("llmpi: rank "))
     assert len(ranks) == 2 and all("(local 0 of 1, srun): cpu, 1 thread" in line for line in ranks), text
+    sweep_case.assert_equal_to_reference(tmp_path / "surface.h5")
+
+
+@pytest.mark.slurm
+@pytest.mark.mpi
+def test_the_sweep_under_srun_with_this_mpis_plugin(cluster, sweep_case, tmp_path):
+    """A script rendered with the --mpi plugin of the MPI under test (pmi2 for MPICH, pmix for Open MPI 5; make
+    test-openmpi runs this one too): two ranks on one node, srun's, bitwise the one-rank run."""
+    probe = subprocess.run(
+        ["srun", f"--mpi={SRUN_MPI}", "-n1", "true"], capture_output=True, text=True, env=cluster.env, timeout=60
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"this SLURM cannot start --mpi={SRUN_MPI} steps: {probe.stderr.strip()[-300:]}")
+    sweep_case.job(tmp_path)
+    script, log = tmp_path / "plugin.sbatch", tmp_path / "slurm.log"
+    render_cmd = [sys.executable, "-m", "llmpi.slurm", "job.yaml", "--chdir", str(tmp_path), "--mpi", SRUN_MPI]
+    render_cmd += ["--gpus-per-node", "0", "--tasks-per-node", "2", "--time", "10", "--python", sys.executable]
+    render_cmd += ["--output", str(log), "-o", str(script)]
+    rendered = subprocess.run(render_cmd, timeout=60, capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    job = cluster.sbatch(script, cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
+    info = cluster.wait(job, lambda j: j["JobState"] in FINISHED, 240, "end")
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED", f"{info}\n{text}\n{cluster.diagnostics()}"
+    ranks = sorted(line for line in text.splitlines() if line.startswith("llmpi: rank "))
+    assert [line.split(" (")[1].split(")")[0] for line in ranks] == ["local 0 of 2, srun", "local 1 of 2, srun"], text
     sweep_case.assert_equal_to_reference(tmp_path / "surface.h5")
