@@ -9,7 +9,8 @@ Also ``check_launch``: a launcher that started N processes which MPI counts othe
 
 No MPI and no torch here: the sweep gathers, ``runtime`` asks torch and the OS, and everything that decides is a
 function of plain data, tested with every case faked (tests/test_placement.py). The launcher's variables
-(``SLURM_*``, ``OMPI_*``, MPICH's ``MPI_LOCALRANKID``, ``CUDA_VISIBLE_DEVICES``) are read in ``look`` alone.
+(``SLURM_*``, ``OMPI_*``, MPICH's ``MPI_LOCALRANKID`` and ``PMI_SIZE``, ``CUDA_VISIBLE_DEVICES``) are read here
+alone, in ``look`` and ``launch_mismatch``.
 
 The rule, for the cases users meet:
 
@@ -131,6 +132,7 @@ class Place:
     gpu_id: str | None  # the GPU's UUID (or other identity), None on a CPU
     threads: int
     pid: int
+    visible: str | None = None  # CUDA_VISIBLE_DEVICES where the launcher set it (shown with the GPU)
     warnings: tuple[str, ...] = ()  # about the whole node; every rank of the node carries the same
 
 
@@ -145,11 +147,12 @@ class Binding:
     gpu: int | None  # index into the GPUs this rank sees (torch's cuda:<gpu>); None: no GPU to use
     gpu_id: str | None
     threads: int
+    visible: str | None = None
     warnings: tuple[str, ...] = field(default=())
 
     def place(self, rank: int, device: str, threads: int, pid: int) -> Place:
         """The gathered record of this rank, once its device and thread count are set."""
-        gpu_id = self.gpu_id if device.startswith("cuda") else None
+        on_gpu = device.startswith("cuda")
         return Place(
             rank,
             self.host,
@@ -157,9 +160,10 @@ class Binding:
             self.local_size,
             self.launcher,
             device,
-            gpu_id,
+            self.gpu_id if on_gpu else None,
             threads,
             pid,
+            self.visible if on_gpu else None,
             self.warnings,
         )
 
@@ -244,6 +248,7 @@ def bind(node: Sequence[Seen], me: int, threads: int | str = "auto", use_gpu: bo
         gpu=k,
         gpu_id=seen.gpus[k] if k is not None else None,
         threads=threads if isinstance(threads, int) else auto_threads(node, me),
+        visible=seen.visible,
         warnings=node_warnings(node, choice),
     )
 
@@ -261,6 +266,8 @@ def describe(places: Sequence[Place]) -> list[str]:
     lines = []
     for p in sorted(places, key=lambda p: p.rank):
         device = p.device if p.gpu_id is None else f"{p.device} {p.gpu_id}"
+        if p.visible is not None:
+            device += f" (CUDA_VISIBLE_DEVICES={p.visible})"
         lines.append(
             f"llmpi: rank {p.rank} on {p.host} (local {p.local_rank} of {p.local_size}, {p.launcher}): {device}, "
             f"{p.threads} thread{'s' if p.threads != 1 else ''}, pid {p.pid}"
