@@ -628,9 +628,12 @@ def test_a_script_rendered_for_two_nodes_runs_a_rank_on_each_node(two_nodes, swe
 
 @pytest.mark.slurm
 @pytest.mark.mpi
+@pytest.mark.skipif(
+    BatchSpec().mpi == SRUN_MPI, reason=f"--mpi={SRUN_MPI} is the checked-in script's: the tests above run it"
+)
 def test_the_sweep_under_srun_with_this_mpis_plugin(cluster, sweep_case, tmp_path):
-    """A script rendered with the --mpi plugin of the MPI under test (pmi2 for MPICH, pmix for Open MPI 5; make
-    test-openmpi runs this one too): two ranks on one node, srun's, bitwise the one-rank run."""
+    """A script rendered with the --mpi plugin of the MPI under test where it is not the checked-in script's (pmix
+    for Open MPI 5; make test-openmpi runs this): two ranks on one node, srun's, bitwise the one-rank run."""
     probe = subprocess.run(
         ["srun", f"--mpi={SRUN_MPI}", "-n1", "true"], capture_output=True, text=True, env=cluster.env, timeout=60
     )
