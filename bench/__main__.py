@@ -208,7 +208,7 @@ def llmpi_run(job: Path, timeout: float) -> dict:
     wall = time.perf_counter() - t0
     if result.returncode != 0:
         raise RuntimeError(f"llmpi.sweep failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    m = re.search(r"llmpi: (\d+) points in ([\d.]+) s", result.stdout)
+    m = re.search(r"llmpi: (\d+) points in ([\d.]+) s \(([\d.]+) points/s", result.stdout)
     if m is None:
         raise RuntimeError(f"no summary line in the sweep's output:\n{result.stdout}")
     tuned = re.search(r"tuned on rank 0: (.*)", result.stdout)
@@ -216,7 +216,8 @@ def llmpi_run(job: Path, timeout: float) -> dict:
     return {
         "wall_s": wall,
         "points": int(m.group(1)),
-        "sweep_s": float(m.group(2)),
+        # from the rate: the seconds are printed to 0.1 s, and a tiny sweep finishes within that
+        "sweep_s": int(m.group(1)) / float(m.group(3)) if float(m.group(3)) > 0 else float(m.group(2)),
         "batch": int(setup.group(1)) if setup else None,
         "points_per_pass": int(setup.group(2) or 1) if setup else None,
         "tuned": tuned.group(1) if tuned else "",

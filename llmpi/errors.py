@@ -35,3 +35,7 @@ class DiskError(OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class MpiError(JobError):
+    """MPI cannot run a sweep as it is set up: too low a thread level, or an MPI that is not the launcher's."""

@@ -28,10 +28,15 @@ longer be stored, e.g. a full disk), the run stops the same way but ends HALTED 
 ``Outcome.halted_by``: what arrives afterwards is dropped, not committed. No call here blocks inside MPI: waits
 poll with a short back-off, so oversubscribed ranks and the coordinator thread do not steal a core from the
 computation.
+
+Threads: rank 0's coordinator thread and its worker both call MPI. Under ``MPI_THREAD_MULTIPLE`` they do so
+freely; under ``MPI_THREAD_SERIALIZED`` every MPI call here is made holding one lock (``mpi_lock``), which costs
+nothing that matters since none of them blocks; below that the job is refused at start-up (``thread_level``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,7 +49,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import mpi4py
 from mpi4py import MPI
+
+from .errors import MpiError
 
 COORDINATOR = 0
 TASK, CANCEL, STOP = 1, 2, 3  # down
@@ -100,6 +108,60 @@ def where(comm: MPI.Comm) -> str:
     return f"rank {comm.Get_rank()} of {comm.Get_size()} on {socket.gethostname()} (pid {os.getpid()})"
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The thread level MPI granted, and what the two threads of rank 0 must do about it.
+
+LEVELS = {
+    MPI.THREAD_SINGLE: "MPI_THREAD_SINGLE",
+    MPI.THREAD_FUNNELED: "MPI_THREAD_FUNNELED",
+    MPI.THREAD_SERIALIZED: "MPI_THREAD_SERIALIZED",
+    MPI.THREAD_MULTIPLE: "MPI_THREAD_MULTIPLE",
+}
+Lock = contextlib.AbstractContextManager
+
+
+def library() -> str:
+    """The MPI library's own one-line name and version (MPI_Get_library_version's first line)."""
+    return " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
+
+
+def thread_level() -> str:
+    """The level this process got, by name, if a sweep can run with it; else MpiError saying what to do.
+
+    MULTIPLE: the coordinator thread and the worker call MPI at will. SERIALIZED: they take turns behind one lock.
+    FUNNELED or SINGLE: only the main thread may call MPI, and rank 0 needs two; refused, naming the library, so
+    that a wrong build is an error at start-up rather than a hang or corrupted messages an hour into the sweep.
+    """
+    level = MPI.Query_thread()
+    if level >= MPI.THREAD_SERIALIZED:
+        return LEVELS[min(level, MPI.THREAD_MULTIPLE)]
+    asked = mpi4py.rc.thread_level if mpi4py.rc.threads else "single (mpi4py.rc.threads is off)"
+    if asked in ("multiple", "serialized"):
+        why = (
+            f"mpi4py asked for MPI_THREAD_{asked.upper()}, and this library offers no more: it was built without "
+            "thread support. Use an MPI built with it (MPICH: --enable-threads=multiple, its default; Open MPI and "
+            "Intel MPI have it by default), then rebuild mpi4py against that MPI: "
+            "pip install --no-cache-dir --no-binary=mpi4py mpi4py"
+        )
+    else:
+        why = (
+            f"mpi4py asked only for {asked} (MPI4PY_RC_THREAD_LEVEL / MPI4PY_RC_THREADS in the environment, or "
+            "mpi4py.rc set by the program): unset them, or set MPI4PY_RC_THREAD_LEVEL=multiple"
+        )
+    raise MpiError(
+        f"{library()} granted {LEVELS.get(level, level)}, but a sweep needs MPI_THREAD_MULTIPLE or "
+        f"MPI_THREAD_SERIALIZED (rank 0 coordinates from a second thread while it computes). {why}"
+    )
+
+
+def mpi_lock() -> Lock:
+    """What the coordinator thread and the worker hold around every MPI call: nothing under THREAD_MULTIPLE, one
+    lock under THREAD_SERIALIZED (MpiError below that)."""
+    if thread_level() == LEVELS[MPI.THREAD_MULTIPLE]:
+        return contextlib.nullcontext()
+    return threading.Lock()
+
+
 class _Backoff:
     """Sleep a little longer each idle round, up to ``cap`` seconds; reset as soon as something happens."""
 
@@ -123,15 +185,17 @@ class _Outbox:
     non-overtaking rule still delivers the messages of one sender to one receiver in order.
     """
 
-    def __init__(self, comm: MPI.Comm) -> None:
-        self.comm, self.pending = comm, []
+    def __init__(self, comm: MPI.Comm, lock: Lock) -> None:
+        self.comm, self.lock, self.pending = comm, lock, []
 
     def send(self, body: Any, dest: int, tag: int) -> None:
-        self.pending.append(self.comm.isend(body, dest=dest, tag=tag))
+        with self.lock:
+            self.pending.append(self.comm.isend(body, dest=dest, tag=tag))
         self.prune()
 
     def prune(self) -> None:
-        self.pending = [r for r in self.pending if not r.Test()]
+        with self.lock:
+            self.pending = [r for r in self.pending if not r.Test()]
 
     def drain(self, seconds: float) -> bool:
         """Wait (polling) up to ``seconds`` for every send to complete; False if some never did."""
@@ -142,13 +206,14 @@ class _Outbox:
         return not self.pending
 
 
-def _receive(comm: MPI.Comm, source: int) -> tuple[int, int, Any] | None:
+def _receive(comm: MPI.Comm, source: int, lock: Lock) -> tuple[int, int, Any] | None:
     """One pending message (source, tag, body) if there is one, without blocking."""
     status = MPI.Status()
-    msg = comm.improbe(source=source, tag=MPI.ANY_TAG, status=status)
-    if msg is None:
-        return None
-    return status.Get_source(), status.Get_tag(), msg.recv()
+    with lock:
+        msg = comm.improbe(source=source, tag=MPI.ANY_TAG, status=status)
+        if msg is None:
+            return None
+        return status.Get_source(), status.Get_tag(), msg.recv()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -170,15 +235,20 @@ def work(
     compute: Callable[[Any, Callable[[], None]], Any],
     interrupts: Interrupts,
     alive: Callable[[], bool] = lambda: True,
+    lock: Lock | None = None,
 ) -> str:
     """Compute blocks as they come until STOP; returns the coordinator's reason (complete/interrupted/failed/
-    halted)."""
+    halted).
+
+    ``lock`` is held around every MPI call (``mpi_lock``: one shared with rank 0's coordinator thread)."""
+    lock = lock if lock is not None else contextlib.nullcontext()
     state = _WorkerState()
-    me = where(up)
-    outbox = _Outbox(up)
+    with lock:
+        me = where(up)
+    outbox = _Outbox(up, lock)
 
     def pump() -> None:
-        while (m := _receive(down, COORDINATOR)) is not None:
+        while (m := _receive(down, COORDINATOR, lock)) is not None:
             _, tag, body = m
             if tag == TASK:  # a block cancelled here earlier may come back (stolen back, or a straggler's copy)
                 state.cancelled.discard(body[0])
@@ -269,10 +339,14 @@ class Coordinator:
         straggler_factor: float = 3.0,
         min_straggler_seconds: float = 1.0,
         bye_seconds: float = 5.0,
+        lock: Lock | None = None,
     ) -> None:
         self.up, self.down = up, down
-        self.outbox = _Outbox(down)
-        self.size = up.Get_size()
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.outbox = _Outbox(down, self.lock)
+        with self.lock:
+            self.size = up.Get_size()
+            self.me = where(up)
         self.payload = {bid: payload for bid, payload, _ in tasks}
         self.points = {bid: n for bid, _, n in tasks}
         self.pending = deque(bid for bid, _, _ in tasks)
@@ -367,7 +441,7 @@ class Coordinator:
         fresh: list[tuple[int, Any]] = []
         got = False
         self.outbox.prune()
-        while (m := _receive(self.up, MPI.ANY_SOURCE)) is not None:
+        while (m := _receive(self.up, MPI.ANY_SOURCE, self.lock)) is not None:
             got = True
             rank, tag, body = m
             if tag == RESULT:
@@ -420,7 +494,7 @@ class Coordinator:
         except BaseException:
             if self.outcome.state != FAILED:
                 self.outcome.state = FAILED
-                self.outcome.error = f"{where(self.up)} (coordinator):\n{traceback.format_exc()}"
+                self.outcome.error = f"{self.me} (coordinator):\n{traceback.format_exc()}"
         finally:
             self._stop_everyone()
         return self.outcome
@@ -437,7 +511,7 @@ class Coordinator:
             except BaseException:
                 if self.outcome.state != FAILED:
                     self.outcome.state = FAILED
-                    self.outcome.error = f"{where(self.up)} (coordinator):\n{traceback.format_exc()}"
+                    self.outcome.error = f"{self.me} (coordinator):\n{traceback.format_exc()}"
             backoff.wait()
         self.outcome.unresponsive = sorted(set(range(self.size)) - self._byes)
         self.outbox.drain(1.0)
@@ -459,17 +533,19 @@ def run(
     """Run the job on every rank of ``comm`` (collective). Rank 0 returns the full outcome, others their reason.
 
     ``tasks``, ``commit`` and ``halt_on`` matter on rank 0 only. Every rank must call this, with the same ``comm``.
+    MpiError (on every rank alike) where MPI granted less than THREAD_SERIALIZED.
     """
+    lock = mpi_lock()
     # Two duplicates keep the directions apart: on rank 0 the worker (main thread) listens only on ``down``
     # and the coordinator thread only on ``up``, so neither can take the other's messages. They are not freed:
     # MPI_Comm_free may wait for a rank that did not answer STOP, and the process ends soon after anyway.
     up, down = comm.Dup(), comm.Dup()
     if comm.Get_rank() != COORDINATOR:
-        return Outcome(work(up, down, compute, interrupts))
-    coordinator = Coordinator(up, down, tasks, commit, interrupts, progress, halt_on, **tuning)
+        return Outcome(work(up, down, compute, interrupts, lock=lock))
+    coordinator = Coordinator(up, down, tasks, commit, interrupts, progress, halt_on, lock=lock, **tuning)
     box: list[Outcome] = []
     thread = threading.Thread(target=lambda: box.append(coordinator.run()), name="llmpi-coordinator", daemon=True)
     thread.start()
-    work(up, down, compute, interrupts, alive=thread.is_alive)
+    work(up, down, compute, interrupts, alive=thread.is_alive, lock=lock)
     thread.join()
     return box[0] if box else Outcome(FAILED, error=f"{where(comm)}: the coordinator thread died")

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from .config import Job
+from .placement import Place
 
 PROCESS_START = time.monotonic()  # imported first thing by the sweep: wall time from (nearly) process start
 
@@ -77,7 +78,7 @@ class RunRecord:
         points_total: int,
         points_done: int,
         images: int,
-        places: list[tuple[str, str, int]],
+        places: list[Place],
         setup: dict | None = None,
         every: float = 2.0,
     ) -> None:
@@ -143,14 +144,15 @@ class RunRecord:
             "per_rank": [
                 {
                     "rank": i,
-                    "host": host,
-                    "device": device,
-                    "pid": pid,
+                    "host": place.host,
+                    "device": place.device,
+                    "gpu": place.gpu_id,
+                    "pid": place.pid,
                     "blocks": self.per_rank[i]["blocks"],
                     "points": self.per_rank[i]["points"],
                     "seconds": round(self.per_rank[i]["seconds"], 3),
                 }
-                for i, (host, device, pid) in enumerate(self.places)
+                for i, place in enumerate(self.places)
             ],
             **extra,
         }

@@ -1,27 +1,54 @@
 """Where a rank computes: its device, its CPU threads, its precision, its batch sizes. Torch only, no MPI.
 
-The caller says which node-local rank this is and how many ranks share the node (``sweep`` learns both from
-MPI's shared-memory split, which works under mpirun and srun alike). Everything here that could change the bits
-a rank computes is a fixed function of the device type and the job, never of timing: the same job gives every
-rank the same kernels (the batch size chosen by timing is decided on one rank and broadcast by the sweep).
+``look`` says what this rank sees (GPUs by UUID, its cores); ``llmpi.placement`` decides from what every rank of
+the node sees which GPU and how many threads each takes (``sweep`` gathers over MPI's shared-memory split, which
+works under mpirun and srun alike), and ``pick_device`` turns that choice into a device. Everything here that
+could change the bits a rank computes is a fixed function of the device type and the job, never of timing: the
+same job gives every rank the same kernels (the batch size chosen by timing is decided on one rank and broadcast
+by the sweep).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 
 import torch
 
+from . import placement
 from .errors import JobError
 
 
-def pick_device(spec: str, local_rank: int) -> torch.device:
-    """``auto``: GPU (local rank mod GPUs on the node) when there is one, else CPU; ``cuda`` insists on a GPU."""
+def gpu_identities() -> tuple[str, ...]:
+    """The GPUs torch sees, in its index order, by UUID (``GPU-...``, as nvidia-smi writes it): the same physical
+    GPU has the same name in every process, whatever CUDA_VISIBLE_DEVICES renumbered. A torch without ``uuid``
+    falls back to the index, which only this process understands.
+    """
+    ids = []
+    for i in range(torch.cuda.device_count()):
+        uuid = getattr(torch.cuda.get_device_properties(i), "uuid", None)
+        ids.append(f"GPU-{uuid}" if uuid is not None else f"index {i}")
+    return tuple(ids)
+
+
+def look(spec: str) -> placement.Seen:
+    """What this rank sees, for ``placement.bind``: no GPUs at all when the job says ``runtime.device: cpu``."""
+    gpus = gpu_identities() if spec != "cpu" and torch.cuda.is_available() else ()
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: unknown, placement divides the machine
+        cpus = []
+    return placement.look(os.environ, socket.gethostname(), gpus, cpus)
+
+
+def pick_device(spec: str, gpu: int | None) -> torch.device:
+    """``auto``: the GPU ``placement.bind`` chose (an index into the GPUs this process sees) when there is one, else
+    the CPU; ``cuda`` insists on a GPU."""
     if spec == "cpu":
         return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if gpu is not None and torch.cuda.is_available():
+        return torch.device("cuda", gpu)
     if spec == "cuda":
         built = "with" if torch.backends.cuda.is_built() else "without"
         raise JobError(
@@ -38,19 +65,12 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def pick_threads(spec: int | str, local_size: int) -> int:
-    """``auto``: the cores this process may use, shared among the ranks on the node.
-
-    When a launcher pins each rank to its own cores (srun --cpu-bind), the affinity mask already is this rank's
-    share and is used whole; when every rank sees the whole machine, the machine is divided.
-    """
+def pick_threads(spec: int | str) -> int:
+    """For a process alone on its machine (training): ``auto`` is every core it may use. A sweep's ranks share
+    their node's cores by ``placement.bind`` instead."""
     if isinstance(spec, int):
         return spec
-    cores = usable_cores()
-    whole = os.cpu_count() or cores
-    if cores < whole:
-        return max(1, cores)
-    return max(1, cores // max(1, local_size))
+    return max(1, usable_cores())
 
 
 def configure(device: torch.device, threads: int, precision: str = "fp32") -> None:

@@ -287,8 +287,9 @@ def render(info: dict) -> str:
         )
         for r in run.get("per_rank", []):
             rate = r["points"] / r["seconds"] if r["seconds"] else 0.0
+            device = r["device"] + (f" {r['gpu']}" if r.get("gpu") else "")  # the GPU's UUID, from newer runs
             lines.append(
-                f"    rank {r['rank']} on {r['host']} ({r['device']}): {r['points']} points in "
+                f"    rank {r['rank']} on {r['host']} ({device}): {r['points']} points in "
                 f"{r['blocks']} blocks, {rate:.2f} points/s while computing"
             )
         if run.get("error"):

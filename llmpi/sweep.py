@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 import traceback
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
     from .config import Job
     from .faults import Faults
     from .grid import Grid
+    from .placement import Binding
     from .runlog import RunRecord
     from .store import SurfaceStore
     from .worker import Choice, Loaded, PointValues, Surfaces
@@ -135,14 +135,13 @@ def load_jobs(paths: Sequence[str], overrides: Sequence[str]) -> list[Job]:
     return jobs
 
 
-def configure(job: Job, local_rank: int, local_size: int) -> tuple[Any, int]:
-    """This rank's device and CPU threads (the same for every job of the run)."""
+def configure(job: Job, bound: Binding) -> tuple[Any, int]:
+    """This rank's device and CPU threads (the same for every job of the run), as ``placement.bind`` chose them."""
     from . import runtime
 
-    device = runtime.pick_device(job.runtime.device, local_rank)
-    threads = runtime.pick_threads(job.runtime.threads, local_size)
-    runtime.configure(device, threads)
-    return device, threads
+    device = runtime.pick_device(job.runtime.device, bound.gpu)
+    runtime.configure(device, bound.threads)
+    return device, bound.threads
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -401,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_keys("job")
     from mpi4py import MPI
 
-    from . import protocol
+    from . import placement, protocol, runtime
     from .errors import DiskError
     from .faults import Faults
     from .grid import Grid
@@ -414,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     faults = Faults.from_env(rank)
     prepared: list[Prepared] = []
     try:
+        # a library without thread support is refused here, not found out by a hang in the sweep
+        thread_level = collective(comm, protocol.thread_level, args.debug)
+        # every process alone as "rank 0 of 1" (an MPI that does not speak the launcher's language) is refused
+        collective(comm, lambda: placement.check_launch(os.environ, size, protocol.library()), args.debug)
         jobs = comm.bcast(
             collective(comm, lambda: load_jobs(args.jobs, args.overrides) if rank == 0 else None, args.debug)
         )
@@ -427,17 +430,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{size} ranks for {'a grid' if len(jobs) == 1 else f'{len(jobs)} grids'} of {total} points"
                 f"{' in all' if len(jobs) > 1 else ''}: use at most {total} ranks (mpirun -n {total}) or a finer grid",
             )
+        # which GPU and how many threads: decided from what every rank of the node sees (llmpi.placement)
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        spec = jobs[0].runtime
+        seen = collective(comm, lambda: runtime.look(spec.device), args.debug)
+        bound = placement.bind(local.allgather(seen), local.Get_rank(), spec.threads, spec.device != "cpu")
         cache = DataCache()
 
         def set_up() -> tuple[Any, int, Loaded]:
             faults.at_setup()
-            device, threads = configure(jobs[0], local.Get_rank(), local.Get_size())
+            device, threads = configure(jobs[0], bound)
             return device, threads, load(jobs[0], device, cache)
 
         # Every rank loads the first surface's inputs at once (a missing file on one node is a clean error now).
         device, threads, first = collective(comm, set_up, args.debug)
-        places = comm.gather((socket.gethostname(), str(device), os.getpid()))
+        places = comm.gather(bound.place(rank, str(device), threads, os.getpid()))
         spare = {0: first}  # loaded inputs not yet given to an evaluator
 
         def inputs(index: int) -> Loaded:
@@ -471,6 +478,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             codes = {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED, protocol.HALTED: EXIT_DISK}
             return codes.get(outcome.state, EXIT_FAILED)
 
+        print("\n".join(placement.describe(places)), flush=True)
+        for warning in placement.warnings(places):
+            print(f"llmpi: warning: {warning}", file=sys.stderr, flush=True)
+        if thread_level != "MPI_THREAD_MULTIPLE":
+            print(
+                f"llmpi: {protocol.library()} granted {thread_level}: rank 0's two threads take turns on MPI",
+                flush=True,
+            )
         for p in prepared:
             print(banner(p, size, device, threads), flush=True)
             if p.plan.choice.described:

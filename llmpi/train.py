@@ -131,7 +131,7 @@ def train(job: TrainJob, log=print) -> dict:
     from . import data, models, runtime
 
     device = runtime.pick_device(job.runtime.device, 0)
-    runtime.configure(device, runtime.pick_threads(job.runtime.threads, 1))
+    runtime.configure(device, runtime.pick_threads(job.runtime.threads))
     torch.manual_seed(job.train.seed)
     images, labels, info = data.load_images(job.data.dataset, job.data.root, "train", job.data.subset, job.data.seed)
     test_images, test_labels, _ = data.load_images(job.data.dataset, job.data.root, "test", None, 0)

@@ -3,7 +3,6 @@ job files, and a runner for the real command lines (under mpirun, with a time li
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-MPIRUN = str(BIN / "mpirun") if (BIN / "mpirun").exists() else "mpirun"
+from mpilaunch import REPO, mpirun  # every launcher detail is in tests/mpilaunch.py
+from mpilaunch import env as launch_env
 
 
 @dataclass
@@ -93,10 +90,11 @@ def run_cli(
     """Run ``python -m module args`` (under ``mpirun -n ranks`` if given); a hang past ``timeout`` fails the test."""
     cmd = [sys.executable, "-m", module, *args]
     if ranks is not None:
-        cmd = [MPIRUN, "-n", str(ranks), *cmd]
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "LLMPI_OFFLINE": "1", **(env or {})}
+        cmd = [*mpirun(ranks), *cmd]
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=launch_env(env), cwd=cwd or REPO
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{' '.join(cmd)} did not finish within {timeout} s (deadlock?)\n{e.stdout}\n{e.stderr}")
 

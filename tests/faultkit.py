@@ -18,18 +18,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-MPIRUN = str(BIN / "mpirun") if (BIN / "mpirun").exists() else "mpirun"
-
-
-def env(extra: dict | None = None) -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "LLMPI_OFFLINE": "1", **(extra or {})}
+from mpilaunch import RANK_VARIABLE, REPO, env, mpirun
 
 
 def descendants(root: int) -> list[int]:
-    """Every process below ``root`` (hydra gives each rank a session of its own, so sessions do not help)."""
+    """Every process below ``root`` (MPICH's Hydra gives each rank a session of its own, so sessions do not help)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -47,7 +40,7 @@ def descendants(root: int) -> list[int]:
 
 
 def rank_pids(mpirun: int) -> dict[int, int]:
-    """PIDs of the sweep's MPI ranks started by ``mpirun``, by rank (from PMI_RANK)."""
+    """PIDs of the sweep's MPI ranks started by ``mpirun``, by world rank (from the launcher's rank variable)."""
     found = {}
     for pid in descendants(mpirun):
         try:
@@ -58,8 +51,8 @@ def rank_pids(mpirun: int) -> dict[int, int]:
         if b"llmpi.sweep" not in cmdline:
             continue
         for item in environ:
-            if item.startswith(b"PMI_RANK="):
-                found[int(item[9:])] = pid
+            if item.startswith(RANK_VARIABLE):
+                found[int(item[len(RANK_VARIABLE) :])] = pid
     return found
 
 
@@ -103,7 +96,7 @@ def run_and_kill(
     if trace is not None:
         faults.append(f"trace:path={trace}")
     proc = subprocess.Popen(
-        [MPIRUN, "-n", str(ranks), sys.executable, "-m", "llmpi.sweep", str(job)],
+        [*mpirun(ranks), sys.executable, "-m", "llmpi.sweep", str(job)],
         cwd=REPO,
         env=env({"LLMPI_FAULT": ",".join(faults)}),
         stdout=subprocess.PIPE,
@@ -138,7 +131,7 @@ def run_and_kill(
 
 def resume(job: Path, ranks: int = 3, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [MPIRUN, "-n", str(ranks), sys.executable, "-m", "llmpi.sweep", str(job)],
+        [*mpirun(ranks), sys.executable, "-m", "llmpi.sweep", str(job)],
         cwd=REPO,
         env=env(),
         capture_output=True,

@@ -50,6 +50,7 @@ if rank == 0:
                 "committed": committed,
                 "stats": outcome.stats,
                 "unresponsive": outcome.unresponsive,
+                "thread_level": protocol.thread_level(),
             }
         )
     )

@@ -1,6 +1,7 @@
-"""A real single-node SLURM for the tests: munged, slurmctld and slurmd, started from one temporary directory.
+"""A real SLURM for the tests: munged, slurmctld and slurmd, started from one temporary directory.
 
     cluster = SlurmCluster.start(Path(tempfile.mkdtemp(dir="/tmp")))   # Unavailable(reason) where it cannot run
+    cluster = SlurmCluster.start(root, nodes=2)  # two nodes on this one machine: one slurmd each (slurmd -N)
     job = cluster.sbatch(script, "job.yaml", cwd=tmp_dir)
     cluster.wait(job, lambda j: j["JobState"] == "COMPLETED", timeout=300, what="the sweep to complete")
     cluster.stop()                               # cancels what is left and ends the daemons it started
@@ -8,11 +9,17 @@
 Needs root and Debian's slurmctld, slurmd, slurm-client and munge (`.ci/run` installs them). Everything the
 daemons write (munge key and socket, slurm.conf, state, spool, logs) stays in the directory, and the ports are
 picked free, so the machine's own SLURM or munge, if any, is never touched.
+
+Several nodes: Debian's slurmd (22.05, built without --enable-multiple-slurmd) still runs one daemon per node
+definition on one host when each node has its own port, spool directory, pid and log file (``%n`` in their
+paths) and the daemon is told its node (``-N n1``): slurmctld sees n1 and n2, srun spreads tasks over both, and
+MPI's node split, fed by SLURM's PMI, finds two nodes. Every node describes the whole machine (all its cores).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -40,11 +47,11 @@ CredType=cred/munge
 # cred_expire is also how long a requeued job waits before it may start again: 10 s instead of 120.
 AuthInfo=socket={root}/munge/munge.socket,cred_expire=10
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool{per_node}
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd{per_node}.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd{per_node}.log
 SlurmctldDebug=debug
 SlurmdDebug=info
 # No cgroups in a container: track processes by parentage, bind nothing.
@@ -56,6 +63,9 @@ SelectTypeParameters=CR_Core
 SchedulerType=sched/builtin
 SchedulerParameters=sched_interval=2
 JobRequeue=1
+# Job ids from a random start, not 1: MPICH names its shared memory after the job and step ids, so two clusters on
+# one machine (this session's two, or another test run's) would otherwise hand their ranks each other's segments.
+FirstJobId={first_job}
 MpiDefault=none
 ReturnToService=2
 MailProg=/bin/true
@@ -66,8 +76,8 @@ MinJobAge=600
 InactiveLimit=0
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-{node} NodeAddr=127.0.0.1 State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
 
 
@@ -90,8 +100,9 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, nodes: int = 1) -> None:
         self.root = root
+        self.nodes = nodes
         self.conf = root / "slurm.conf"
         self.procs: dict[str, subprocess.Popen] = {}
         self.jobs: list[int] = []
@@ -102,7 +113,7 @@ class SlurmCluster:
     # -- life cycle -----------------------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, root: Path) -> SlurmCluster:
+    def start(cls, root: Path, nodes: int = 1) -> SlurmCluster:
         """Start the daemons in ``root``: a short path whose every parent others may enter (munged insists)."""
         if os.geteuid() != 0:
             raise Unavailable("needs root: slurmd runs the test jobs as root here")
@@ -111,7 +122,7 @@ class SlurmCluster:
         ]
         if missing:
             raise Unavailable(f"{', '.join(missing)} not installed (apt-get install {PACKAGES})")
-        cluster = cls(root)
+        cluster = cls(root, nodes)
         try:
             cluster._start()
         except BaseException:
@@ -166,15 +177,39 @@ class SlurmCluster:
         node = next((line for line in probe.stdout.splitlines() if line.startswith("NodeName=")), None)
         if probe.returncode != 0 or node is None:
             raise Unavailable(f"slurmd -C could not describe this node: {probe.stderr.strip() or probe.stdout}")
+        if self.nodes == 1:
+            names, per_node, lines = [host], "", [f"{node} NodeAddr=127.0.0.1 State=UNKNOWN"]
+        else:
+            names, per_node = [f"n{k}" for k in range(1, self.nodes + 1)], "-%n"
+            hardware = node.split(None, 1)[1]  # CPUs=... RealMemory=..., the same for every node
+            lines = [
+                f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} {hardware} State=UNKNOWN"
+                for n in names
+            ]
+            for n in names:
+                (root / f"spool-{n}").mkdir(mode=0o755, exist_ok=True)
         self.conf.write_text(
-            CONFIG.format(root=root, host=host, node=node, ctld_port=_free_port(), slurmd_port=_free_port())
+            CONFIG.format(
+                root=root,
+                host=host,
+                nodes="\n".join(lines),
+                names=",".join(names),
+                per_node=per_node,
+                first_job=random.randint(1_000, 60_000_000),
+                ctld_port=_free_port(),
+                slurmd_port=_free_port(),
+            )
         )
         self._spawn(
             "slurmctld", [shutil.which("slurmctld", path=SBIN) or "slurmctld", "-D", "-c", "-f", str(self.conf)]
         )
         self._until(lambda: "UP" in self._quiet(["scontrol", "ping"]), 30, "waiting for slurmctld")
-        self._spawn("slurmd", [shutil.which("slurmd", path=SBIN) or "slurmd", "-D", "-f", str(self.conf)])
-        self._until(lambda: self._quiet(["sinfo", "-h", "-o", "%T"]).strip() == "idle", 45, "waiting for the node")
+        slurmd = shutil.which("slurmd", path=SBIN) or "slurmd"
+        for n in names:
+            which = [] if self.nodes == 1 else ["-N", n]
+            self._spawn("slurmd" if self.nodes == 1 else f"slurmd-{n}", [slurmd, "-D", *which, "-f", str(self.conf)])
+        idle = ["idle"] * len(names)
+        self._until(lambda: self._quiet(["sinfo", "-N", "-h", "-o", "%T"]).split() == idle, 45, "waiting for the nodes")
 
     def stop(self) -> None:
         """Cancel every job, wait for them to end, then end the daemons (each by the pid we started)."""
@@ -185,9 +220,9 @@ class SlurmCluster:
             deadline = time.monotonic() + 30
             while self._quiet(["squeue", "-h", "-o", "%i"]).strip() and time.monotonic() < deadline:
                 time.sleep(0.5)
-        for name in reversed(DAEMONS):
-            proc = self.procs.get(name)
-            if proc is None or proc.poll() is not None:
+        for name in reversed(list(self.procs)):  # the slurmds, slurmctld, munged
+            proc = self.procs[name]
+            if proc.poll() is not None:
                 continue
             proc.terminate()
             try:
@@ -247,6 +282,10 @@ class SlurmCluster:
             time.sleep(0.5)
 
     def diagnostics(self) -> str:
-        logs = [self.root / f"{name}.out" for name in DAEMONS]
-        logs += [self.root / "munge" / "munged.log", self.root / "slurmctld.log", self.root / "slurmd.log"]
+        logs = [self.root / f"{name}.out" for name in self.procs or DAEMONS]
+        logs += [
+            self.root / "munge" / "munged.log",
+            self.root / "slurmctld.log",
+            *sorted(self.root.glob("slurmd*.log")),
+        ]
         return "\n".join(_tail(p) for p in logs if p.exists())

@@ -14,8 +14,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import MPIRUN, REPO, job_dict, run_cli, write_job
+from conftest import REPO, job_dict, mpirun, run_cli, write_job
 from faultkit import arrays, env, kill_tree, rank_pids, resume, run_and_kill
+from mpilaunch import MPIRUN_ON_SIGNAL
 
 from llmpi.store import read_run_info, read_surface
 
@@ -63,7 +64,7 @@ def test_kill_9_anywhere_then_rerun_finishes_bitwise_equal(fixture_data, referen
 
 def start(job, extra_env=None, ranks=3):
     return subprocess.Popen(
-        [MPIRUN, "-n", str(ranks), sys.executable, "-m", "llmpi.sweep", str(job)],
+        [*mpirun(ranks), sys.executable, "-m", "llmpi.sweep", str(job)],
         cwd=REPO,
         env=env(extra_env),
         stdout=subprocess.PIPE,
@@ -84,17 +85,22 @@ def wait_for_points(path, n, proc, timeout=90):
     pytest.fail("no progress")
 
 
-@pytest.mark.parametrize(("signame", "target"), [("SIGUSR1", "worker"), ("SIGTERM", "coordinator")])
-def test_signal_to_any_rank_stops_within_10_s_with_75_and_resumes(fixture_data, reference, tmp_path, signame, target):
+@pytest.mark.parametrize(
+    ("signame", "target", "level"), [("SIGUSR1", "worker", "serialized"), ("SIGTERM", "coordinator", "multiple")]
+)
+def test_signal_to_any_rank_stops_within_10_s_with_75_and_resumes(
+    fixture_data, reference, tmp_path, signame, target, level
+):
+    """``level``: the MPI thread level mpi4py asks for; with SERIALIZED rank 0's threads take turns on MPI."""
     out = tmp_path / "s.h5"
     job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, out, grid=GRID))
-    proc = start(job, {"LLMPI_FAULT": "slow:seconds=0.3"})
+    proc = start(job, {"LLMPI_FAULT": "slow:seconds=0.3", "MPI4PY_RC_THREAD_LEVEL": level})
     try:
         wait_for_points(out, 4, proc)
         pid = rank_pids(proc.pid)[2 if target == "worker" else 0]
         sent = time.monotonic()
         os.kill(pid, getattr(signal, signame))
-        _, err = proc.communicate(timeout=30)
+        out_text, err = proc.communicate(timeout=30)
         took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
@@ -102,11 +108,44 @@ def test_signal_to_any_rank_stops_within_10_s_with_75_and_resumes(fixture_data, 
     assert proc.returncode == 75, err
     assert took < 10, f"{took:.1f} s"
     assert signame in err and "rerun the same command to resume" in err
+    assert ("granted MPI_THREAD_SERIALIZED" in out_text) == (level == "serialized")
     done = check_against(reference, out, complete=False)
     assert 4 <= done < 30
     info = read_run_info(out)
     assert info["state"] == "interrupted" and signame in info["reason"]
-    assert resume(job).returncode == 0
+    resumed = resume(job)
+    assert resumed.returncode == 0, resumed.stderr
+    assert check_against(reference, out, complete=True) == 30
+
+
+@pytest.mark.skipif(
+    MPIRUN_ON_SIGNAL["SIGTERM"] != "kills",
+    reason="this mpirun passes SIGTERM on: test_sweep's interrupted sweep sends it there and gets 75",
+)
+def test_sigterm_to_an_mpirun_that_kills_loses_only_the_blocks_in_flight(fixture_data, reference, tmp_path):
+    """Open MPI's mpirun answers SIGTERM by killing every rank within half a second: like kill -9, the file stays
+    whole, every point marked done is right, and the same command finishes it."""
+    out = tmp_path / "s.h5"
+    job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, out, grid=GRID))
+    proc = start(job, {"LLMPI_FAULT": "slow:seconds=0.3"})
+    try:
+        wait_for_points(out, 4, proc)
+        ranks = list(rank_pids(proc.pid).values())
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+    assert proc.returncode != 0 and took < 5, (proc.returncode, took)
+    deadline = time.monotonic() + 5  # mpirun may exit a moment before the kernel has removed its SIGKILLed ranks
+    while (alive := [pid for pid in ranks if os.path.exists(f"/proc/{pid}")]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, "a rank outlived mpirun"
+    assert 4 <= check_against(reference, out, complete=False) < 30
+    resumed = resume(job)
+    assert resumed.returncode == 0, resumed.stderr
     assert check_against(reference, out, complete=True) == 30
 
 

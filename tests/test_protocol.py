@@ -7,17 +7,17 @@ import json
 import sys
 
 import pytest
-from conftest import MPIRUN, REPO
+from conftest import REPO, launch_env, mpirun
 
 pytestmark = pytest.mark.mpi
 
 DRIVER = str(REPO / "tests" / "protocol_driver.py")
 
 
-def drive(ranks, *args, timeout=60):
+def drive(ranks, *args, timeout=60, env=None):
     import subprocess
 
-    cmd = [MPIRUN, "-n", str(ranks), sys.executable, DRIVER, *map(str, args)]
+    cmd = [*mpirun(ranks), sys.executable, DRIVER, *map(str, args)]
     try:
         out = subprocess.run(
             cmd,
@@ -25,7 +25,7 @@ def drive(ranks, *args, timeout=60):
             text=True,
             timeout=timeout,
             cwd=REPO,
-            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+            env=launch_env(env),
         )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"deadlock: {' '.join(cmd)} did not finish in {timeout} s\n{e.stderr}")
@@ -45,8 +45,12 @@ def test_every_block_committed_once(ranks):
     assert all(s["blocks"] > 0 for s in result["stats"].values())  # every rank computes, rank 0 too
 
 
-def test_a_straggler_is_bypassed_and_its_copy_dropped():
-    result = drive(3, 60, 1)
+@pytest.mark.parametrize("level", ["multiple", "serialized"])
+def test_a_straggler_is_bypassed_and_its_copy_dropped(level):
+    """Also with MPI_THREAD_SERIALIZED forced (mpi4py asks for what MPI4PY_RC_THREAD_LEVEL says): rank 0's two
+    threads then take turns on MPI behind one lock, and stealing and copying blocks work the same."""
+    result = drive(3, 60, 1, env={"MPI4PY_RC_THREAD_LEVEL": level})
+    assert result["thread_level"] == f"MPI_THREAD_{level.upper()}"
     assert result["state"] == "complete"
     assert {int(k): v for k, v in result["committed"].items()} == {b: b * b for b in range(60)}
     assert result["stats"]["1"]["blocks"] == 0  # the slow rank never finished a block: others took them
@@ -67,7 +71,10 @@ def test_layers_import_one_way():
     assert out.returncode == 0, out.stderr
     code = (
         "import sys, llmpi.evaluate, llmpi.directions, llmpi.data, llmpi.models, llmpi.checkpoint, llmpi.grid, "
-        "llmpi.store; assert 'mpi4py' not in sys.modules, 'a numerics module imported mpi4py'"
+        "llmpi.store, llmpi.runtime; assert 'mpi4py' not in sys.modules, 'a numerics module imported mpi4py'"
     )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    code = "import sys, llmpi.placement; assert not {'torch', 'mpi4py'} & set(sys.modules), 'placement is not pure'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mpilaunch import SRUN_MPI
 from slurm_cluster import FINISHED, SlurmCluster, Unavailable
 
 from llmpi import slurm
@@ -339,6 +340,20 @@ def test_script_runs_the_sweep_with_its_arguments_quoted(tmp_path):
     assert not [c for c in calls(tmp_path) if c[0] == "scontrol"]
 
 
+def test_two_8_gpu_nodes_get_16_ranks_one_per_gpu_and_a_clean_up_on_each_node(tmp_path):
+    """--nodes 2 --gpus-per-node 8: 8 tasks and 8 GPUs per node; the sweep's srun inherits the 16 tasks and leaves
+    every task its node's 8 GPUs, among which llmpi.placement gives node-local rank k GPU k (a warning would say
+    if not); the clean-up step runs once on each node."""
+    spec = BatchSpec(job="job.yaml", nodes=2, gpus_per_node=8)
+    assert spec.ranks == 16
+    lines = directives(render(spec))
+    assert "#SBATCH --nodes=2" in lines and "#SBATCH --ntasks-per-node=8" in lines and "#SBATCH --gres=gpu:8" in lines
+    assert run_script(tmp_path, spec, env={"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[01-02]"}) == 0
+    clean, sweep = calls(tmp_path)
+    assert "--ntasks=2" in clean and "--ntasks-per-node=1" in clean
+    assert not [a for a in sweep if a.startswith(("--ntasks", "--nodes", "--gpus", "--gres", "--gpu-bind"))]
+
+
 def test_checked_in_script_needs_a_job_file(tmp_path, capfd):
     assert run_script(tmp_path, BatchSpec()) == 2
     assert "usage: sbatch slurm/sweep.sbatch JOB.yaml" in capfd.readouterr().err
@@ -408,6 +423,26 @@ def cluster():
         finally:
             c.stop()
             for job in c.jobs:  # segments a failed test may have left (the scripts remove them themselves)
+                for path in slurm.stale_mpi_segments(str(job), Path("/dev/shm")):
+                    path.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def two_nodes():
+    """Two SLURM nodes, n1 and n2, on this machine (one slurmd each)."""
+    root = Path(tempfile.mkdtemp(prefix="llmpi-slurm2-", dir="/tmp"))
+    try:
+        try:
+            c = SlurmCluster.start(root, nodes=2)
+        except Unavailable as e:
+            pytest.skip(f"no two-node SLURM here: {e}")
+        try:
+            yield c
+        finally:
+            c.stop()
+            for job in c.jobs:
                 for path in slurm.stale_mpi_segments(str(job), Path("/dev/shm")):
                     path.unlink(missing_ok=True)
     finally:
@@ -567,3 +602,54 @@ def test_time_limit_signal_checkpoints_requeues_and_completes(cluster, sweep_cas
     counts = already_done(text)
     assert counts[0] == 0 and 0 < counts[1] < SweepCase.POINTS, text  # the first run's points were kept
     sweep_case.assert_equal_to_reference(work / "surface.h5")
+
+
+@pytest.mark.slurm
+def test_a_script_rendered_for_two_nodes_runs_a_rank_on_each_node(two_nodes, sweep_case, tmp_path):
+    """`python -m llmpi.slurm job.yaml --nodes 2 ...` on a two-node SLURM: srun starts one rank per node, MPI's node
+    split (fed by SLURM's PMI) finds two nodes, each rank is node-local rank 0 of 1, and the surface is bitwise the
+    one-rank run's."""
+    sweep_case.job(tmp_path)
+    script, log = tmp_path / "two.sbatch", tmp_path / "slurm.log"
+    render_cmd = [sys.executable, "-m", "llmpi.slurm", "job.yaml", "--chdir", str(tmp_path), "--nodes", "2"]
+    render_cmd += ["--gpus-per-node", "0", "--tasks-per-node", "1", "--time", "10", "--python", sys.executable]
+    render_cmd += ["--output", str(log), "-o", str(script)]
+    rendered = subprocess.run(render_cmd, timeout=60, capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    job = two_nodes.sbatch(script, cwd=tmp_path, env={"PYTHONPATH": str(REPO)})  # this checkout's llmpi
+    info = two_nodes.wait(job, lambda j: j["JobState"] in FINISHED, 240, "end")
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED", f"{info}\n{text}\n{two_nodes.diagnostics()}"
+    assert "on n[1-2]" in text
+    ranks = sorted(line for line in text.splitlines() if line.startswith("llmpi: rank "))
+    assert len(ranks) == 2 and all("(local 0 of 1, srun): cpu, 1 thread" in line for line in ranks), text
+    sweep_case.assert_equal_to_reference(tmp_path / "surface.h5")
+
+
+@pytest.mark.slurm
+@pytest.mark.mpi
+@pytest.mark.skipif(
+    BatchSpec().mpi == SRUN_MPI, reason=f"--mpi={SRUN_MPI} is the checked-in script's: the tests above run it"
+)
+def test_the_sweep_under_srun_with_this_mpis_plugin(cluster, sweep_case, tmp_path):
+    """A script rendered with the --mpi plugin of the MPI under test where it is not the checked-in script's (pmix
+    for Open MPI 5; make test-openmpi runs this): two ranks on one node, srun's, bitwise the one-rank run."""
+    probe = subprocess.run(
+        ["srun", f"--mpi={SRUN_MPI}", "-n1", "true"], capture_output=True, text=True, env=cluster.env, timeout=60
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"this SLURM cannot start --mpi={SRUN_MPI} steps: {probe.stderr.strip()[-300:]}")
+    sweep_case.job(tmp_path)
+    script, log = tmp_path / "plugin.sbatch", tmp_path / "slurm.log"
+    render_cmd = [sys.executable, "-m", "llmpi.slurm", "job.yaml", "--chdir", str(tmp_path), "--mpi", SRUN_MPI]
+    render_cmd += ["--gpus-per-node", "0", "--tasks-per-node", "2", "--time", "10", "--python", sys.executable]
+    render_cmd += ["--output", str(log), "-o", str(script)]
+    rendered = subprocess.run(render_cmd, timeout=60, capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    job = cluster.sbatch(script, cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
+    info = cluster.wait(job, lambda j: j["JobState"] in FINISHED, 240, "end")
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED", f"{info}\n{text}\n{cluster.diagnostics()}"
+    ranks = sorted(line for line in text.splitlines() if line.startswith("llmpi: rank "))
+    assert [line.split(" (")[1].split(")")[0] for line in ranks] == ["local 0 of 2, srun", "local 1 of 2, srun"], text
+    sweep_case.assert_equal_to_reference(tmp_path / "surface.h5")

@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import MPIRUN, REPO, brute_force, job_dict, run_cli, write_job
+from conftest import REPO, brute_force, job_dict, launch_env, mpirun, run_cli, write_job
+from mpilaunch import GRACEFUL, LIBRARY
 
 from llmpi import checkpoint
 from llmpi.store import read_directions, read_surface
@@ -69,6 +70,40 @@ def test_one_rank_without_mpirun_is_bitwise_equal(fixture_data, three_ranks, tmp
         assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_mpi_thread_serialized_gives_the_same_bits(fixture_data, three_ranks, tmp_path):
+    """An MPI that grants only MPI_THREAD_SERIALIZED (forced here through mpi4py's MPI4PY_RC_THREAD_LEVEL): rank 0's
+    coordinator thread and worker take turns on MPI behind one lock; the file is bitwise the MULTIPLE run's."""
+    d, _, _ = three_ranks
+    job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "s.h5"))
+    result = run_cli("llmpi.sweep", str(job), ranks=3, env={"MPI4PY_RC_THREAD_LEVEL": "serialized"})
+    assert result.returncode == 0, result.stderr
+    assert "granted MPI_THREAD_SERIALIZED: rank 0's two threads take turns on MPI" in result.stdout
+    got, want = read_surface(tmp_path / "s.h5"), read_surface(d / "three.h5")
+    assert got.complete
+    for name in ("train_loss", "train_acc"):
+        assert np.array_equal(got.values[name], want.values[name])
+
+
+def test_mpi_thread_funneled_is_refused_at_start_naming_the_library(fixture_data, tmp_path):
+    """Below SERIALIZED rank 0's second thread may not call MPI at all: refused before any work, never a hang."""
+    job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "s.h5"))
+    result = run_cli("llmpi.sweep", str(job), ranks=2, env={"MPI4PY_RC_THREAD_LEVEL": "funneled"}, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"llmpi: error: {LIBRARY}" in result.stderr and "granted MPI_THREAD_FUNNELED" in result.stderr
+    assert "set MPI4PY_RC_THREAD_LEVEL=multiple" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("llmpi: error") == 1 and not (tmp_path / "s.h5").exists()
+
+
+def test_processes_the_launcher_started_alone_each_are_refused(fixture_data, tmp_path):
+    """srun started 4 tasks but MPI sees one rank (what Open MPI 5 under srun --mpi=pmi2 does to each): refused at
+    start, rather than 4 sweeps fighting over one file."""
+    job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "s.h5"))
+    result = run_cli("llmpi.sweep", str(job), env={"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4"}, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "srun started 4 processes" in result.stderr and "sees 1 rank(s)" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "s.h5").exists()
+
+
 def test_rerun_of_a_complete_job_computes_nothing(three_ranks):
     d, job, _ = three_ranks
     before = read_surface(d / "three.h5")
@@ -94,13 +129,14 @@ def test_another_job_on_the_same_file_is_refused_and_the_file_untouched(three_ra
 
 
 def test_interrupted_sweep_exits_75_quickly_and_resumes_to_the_same_bits(fixture_data, tmp_path):
+    """The signal goes to mpirun, as a shell's kill or SLURM would send it: SIGTERM, or SIGUSR1 where mpirun kills
+    on SIGTERM (Open MPI's; tests/test_faults.py checks what that does)."""
     job = job_dict(fixture_data, tmp_path / "cut.h5", grid={"x": [-1.0, 1.0, 7], "y": [-1.0, 1.0, 6], "block": 3})
     path = write_job(tmp_path / "job.yaml", job)
-    env = {"LLMPI_FAULT": "slow:seconds=0.2", "PYTHONPATH": str(REPO), "LLMPI_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [MPIRUN, "-n", "3", sys.executable, "-m", "llmpi.sweep", str(path)],
+        [*mpirun(3), sys.executable, "-m", "llmpi.sweep", str(path)],
         cwd=REPO,
-        env={**__import__("os").environ, **env},
+        env=launch_env({"LLMPI_FAULT": "slow:seconds=0.2"}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -114,7 +150,7 @@ def test_interrupted_sweep_exits_75_quickly_and_resumes_to_the_same_bits(fixture
         else:
             pytest.fail("the sweep made no progress")
         sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, GRACEFUL))
         _, err = proc.communicate(timeout=30)
         took = time.monotonic() - sent
     finally:
