@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIRUN, REPO, Fixture, job_dict, run_cli, write_job
+from conftest import REPO, Fixture, job_dict, run_cli, write_job
 from diskkit import PAGE, Disk, punch_nan_pages
+from mpilaunch import env as launch_env
+from mpilaunch import mpirun
 
 from llmpi import status
 from llmpi.disk import atomic_replace, disk_error
@@ -322,8 +324,8 @@ def test_output_directory_removed_under_a_running_sweep(tiny_checkpoint, tmp_pat
     stops, every rank with status 74, instead of computing on into a file nobody can open again."""
     folder = tmp_path / "out"
     job = tiny_job(tiny_checkpoint, tmp_path, folder / "s.h5", grid={"x": [-1.0, 1.0, 8], "y": [-1.0, 1.0, 8]})
-    env = {**os.environ, **TINY_ENV, "LLMPI_OFFLINE": "1", "LLMPI_FAULT": "slow:seconds=0.1"}
-    cmd = [MPIRUN, "-n", "2", sys.executable, "-m", "tinynet", str(job)]
+    env = launch_env({**TINY_ENV, "LLMPI_FAULT": "slow:seconds=0.1"})
+    cmd = [*mpirun(2), sys.executable, "-m", "tinynet", str(job)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
