@@ -28,11 +28,14 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from .config import DataSpec
 
 # The usual CIFAR-10 per-channel statistics (the paper's code uses these), in [0, 1] units.
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
@@ -290,7 +293,7 @@ class Samples:
 
 
 def load_samples(
-    spec: Any, split: str | None = None, subset: int | None = None, too_many: str | None = None
+    spec: DataSpec, split: str | None = None, subset: int | None = None, too_many: str | None = None
 ) -> Samples:
     """The samples a job's ``data`` section selects; ``split``/``subset`` override the section's (for the
     BatchNorm recalibration set), ``too_many`` is then the message for a subset larger than the split."""

@@ -24,13 +24,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from numbers import Integral, Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import JobError
+
+if TYPE_CHECKING:
+    from .config import LossSpec
 
 BUILTIN = ("crossentropy", "mse")
 FACTORY_KEY = "loss.factory"
@@ -107,7 +110,9 @@ class FactoryLoss:
         return factory_result(self.spec, invoke(self.function, self.spec, FACTORY_KEY, model, batch))
 
 
-def prepare(spec: Any, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[str | FactoryLoss, bool]:
+def prepare(
+    spec: LossSpec, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[str | FactoryLoss, bool]:
     """The loss a job's ``loss`` section names, tried once at θ* on a few samples, so that a loss that does not
     fit the model or the data is a clear error before the sweep starts; (loss, whether it has an accuracy)."""
     model.eval()

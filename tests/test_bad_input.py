@@ -100,7 +100,7 @@ def output_directory(job, d):
 
 
 def use_factory(section: str, path: str, **extra):
-    """Replace a section's built-in choice by a factory (issue 7: users' own model, data, loss)."""
+    """Replace a section's built-in choice by a factory (users' own model, data, loss)."""
 
     def edit(job, d):
         if section == "model":

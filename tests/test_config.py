@@ -1,4 +1,4 @@
-"""Job files: the exact keys of the issue, typos named with the nearest valid key, overrides YAML-typed."""
+"""Job files: every key the README documents, typos named with the nearest valid key, overrides YAML-typed."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def load_text(tmp_path, text, *overrides):
     return load_job(path, overrides)
 
 
-def test_the_issue_example_loads_with_every_key(tmp_path):
+def test_a_job_with_every_key_loads(tmp_path):
     job = load_text(tmp_path, FULL)
     assert isinstance(job, Job)
     assert job.model.arch == "resnet56_noshort"  # vgg56 is the paper's name for it

@@ -1,4 +1,4 @@
-"""Users' own model, data and loss (issue 7), and BatchNorm recalibration: real sweeps under mpirun -n 2 against
+"""Users' own model, data and loss, and BatchNorm recalibration: real sweeps under mpirun -n 2 against
 independent plain-torch computations written here, plus the pieces in-process."""
 
 from __future__ import annotations

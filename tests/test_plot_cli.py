@@ -27,7 +27,7 @@ def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
 
 
 def test_default_run_writes_every_picture_next_to_the_file_headless(tmp_path):
-    path = bowl_file(tmp_path / "vgg56.h5")  # 51x51, the size the issue asks to be quick
+    path = bowl_file(tmp_path / "vgg56.h5")  # 51x51, the paper's size: its default pictures must be quick
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"} | {"MPLBACKEND": "TkAgg"}
     start = time.monotonic()
     done = run_cli(path, env=env)  # a GUI backend asked for and no display: must still draw, never open a window
@@ -49,10 +49,10 @@ def test_default_run_writes_every_picture_next_to_the_file_headless(tmp_path):
             assert data[:8] == PNG
         elif p.endswith(".pdf"):
             assert data[:5] == b"%PDF-"
-    print(f"default run on a 51x51 file: {seconds:.1f} s")  # shown with -s; the issue asks for ~10 s unloaded
+    print(f"default run on a 51x51 file: {seconds:.1f} s")  # shown with -s; about 10 s on an idle 2-core machine
 
 
-def test_the_issue_contour_command(tmp_path):
+def test_the_readme_contour_command_with_log_levels(tmp_path):
     path = bowl_file(tmp_path / "vgg56.h5", n=21)
     done = run_cli(path, "--kind", "contour", "--vmin", "0.1", "--vmax", "10", "--levels", "0.5", "--log")
     assert done.returncode == 0, done.stderr

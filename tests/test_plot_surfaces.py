@@ -134,5 +134,5 @@ def test_partial_and_1d_files_read_back(tmp_path):
 def test_unknown_datasets_do_not_disturb_reading(tmp_path):
     extra = {"max_eig": np.zeros((11, 11)), "trajectory/x": np.zeros(5), "trajectory/y": np.zeros(5)}
     s = read_surface(bowl_file(tmp_path / "e.h5", n=11, extra=extra))
-    # grid-shaped datasets are values (later issues add eigenvalue maps); others (a trajectory) are not
+    # grid-shaped datasets are values (eigenvalue maps among them); others (a trajectory) are not
     assert set(s.values) == {"train_loss", "train_acc", "max_eig"}

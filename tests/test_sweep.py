@@ -14,7 +14,7 @@ from conftest import REPO, brute_force, job_dict, launch_env, mpirun, run_cli, w
 from mpilaunch import GRACEFUL, LIBRARY
 
 from llmpi import checkpoint
-from llmpi.store import read_directions, read_surface
+from llmpi.store import read_directions, read_run_info, read_surface
 
 pytestmark = pytest.mark.mpi
 
@@ -33,6 +33,9 @@ def test_three_ranks_fill_the_file_with_the_exact_values(fixture_data, three_ran
     s = read_surface(d / "three.h5")
     assert s.complete and s.values["train_loss"].shape == (4, 5) and s.y is not None
     assert "20 points in" in result.stdout and "3 rank(s)" in result.stdout
+    record = read_run_info(d / "three.h5")
+    assert record["state"] == "complete" and record["ranks"] == 3 and record["points_this_run"] == 20
+    assert sum(r["points"] for r in record["per_rank"]) == 20 and record["setup"]["batch_size"] >= 1
     dirs = read_directions(d / "three.h5")
     for j, b in enumerate(s.y):
         for i, a in enumerate(s.x):
@@ -110,6 +113,8 @@ def test_rerun_of_a_complete_job_computes_nothing(three_ranks):
     result = run_cli("llmpi.sweep", str(job), ranks=3)
     assert result.returncode == 0, result.stderr
     assert "20 already done" in result.stdout and "0 points in" in result.stdout
+    record = read_run_info(d / "three.h5")
+    assert record["points_this_run"] == 0 and record["points_done"] == 20 and record["state"] == "complete"
     after = read_surface(d / "three.h5")
     assert np.array_equal(before.values["train_loss"], after.values["train_loss"])
 
@@ -167,6 +172,8 @@ def test_interrupted_sweep_exits_75_quickly_and_resumes_to_the_same_bits(fixture
     assert resumed.returncode == 0, resumed.stderr
     assert f"{done_before} already done" in resumed.stdout
     assert f"{42 - done_before} points in" in resumed.stdout
+    record = read_run_info(tmp_path / "cut.h5")
+    assert record["points_this_run"] == 42 - done_before and record["points_done"] == 42
 
     reference = write_job(tmp_path / "ref.yaml", {**job, "output": str(tmp_path / "ref.h5")})
     assert run_cli("llmpi.sweep", str(reference)).returncode == 0
