@@ -1,6 +1,7 @@
 """SLURM batch scripts for sweeps, rendered by one pure function from explicit parameters.
 
     sbatch slurm/sweep.sbatch jobs/vgg56.yaml          # the checked-in script: 1 node, 4 GPUs, 4 h
+    sbatch slurm/sweep.sbatch jobs/a.yaml jobs/b.yaml  # several surfaces in one allocation (one run)
     python -m llmpi.slurm jobs/vgg56.yaml --nodes 2 --gpus-per-node 4 --time 4:00:00 -o vgg56.sbatch
     sbatch vgg56.sbatch                                # a script rendered for one job and one cluster
 
@@ -50,7 +51,7 @@ CHECKED_IN = "slurm/sweep.sbatch"
 def _param(default: Any, flag: str, help: str, metavar: str | None = None) -> Any:
     """A BatchSpec field: its command-line flag and help live next to the default they explain."""
     meta = {"flag": flag, "help": help, "metavar": metavar}
-    if isinstance(default, tuple):
+    if isinstance(default, tuple) and flag.startswith("-"):
         return field(default=default, metadata=meta | {"repeat": True})
     return field(default=default, metadata=meta)
 
@@ -59,7 +60,13 @@ def _param(default: Any, flag: str, help: str, metavar: str | None = None) -> An
 class BatchSpec:
     """Everything the batch script depends on: ``render(spec)`` is a function of this alone."""
 
-    job: str | None = _param(None, "job", "the job file, baked into the script; omitted: the script takes it as $1")
+    jobs: tuple[str, ...] = _param(
+        (),
+        "job",
+        "job files, baked into the script (several: one run sweeps them all); none: the script takes them "
+        "as its arguments",
+        "JOB",
+    )
     overrides: tuple[str, ...] = _param((), "--set", "a job override passed to the sweep (repeatable)", "KEY=VALUE")
     nodes: int = _param(1, "--nodes", "nodes to allocate", "N")
     gpus_per_node: int = _param(4, "--gpus-per-node", "GPUs per node; one rank each (0: a CPU-only sweep)", "G")
@@ -117,11 +124,11 @@ class BatchSpec:
             raise JobError(f"--signal-lead {self.signal_lead} s is more than SLURM allows (65535 s)")
         if self.mpi is not None and not re.fullmatch(r"[A-Za-z0-9_]+", self.mpi):
             raise JobError(f"--mpi {self.mpi!r} is not a plugin name (pmi2, pmix, none, ... or 'default')")
-        for name in ("python", "job_name", "job", "output", "chdir", "partition", "account", "qos"):
+        for name in ("python", "job_name", "output", "chdir", "partition", "account", "qos"):
             value = getattr(self, name)
             if value is not None and (not value.strip() or "\n" in value or "\r" in value):
                 raise JobError(f"{_flag(name)} must be non-empty and on one line, not {value!r}")
-        for name in ("overrides", "setup", "sbatch_options"):
+        for name in ("jobs", "overrides", "setup", "sbatch_options"):
             for value in getattr(self, name):
                 if "\n" in value or "\r" in value:
                     raise JobError(f"{_flag(name)} values must each be one line, not {value!r}")
@@ -191,7 +198,7 @@ def command_line(spec: BatchSpec) -> str:
             continue
         flag = f.metadata["flag"]
         if flag == "job":
-            words.insert(3, shlex.quote(value))
+            words[3:3] = [shlex.quote(v) for v in value]
         elif f.metadata.get("repeat"):
             words += [f"{flag}={shlex.quote(v)}" if v.startswith("-") else f"{flag} {shlex.quote(v)}" for v in value]
         else:
@@ -256,7 +263,11 @@ exit "$status"
 
 def render(spec: BatchSpec) -> str:
     """The batch script for ``spec``: directives, then run the sweep, then requeue it if it was interrupted."""
-    usage = "sbatch slurm/sweep.sbatch JOB.yaml [--set KEY=VALUE ...]" if spec.job is None else "sbatch THIS_FILE"
+    usage = (
+        "sbatch slurm/sweep.sbatch JOB.yaml [JOB.yaml ...] [--set KEY=VALUE ...]"
+        if not spec.jobs
+        else "sbatch THIS_FILE"
+    )
     lines = [
         "#!/bin/bash",
         "# A loss-surface sweep under SLURM (llmpi): one MPI rank per GPU, resumable, requeued until complete.",
@@ -304,15 +315,14 @@ def render(spec: BatchSpec) -> str:
     if spec.cpus_per_task is not None:
         srun.append(f"--cpus-per-task={spec.cpus_per_task}")  # SLURM 22.05 steps no longer inherit it from sbatch
     srun += ["--kill-on-bad-exit=0", f"--wait={STEP_WAIT}", python, "-m", "llmpi.sweep"]
-    if spec.job is not None:
-        srun.append(shlex.quote(spec.job))
+    srun += [shlex.quote(job) for job in spec.jobs]
     srun += [f"--set {shlex.quote(o)}" for o in spec.overrides]
     srun.append('"$@"')
 
     check = f'if [ $# -eq 0 ]; then\n    echo "llmpi: usage: {usage}" >&2\n    exit 2\nfi\n'
     body = _BODY
     for name, value in {
-        "USAGE": check if spec.job is None else "",
+        "USAGE": check if not spec.jobs else "",
         "SETUP": "".join(line + "\n" for line in spec.setup),
         "PYTHON": python,
         "SRUN": " ".join(srun),
@@ -387,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
         default = "" if f.default in (None, ()) else f" (default {f.default})"
         text = (meta["help"] + default).replace("%", "%%")  # argparse formats help with %
         if meta["flag"] == "job":
-            p.add_argument("job", nargs="?", help=text)
+            p.add_argument("jobs", nargs="*", metavar="JOB", help=text)
         elif meta.get("repeat"):
             p.add_argument(meta["flag"], dest=f.name, action="append", metavar=meta["metavar"], help=text)
         else:
@@ -407,9 +417,9 @@ def spec_from_args(args: argparse.Namespace) -> BatchSpec:
     given = {}
     for f in dataclasses.fields(BatchSpec):
         value = getattr(args, f.name)
-        if value is None:
+        if value is None or (f.name == "jobs" and not value):
             continue
-        if f.metadata.get("repeat"):
+        if f.metadata.get("repeat") or f.name == "jobs":
             value = tuple(value)
         if f.name == "mpi" and value == "default":
             value = None
@@ -417,15 +427,18 @@ def spec_from_args(args: argparse.Namespace) -> BatchSpec:
     return BatchSpec(**given)
 
 
-def check_job(spec: BatchSpec) -> None:
-    """Load the baked-in job now, so a typo fails here and not after hours in the queue."""
-    from .config import load_job
+def check_jobs(spec: BatchSpec) -> None:
+    """Load the baked-in jobs now, as the sweep will (outputs, runtime), so a typo fails here and not after hours
+    in the queue."""
+    from .sweep import load_jobs
 
     base = Path(spec.chdir) if spec.chdir is not None else Path.cwd()
-    job = load_job(base / spec.job, spec.overrides)
-    if spec.ranks > job.grid.size:
+    jobs = load_jobs([str(base / job) for job in spec.jobs], spec.overrides)
+    points = sum(job.grid.size for job in jobs)
+    if spec.ranks > points:
+        grids = "a grid" if len(jobs) == 1 else f"{len(jobs)} grids"
         raise JobError(
-            f"{spec.ranks} ranks ({spec.nodes} node(s) x {spec.ranks_per_node}) for a grid of {job.grid.size} "
+            f"{spec.ranks} ranks ({spec.nodes} node(s) x {spec.ranks_per_node}) for {grids} of {points} "
             f"points: ask for fewer GPUs or tasks, or use a finer grid"
         )
 
@@ -441,8 +454,8 @@ def command(args: argparse.Namespace) -> int:
             print(f"llmpi: removed {path}, left by a killed run of this job", file=sys.stderr)
         return 0
     spec = spec_from_args(args)
-    if spec.job is not None:
-        check_job(spec)
+    if spec.jobs:
+        check_jobs(spec)
     text = render(spec)
     if args.out is None:
         sys.stdout.write(text)
@@ -454,7 +467,7 @@ def command(args: argparse.Namespace) -> int:
     except OSError as e:
         disk = disk_error(e, out, "writing", then="run the command again")
         raise disk or JobError(f"cannot write {out} ({e.strerror}); choose another -o") from None
-    submit = "sbatch " + shlex.quote(str(out)) + ("" if spec.job is not None else " JOB.yaml")
+    submit = "sbatch " + shlex.quote(str(out)) + ("" if spec.jobs else " JOB.yaml [JOB.yaml ...]")
     print(f"llmpi: wrote {out}; submit it with: {submit}", file=sys.stderr)
     return 0
 

@@ -136,9 +136,27 @@ def test_bad_parameters_are_refused_by_name(fields, names):
         render(BatchSpec(**fields))
 
 
+def test_several_job_files_make_one_run_of_the_sweep(tmp_path):
+    """A script rendered for several jobs runs them as one sweep (one srun, every job file after the module), and
+    they are checked as the sweep will: two jobs writing one file are refused before anything is queued."""
+    spec = BatchSpec(jobs=("jobs/a.yaml", "jobs/b b.yaml"), overrides=("runtime.device=cuda",))
+    text = render(spec)
+    sruns = [line for line in text.splitlines() if "-m llmpi.sweep" in line]
+    assert len(sruns) == 1 and "-m llmpi.sweep jobs/a.yaml 'jobs/b b.yaml' --set runtime.device=cuda" in sruns[0]
+    header = next(line for line in text.splitlines() if "python -m llmpi.slurm" in line)
+    assert slurm.spec_from_args(slurm.parser().parse_args(shlex.split(header.lstrip("# "))[3:])) == spec
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"name: {name}\nmodel: {{arch: resnet8, checkpoint: m.pt}}\noutput: same.h5\n"
+        )
+    args = ["a.yaml", "b.yaml", "--chdir", str(tmp_path), "--gpus-per-node", "0", "--tasks-per-node", "2"]
+    done = subprocess.run([sys.executable, "-m", "llmpi.slurm", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "both write same.h5" in done.stderr, done.stderr
+
+
 def test_the_rendering_command_in_the_header_renders_the_same_script():
     spec = BatchSpec(
-        job="jobs/my job.yaml",
+        jobs=("jobs/my job.yaml",),
         overrides=("output=surfaces/a b.h5", "grid.x=[-1,1,5]"),
         nodes=2,
         gpus_per_node=8,
@@ -316,7 +334,7 @@ def sweep_calls(tmp_path: Path) -> list[list[str]]:
 
 def test_script_runs_the_sweep_with_its_arguments_quoted(tmp_path):
     spec = BatchSpec(
-        job="jobs/my job.yaml", overrides=("output=surfaces/a b.h5",), python="/opt/my env/bin/python", mpi="pmix"
+        jobs=("jobs/my job.yaml",), overrides=("output=surfaces/a b.h5",), python="/opt/my env/bin/python", mpi="pmix"
     )
     assert run_script(tmp_path, spec, "--set", "grid.block=2") == 0
     (sweep,) = sweep_calls(tmp_path)
@@ -344,7 +362,7 @@ def test_two_8_gpu_nodes_get_16_ranks_one_per_gpu_and_a_clean_up_on_each_node(tm
     """--nodes 2 --gpus-per-node 8: 8 tasks and 8 GPUs per node; the sweep's srun inherits the 16 tasks and leaves
     every task its node's 8 GPUs, among which llmpi.placement gives node-local rank k GPU k (a warning would say
     if not); the clean-up step runs once on each node."""
-    spec = BatchSpec(job="job.yaml", nodes=2, gpus_per_node=8)
+    spec = BatchSpec(jobs=("job.yaml",), nodes=2, gpus_per_node=8)
     assert spec.ranks == 16
     lines = directives(render(spec))
     assert "#SBATCH --nodes=2" in lines and "#SBATCH --ntasks-per-node=8" in lines and "#SBATCH --gres=gpu:8" in lines
