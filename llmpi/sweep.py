@@ -262,6 +262,48 @@ def banner(p: Prepared, ranks: int, device: Any, threads: int) -> str:
     )
 
 
+class Inputs:
+    """A rank's loaded inputs, by surface: the first surface's loaded by every rank at set-up, the others when first
+    needed (their data from the rank's shared cache). Each is given out once: an evaluator takes the network over
+    (moves it to the device, converts its dtype), so a surface built again loads θ* again."""
+
+    def __init__(self, jobs: Sequence[Job], device: Any, cache: Any, first: Loaded) -> None:
+        self.jobs, self.device, self.cache = jobs, device, cache
+        self.spare: dict[int, Loaded] = {0: first}
+
+    def take(self, index: int) -> Loaded:
+        from .worker import load
+
+        return self.spare.pop(index) if index in self.spare else load(self.jobs[index], self.device, self.cache)
+
+
+def prepare_all(
+    jobs: Sequence[Job], inputs: Inputs, surfaces: Surfaces, restart: bool, ranks: int, faults: Faults
+) -> list[Prepared]:
+    """Rank 0: every surface prepared, in job order; their evaluators go to ``surfaces``. The last surface is
+    prepared first, so that rank 0 still holds the first surfaces' evaluators when the sweep begins."""
+    prepared: list[Prepared] = []
+    try:
+        for index in reversed(range(len(jobs))):
+            p, values = prepare(index, jobs[index], inputs.take(index), restart, ranks, faults)
+            prepared.insert(0, p)
+            surfaces.put(index, values)
+    except BaseException:
+        for p in prepared:
+            p.store.close()
+        raise
+    return prepared
+
+
+def build(plan: Plan, loaded: Loaded) -> PointValues:
+    """A surface's evaluators on this rank, with what rank 0 chose for every rank."""
+    from .worker import PointValues
+
+    values = PointValues.build(plan.job, loaded, plan.directions)
+    values.settle(plan.choice)
+    return values
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Every rank: computing a block.
 
@@ -405,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .faults import Faults
     from .grid import Grid
     from .runlog import Progress
-    from .worker import DataCache, PointValues, Surfaces, load
+    from .worker import DataCache, Surfaces, load
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -445,30 +487,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Every rank loads the first surface's inputs at once (a missing file on one node is a clean error now).
         device, threads, first = collective(comm, set_up, args.debug)
         places = comm.gather(bound.place(rank, str(device), threads, os.getpid()))
-        spare = {0: first}  # loaded inputs not yet given to an evaluator
-
-        def inputs(index: int) -> Loaded:
-            return spare.pop(index) if index in spare else load(jobs[index], device, cache)
-
-        def rank0_prepare() -> list[Plan] | None:
-            if rank != 0:
-                return None
-            # Last surface first: rank 0 then still holds the first surfaces' evaluators when the sweep begins.
-            for index in reversed(range(len(jobs))):
-                p, values = prepare(index, jobs[index], inputs(index), args.restart, size, faults)
-                prepared.insert(0, p)
-                surfaces.put(index, values)
-            return [p.plan for p in prepared]
-
-        def build(index: int) -> PointValues:
-            plan = plans[index]
-            values = PointValues.build(plan.job, inputs(index), plan.directions)
-            values.settle(plan.choice)
-            return values
-
-        surfaces = Surfaces(build)
-        plans: list[Plan] = comm.bcast(collective(comm, rank0_prepare, args.debug))
-        first_work = next((p.index for p in plans if p.todo), None)
+        inputs = Inputs(jobs, device, cache, first)
+        plans: dict[int, Plan] = {}  # every surface's, from rank 0
+        surfaces = Surfaces(lambda index: build(plans[index], inputs.take(index)))
+        step = lambda: prepare_all(jobs, inputs, surfaces, args.restart, size, faults) if rank == 0 else []
+        prepared = collective(comm, step, args.debug)
+        plans.update(enumerate(comm.bcast([p.plan for p in prepared] if rank == 0 else None)))
+        first_work = next((i for i, plan in plans.items() if plan.todo), None)
         if first_work is not None:  # the first surface with work built on every rank now: its errors come now
             collective(comm, lambda: surfaces.get(first_work), args.debug)
         compute = make_compute(surfaces, faults, rank)
