@@ -28,12 +28,16 @@ demo: $(STAMP)
 	$(VENV)/bin/mpirun -n $(NP) $(PY) -m llmpi.sweep jobs/demo.yaml
 	$(PY) -m llmpi.plot $(DEMO)/demo.h5
 
-test: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra
+# In parallel (pytest-xdist): tests/conftest.py groups what must share a worker and starts the waiting tests
+# first. TEST_WORKERS=1 runs it serially; the 15 slowest tests are listed at the end.
+TEST_WORKERS ?= 3
 
-# Unit tests only (no mpirun, SLURM or browser): a minute or two while editing.
+test: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra -n $(TEST_WORKERS) --durations=15
+
+# Unit tests only (no mpirun, SLURM or browser), in parallel: well under a minute while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not mpi and not slurm and not browser"
+	$(PY) -m pytest -q -ra -n 2 --durations=5 -m "not mpi and not slurm and not browser"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llmpi tests bench examples

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import MPIRUN, REPO, job_dict, run_cli, write_job
+from conftest import MPIRUN, REPO, build_once, job_dict, run_cli, write_job
 from faultkit import arrays, env, kill_tree, rank_pids, resume, run_and_kill
 
 from llmpi.store import read_run_info, read_surface
@@ -25,14 +25,16 @@ TRIALS = int(os.environ.get("LLMPI_KILL_TRIALS", "20"))
 GRID = {"x": [-1.0, 1.0, 6], "y": [-1.0, 1.0, 5], "block": 2}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(fixture_data, tmp_path_factory):
-    """An uninterrupted run of the fault tests' job."""
-    d = tmp_path_factory.mktemp("reference")
-    job = write_job(d / "job.yaml", job_dict(fixture_data, d / "ref.h5", grid=GRID))
-    result = run_cli("llmpi.sweep", str(job))
-    assert result.returncode == 0, result.stderr
-    return arrays(d / "ref.h5")
+    """An uninterrupted run of the fault tests' job (once per run: the trials are spread over the xdist workers)."""
+
+    def sweep(d):
+        job = write_job(d / "job.yaml", job_dict(fixture_data, d / "ref.h5", grid=GRID))
+        result = run_cli("llmpi.sweep", str(job))
+        assert result.returncode == 0, result.stderr
+
+    return arrays(build_once(tmp_path_factory, "fault-reference", sweep) / "ref.h5")
 
 
 def check_against(reference, path, complete):
