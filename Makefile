@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(PY) -m llmpi.plot $(DEMO)/demo.h5
 
 # In parallel (pytest-xdist): tests/conftest.py groups what must share a worker and starts the waiting tests
-# first. TEST_WORKERS=1 runs it serially; the 15 slowest tests are listed at the end.
+# first. TEST_WORKERS=0 runs it serially; the 15 slowest tests are listed at the end.
 TEST_WORKERS ?= 3
 
 test: $(STAMP)

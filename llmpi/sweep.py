@@ -363,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mpi4py import MPI
 
-    from . import config, protocol
+    # checkpoint imports torch: on every rank at once, here. Imported inside the first collective step (rank 0
+    # reading the job, the others setting up), each rank would spin in MPI while the others import it, in turn.
+    from . import checkpoint, config, protocol  # noqa: F401
     from .faults import Faults
     from .grid import Grid
 
