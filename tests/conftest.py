@@ -27,13 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MPIRUN = str(BIN / "mpirun") if (BIN / "mpirun").exists() else "mpirun"
 
-# MPICH busy-polls inside every blocking MPI call: while rank 0 alone reads the job, opens the file or tunes, the
-# other ranks spin in bcast. The tests run 3 ranks (and several tests at once) on 2 cores, so the spinning ranks
-# took CPU from the one doing the work. Heavy yield makes a polling rank sleep (nanosleep) instead of sched_yield:
-# measured, a 3-rank run of the fault tests' job used 15% less CPU (6.2 s instead of 7.3 s). Every subprocess
-# the tests start inherits it (mpirun, SLURM jobs through sbatch's environment); values stay bit-identical.
-os.environ.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
-
 
 # -- Running in parallel ----------------------------------------------------------------------------------------
 #
