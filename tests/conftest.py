@@ -43,8 +43,9 @@ MPIRUN = str(BIN / "mpirun") if (BIN / "mpirun").exists() else "mpirun"
 #   worker: ``build_once`` below (``fixture_data``, ``other_minimisers``, the fault tests' reference run, the
 #   bad-input catalogue's valid surface). Reuse them; a new expensive session fixture uses ``build_once`` too.
 #   Whatever a test gets from them is read-only (copy a file before changing it).
-# * Under xdist the long waiting units start first (real SLURM, then Chromium, then the other grouped units,
-#   then single tests that start mpirun, then in-process tests), so waits overlap the CPU-bound work.
+# * Under xdist the waiting units start first (real SLURM, then Chromium), then the long ones (marker ``slow``),
+#   the other grouped units, single tests that start mpirun, and in-process tests last, so that waits overlap the
+#   CPU-bound work and the run ends on short tests. Mark a test that takes more than a few seconds ``slow``.
 # * Anything a test writes goes under tmp_path; ports are picked free; no test may assume it has the machine to
 #   itself: a time limit in an assertion needs a wide margin (tests run 3 at a time on 2 cores).
 
@@ -125,15 +126,18 @@ def _unit(item: pytest.Item) -> str:
 
 
 def _unit_rank(items: list[pytest.Item]) -> int:
-    """Which work units xdist hands out first: those that mostly wait, so that their waits overlap the rest."""
+    """Which work units xdist hands out first: those that mostly wait, so that their waits overlap the rest, then
+    the long ones, so that the run ends on short tests that fill the gaps (no core idle behind one long test)."""
     marks = {m.name for item in items for m in item.iter_markers()}
     if "slurm" in marks:
         return 0
     if "browser" in marks:
         return 1
-    if len(items) > 1:
+    if "slow" in marks:
         return 2
-    return 3 if "mpi" in marks else 4
+    if len(items) > 1:
+        return 3
+    return 4 if "mpi" in marks else 5
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -86,6 +86,7 @@ def wait_for_points(path, n, proc, timeout=90):
     pytest.fail("no progress")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signame", "target"), [("SIGUSR1", "worker"), ("SIGTERM", "coordinator")])
 def test_signal_to_any_rank_stops_within_10_s_with_75_and_resumes(fixture_data, reference, tmp_path, signame, target):
     out = tmp_path / "s.h5"
@@ -112,6 +113,7 @@ def test_signal_to_any_rank_stops_within_10_s_with_75_and_resumes(fixture_data, 
     assert check_against(reference, out, complete=True) == 30
 
 
+@pytest.mark.slow
 def test_a_second_sweep_on_a_live_file_is_refused_naming_the_writer(fixture_data, tmp_path):
     out = tmp_path / "s.h5"
     job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, out, grid=GRID))
@@ -134,6 +136,7 @@ def test_a_second_sweep_on_a_live_file_is_refused_naming_the_writer(fixture_data
     assert arrays(out)["done"].sum() >= before
 
 
+@pytest.mark.slow
 def test_a_straggler_does_not_hold_the_sweep(fixture_data, reference, tmp_path):
     """Rank 1 takes 20 s per point, the others a fraction of a second: its blocks are stolen or copied to idle
     workers, the first result wins, and the sweep ends at the pace of the fast ranks."""

@@ -93,6 +93,7 @@ def test_another_job_on_the_same_file_is_refused_and_the_file_untouched(three_ra
     assert (d / "three.h5").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_exits_75_quickly_and_resumes_to_the_same_bits(fixture_data, tmp_path):
     job = job_dict(fixture_data, tmp_path / "cut.h5", grid={"x": [-1.0, 1.0, 7], "y": [-1.0, 1.0, 6], "block": 3})
     path = write_job(tmp_path / "job.yaml", job)
