@@ -35,9 +35,10 @@ TEST_WORKERS ?= 3
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra -n $(TEST_WORKERS) --durations=15
 
-# Unit tests only (no mpirun, SLURM or browser), in parallel: well under a minute while editing.
+# While editing: the in-process unit tests (no mpirun, SLURM or browser, nothing marked slow), in parallel; well
+# under a minute on 2 idle cores.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -n 2 --durations=5 -m "not mpi and not slurm and not browser"
+	$(PY) -m pytest -q -ra -n 2 --durations=5 -m "not mpi and not slurm and not browser and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llmpi tests bench examples
