@@ -46,7 +46,7 @@ lint: $(STAMP)
 
 # The kill -9 fault suite with many more seeded trials than `make test` runs.
 soak: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" LLMPI_KILL_TRIALS=$${TRIALS:-200} $(PY) -m pytest -q -ra tests/test_faults.py -k kill_9
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" LLMPI_KILL_TRIALS=$${TRIALS:-200} $(PY) -m pytest -q -ra -n $(TEST_WORKERS) tests/test_faults.py -k kill_9
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench
