@@ -363,13 +363,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mpi4py import MPI
 
-    # checkpoint imports torch: on every rank at once, here. Imported inside the first collective step (rank 0
-    # reading the job, the others setting up), each rank would spin in MPI while the others import it, in turn.
-    from . import checkpoint, config, protocol  # noqa: F401
+    from . import config, protocol
     from .faults import Faults
     from .grid import Grid
 
     comm = MPI.COMM_WORLD
+    if comm.Get_size() > 1:
+        # torch on every rank at once, now: imported inside the first collective step (rank 0 reading the job, the
+        # others setting up), each rank would spin in MPI while the others import it, in turn. (One rank waits for
+        # nobody: a typo in its job file is reported before torch is imported.)
+        from . import checkpoint  # noqa: F401
     rank, size = comm.Get_rank(), comm.Get_size()
     interrupts = protocol.Interrupts().install()
     faults = Faults.from_env(rank)
