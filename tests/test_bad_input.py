@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import job_dict, run_cli, write_job
+from conftest import build_once, job_dict, run_cli, write_job
 
 from llmpi import data, models
 
@@ -228,14 +228,17 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def good_surface(fixture_data, tmp_path_factory):
-    """A valid surface file of the catalogue's base job, to place at the output of every case."""
-    d = tmp_path_factory.mktemp("good")
-    job = write_job(d / "job.yaml", job_dict(fixture_data, d / "good.h5", grid={"x": [-1.0, 1.0, 2], "y": None}))
-    result = run_cli("llmpi.sweep", str(job))
-    assert result.returncode == 0, result.stderr
-    return d / "good.h5"
+    """A valid surface file of the catalogue's base job, to place at the output of every case (a copy: read-only;
+    once per run, the cases are spread over the xdist workers)."""
+
+    def sweep(d):
+        job = write_job(d / "job.yaml", job_dict(fixture_data, d / "good.h5", grid={"x": [-1.0, 1.0, 2], "y": None}))
+        result = run_cli("llmpi.sweep", str(job))
+        assert result.returncode == 0, result.stderr
+
+    return build_once(tmp_path_factory, "good-surface", sweep) / "good.h5"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.mpi  # the stress section runs the sweep under mpirun
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("bench")
     args = ["--profile", "tiny", "--json", str(d / "out.json"), "--work", str(d / "work")]
-    result = run_cli("bench", *args, timeout=600)
+    result = run_cli("bench", *args, timeout=600, cores=1)  # one thread: other tests run beside it
     assert result.returncode == 0, result.stdout + result.stderr
     (results,) = json.loads((d / "out.json").read_text())
     return results, result.stdout, d

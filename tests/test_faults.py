@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, job_dict, mpirun, run_cli, write_job
+from conftest import REPO, build_once, job_dict, mpirun, run_cli, write_job
 from faultkit import arrays, env, kill_tree, rank_pids, resume, run_and_kill
 from mpilaunch import MPIRUN_ON_SIGNAL
 
@@ -26,14 +26,16 @@ TRIALS = int(os.environ.get("LLMPI_KILL_TRIALS", "20"))
 GRID = {"x": [-1.0, 1.0, 6], "y": [-1.0, 1.0, 5], "block": 2}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(fixture_data, tmp_path_factory):
-    """An uninterrupted run of the fault tests' job."""
-    d = tmp_path_factory.mktemp("reference")
-    job = write_job(d / "job.yaml", job_dict(fixture_data, d / "ref.h5", grid=GRID))
-    result = run_cli("llmpi.sweep", str(job))
-    assert result.returncode == 0, result.stderr
-    return arrays(d / "ref.h5")
+    """An uninterrupted run of the fault tests' job (once per run: the trials are spread over the xdist workers)."""
+
+    def sweep(d):
+        job = write_job(d / "job.yaml", job_dict(fixture_data, d / "ref.h5", grid=GRID))
+        result = run_cli("llmpi.sweep", str(job))
+        assert result.returncode == 0, result.stderr
+
+    return arrays(build_once(tmp_path_factory, "fault-reference", sweep) / "ref.h5")
 
 
 def check_against(reference, path, complete):
@@ -85,6 +87,7 @@ def wait_for_points(path, n, proc, timeout=90):
     pytest.fail("no progress")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signame", "target", "level"), [("SIGUSR1", "worker", "serialized"), ("SIGTERM", "coordinator", "multiple")]
 )
@@ -149,6 +152,7 @@ def test_sigterm_to_an_mpirun_that_kills_loses_only_the_blocks_in_flight(fixture
     assert check_against(reference, out, complete=True) == 30
 
 
+@pytest.mark.slow
 def test_a_second_sweep_on_a_live_file_is_refused_naming_the_writer(fixture_data, tmp_path):
     out = tmp_path / "s.h5"
     job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, out, grid=GRID))
@@ -171,6 +175,7 @@ def test_a_second_sweep_on_a_live_file_is_refused_naming_the_writer(fixture_data
     assert arrays(out)["done"].sum() >= before
 
 
+@pytest.mark.slow
 def test_a_straggler_does_not_hold_the_sweep(fixture_data, reference, tmp_path):
     """Rank 1 takes 20 s per point, the others a fraction of a second: its blocks are stolen or copied to idle
     workers, the first result wins, and the sweep ends at the pace of the fast ranks."""

@@ -572,11 +572,15 @@ def test_checked_in_script_requeued_by_an_admin_resumes_bitwise(cluster, sweep_c
         time.sleep(0.2)
     assert before < SweepCase.POINTS
     cluster.run("scontrol", "requeue", str(job))
+    # Held in the queue until the stale segment below is in place: the requeue delay alone (10 s) is not always
+    # enough for this test to plant it on a loaded machine, and a run 2 that started first would never meet it.
+    cluster.run("scontrol", "hold", str(job))
     cluster.wait(job, lambda j: j["JobState"] == "PENDING" and j["Restarts"] == "1", 60, "return to the queue")
     # What MPICH leaves when srun turns the requeue's SIGTERM into SIGKILL: a segment named after the sweep's step
     # (step 1, after the clean-up step 0). Without the script's clean-up the next run's ranks would hang on it.
     stale = Path("/dev/shm") / f"mpich_shm_{slurm.mpich_world_id(f'{job}.1'):x}_0"
     stale.write_bytes(b"\0" * (2 << 20))
+    cluster.run("scontrol", "release", str(job))
     cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now")  # or wait for the requeue delay
     info = cluster.wait(job, lambda j: j["JobState"] in FINISHED, 240, "end")
     text = log.read_text()
@@ -585,6 +589,7 @@ def test_checked_in_script_requeued_by_an_admin_resumes_bitwise(cluster, sweep_c
     assert "DUE TO JOB REQUEUE" in text and "run 2" in text
     first, second = already_done(text)
     assert first == 0 and before <= second < SweepCase.POINTS  # resumed from what run 1 had written
+    assert f"removed {stale}" in text  # by run 2's clean-up step, before its sweep started
     assert not stale.exists() and slurm.stale_mpi_segments(str(job), Path("/dev/shm")) == []
     sweep_case.assert_equal_to_reference(tmp_path / "surface.h5")
 

@@ -78,6 +78,7 @@ def test_three_surfaces_in_one_run_equal_three_separate_runs(fixture_data, separ
 
 
 @pytest.mark.mpi
+@pytest.mark.slow
 def test_killed_midway_then_the_same_command_completes_every_surface_bitwise(fixture_data, separate, tmp_path):
     jobs = jobs_in(fixture_data, tmp_path)
     proc = subprocess.Popen(

@@ -133,6 +133,7 @@ def test_another_job_on_the_same_file_is_refused_and_the_file_untouched(three_ra
     assert (d / "three.h5").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_exits_75_quickly_and_resumes_to_the_same_bits(fixture_data, tmp_path):
     """The signal goes to mpirun, as a shell's kill or SLURM would send it: SIGTERM, or SIGUSR1 where mpirun kills
     on SIGTERM (Open MPI's; tests/test_faults.py checks what that does)."""

@@ -33,6 +33,7 @@ def tensors_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_bits(tmp_path):
     whole = train(tiny_job(tmp_path / "a" / "run.pt"), log=lambda m: None)
 
@@ -85,6 +86,7 @@ def test_an_interrupted_run_resumes_to_the_same_bits(tmp_path):
     assert np.allclose(result.coordinates[-1], 0.0)
 
 
+@pytest.mark.slow
 def test_snapshots_every_k_epochs_and_the_initialisation(tmp_path):
     """Epoch 3 is not a multiple of 2: no snapshot, but the final model and the resume state are written."""
     train(tiny_job(tmp_path / "run.pt", epochs=3, save_every=2, init="torch"), log=lambda m: None)
@@ -99,6 +101,7 @@ def test_the_paper_init_is_used_by_default(tmp_path):
     assert torch.equal(init["bn1.weight"], torch.ones(16)) and not init["linear.bias"].any()
 
 
+@pytest.mark.slow
 def test_a_resume_state_from_another_run_is_refused(tmp_path):
     train(tiny_job(tmp_path / "run.pt", epochs=1), log=lambda m: None)
     with pytest.raises(JobError, match=r"different training run \(train\.batch_size \(16 there, 32 here\)\).*delete"):
