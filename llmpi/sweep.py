@@ -76,9 +76,10 @@ def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
 
 
 def fingerprint(job: Any, checkpoint_sha256: str, data_info: Any, bn_info: Any = None) -> dict:
-    """Everything that determines the stored values, and nothing that does not (ranks, batch size, points per
-    pass, compile, output: these change per-image losses in their last bits at most). Users' factories count by
-    import path and a hash of their module's source (``plugins.identity``), with their keyword arguments."""
+    """Everything that determines the stored values, and nothing that does not (ranks, batch size, the forward
+    path -- fold, compile, kernels -- and output: these change per-image losses in their last bits at most).
+    Users' factories count by import path and a hash of their module's source (``plugins.identity``), with their
+    keyword arguments."""
     from .config import to_dict
     from .plugins import identity
 
@@ -150,7 +151,7 @@ def setup_rank(job: Any, local_rank: int, local_size: int, faults: Any) -> RankS
     faults.at_setup()
     device = runtime.pick_device(job.runtime.device, local_rank)
     threads = runtime.pick_threads(job.runtime.threads, local_size)
-    runtime.configure(device, threads)
+    runtime.configure(device, threads, kernels=job.runtime.kernels)
     splits = {split: data.load_samples(job.data, split) for split in job.splits}
     samples = splits[job.splits[0]]
     model = checkpoint.load_job_model(job.model)
@@ -204,7 +205,7 @@ def open_store(job: Any, grid: Any, r: RankSetup, restart: bool) -> tuple[Any, n
 
 
 def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
-    """This rank's evaluator, with a provisional batch size and one point per pass until the tuning step."""
+    """This rank's evaluator, with a provisional batch size and the eager forward until the tuning step."""
     import torch
 
     from . import runtime
@@ -214,15 +215,7 @@ def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
     rt, auto_batch = job.runtime, job.data.batch_size == "auto"
     images, labels = r.samples.to(r.device)
     dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
-    # A loss factory runs the network itself, and recalibration rewrites BatchNorm buffers per point: neither can
-    # go through vmap over stacked weights, so both evaluate one point per pass (see llmpi.evaluate).
-    one_point = job.loss.factory is not None or r.bn_samples is not None
-    if one_point and rt.points_per_pass not in ("auto", 1):
-        raise JobError(
-            f"runtime.points_per_pass is {rt.points_per_pass}, but a loss.factory or evaluation.bn: recalibrate "
-            f"evaluates one point per pass; set runtime.points_per_pass: auto (or 1)"
-        )
-    return Evaluator(
+    evaluator = Evaluator(
         r.model.to(r.device),
         dirs,
         images,
@@ -230,36 +223,38 @@ def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
         runtime.default_batch_size(r.device, r.info.count) if auto_batch else job.data.batch_size,
         kind=job.directions.type,
         precision=rt.precision,
-        compile=rt.compile,
-        points_per_pass=1 if rt.points_per_pass == "auto" else rt.points_per_pass,
         shrink_on_oom=auto_batch,
         loss=r.loss,
         bn_inputs=None if r.bn_samples is None else r.bn_samples.to(r.device)[0],
         bn_batch_size=job.evaluation.bn_batch_size,
     )
+    if rt.fold is True and not evaluator.foldable:
+        raise JobError(
+            f"runtime.fold is true, but {job.model.label} has no BatchNorm that follows a convolution or linear layer "
+            f"of its own (or torch.fx cannot trace it); set runtime.fold: auto"
+        )
+    return evaluator
 
 
-def tune_and_plan(job: Any, grid: Any, evaluator: Any, todo: np.ndarray, ranks: int) -> tuple[list, int, int, str]:
-    """Rank 0: the batch size and points per pass for every rank, then the blocks.
+def tune_and_plan(job: Any, grid: Any, evaluator: Any, todo: np.ndarray, ranks: int) -> tuple[list, Any]:
+    """Rank 0: the batch size and forward path for every rank (an ``evaluate.Tuning``), then the blocks.
 
     "auto" is decided by timing on rank 0 alone and broadcast, because a choice that differed between ranks would
-    give them different bits (see llmpi.evaluate). Blocks are cut afterwards so that an automatic block holds
-    whole passes.
+    give them different bits (see llmpi.evaluate).
     """
-    from .evaluate import autotune
+    from .evaluate import Tuning, autotune
+    from .forward import ForwardPath
     from .grid import auto_block, blocks
 
-    auto_batch, auto_points = job.data.batch_size == "auto", job.runtime.points_per_pass == "auto"
-    described = ""
-    if (auto_batch or auto_points) and len(todo):
+    rt, auto_batch = job.runtime, job.data.batch_size == "auto"
+    if (auto_batch or "auto" in (rt.fold, rt.compile)) and len(todo):
         work = len(todo) * len(evaluator.labels) / ranks
-        described = autotune(evaluator, work, tune_batch=auto_batch, tune_points=auto_points).describe()
-    width = evaluator.points_per_pass
+        tuning = autotune(evaluator, work, tune_batch=auto_batch, fold=rt.fold, compile=rt.compile, ranks=ranks)
+    else:
+        tuning = Tuning(evaluator.batch_size, ForwardPath(fold=rt.fold is True, compile=rt.compile is True))
     block = job.grid.block if job.grid.block != "auto" else auto_block(len(todo), ranks)
-    if job.grid.block == "auto" and width > 1:  # whole passes: no padded points
-        block = width * -(-block // width)
     tasks = [(b, (s, e, grid.coords(s, e)), e - s) for b, (s, e) in enumerate(blocks(todo, block))]
-    return tasks, evaluator.batch_size, width, described
+    return tasks, tuning
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -284,11 +279,6 @@ class PointValues:
     def first(self) -> Any:
         return next(iter(self.evaluators.values()))
 
-    @property
-    def width(self) -> int:
-        """Points handed over at once: the evaluators' points per pass."""
-        return self.first.points_per_pass
-
     def __call__(self, group: list[tuple[float, ...]], check: Callable[[], None]) -> list[list[float]]:
         rows: list[list[float]] = [[] for _ in group]
         for evaluator in self.evaluators.values():
@@ -303,7 +293,7 @@ class PointValues:
         from .hessian import HessianOperator, extreme_eigenvalues
 
         ev, spec = self.first, self.hessian
-        ev.move_to(point)  # with several points per pass the loss never moved the network's own weights
+        ev.move_to(point)  # the loss of another split may have moved the weights since
         n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
         op = HessianOperator(ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, ignore=self.ignore)
         result = extreme_eigenvalues(
@@ -321,12 +311,17 @@ def make_point_values(job: Any, r: RankSetup, plan: Plan) -> PointValues:
     return PointValues(evaluators, hessian, job.directions.ignore, 0, r.has_accuracy)
 
 
-def settle(values: PointValues, job: Any, batch_size: int, points_per_pass: int) -> None:
-    """Every rank: the batch size and points per pass rank 0 chose, for every evaluator and the Hessian."""
+def settle(values: PointValues, job: Any, tuning: Any) -> float:
+    """Every rank: the batch size and forward path rank 0 chose, for every evaluator and the Hessian; compiles
+    (when the path does) before the first block. The seconds compiling took on this rank."""
+    seconds = 0.0
     for evaluator in values.evaluators.values():
-        evaluator.batch_size, evaluator.points_per_pass = batch_size, points_per_pass
+        evaluator.batch_size = tuning.batch_size
+        evaluator.use(tuning.forward)
+        seconds += evaluator.prepare()
     spec = job.hessian
-    values.hessian_batch = spec.batch_size if spec.batch_size != "auto" else min(batch_size, 512)
+    values.hessian_batch = spec.batch_size if spec.batch_size != "auto" else min(tuning.batch_size, 512)
+    return seconds
 
 
 def make_compute(values: PointValues, faults: Any) -> Callable[[tuple, Callable[[], None]], Reply]:
@@ -342,14 +337,12 @@ def make_compute(values: PointValues, faults: Any) -> Callable[[tuple, Callable[
         try:
             while k < len(coords):
                 check()
-                group = [tuple(p) for p in coords[k : k + values.width]]
-                for _ in group:
-                    faults.before_point(check)
-                for row in values(group, check):
-                    for name, v in zip(names, row):
-                        out[name][k] = v
-                    faults.after_point(start + k)
-                    k += 1
+                faults.before_point(check)
+                (row,) = values([tuple(coords[k])], check)
+                for name, v in zip(names, row):
+                    out[name][k] = v
+                faults.after_point(start + k)
+                k += 1
         except Stopped as stopped:
             if k > 0:
                 stopped.partial = (start, start + k, {name: v[:k] for name, v in out.items()})
@@ -403,16 +396,15 @@ def main(argv: list[str] | None = None) -> int:
         evaluator = values.first
         tasks: list = []
 
-        def rank0_tune() -> tuple[int, int, str] | None:
+        def rank0_tune() -> Any:
             if rank != 0:
                 return None
-            tasks[:], *choice = tune_and_plan(job, grid, evaluator, todo, size)
-            return tuple(choice)
+            tasks[:], tuning = tune_and_plan(job, grid, evaluator, todo, size)
+            return tuning
 
-        # the tasks stay on rank 0; every rank needs only the batch size and points per pass
-        choice = comm.bcast(collective(comm, rank0_tune, args.debug))
-        batch_size, points_per_pass, described = choice
-        settle(values, job, batch_size, points_per_pass)
+        # the tasks stay on rank 0; every rank needs only the batch size and the forward path
+        tuning = comm.bcast(collective(comm, rank0_tune, args.debug))
+        compiled = comm.gather(collective(comm, lambda: settle(values, job, tuning), args.debug))
         assert values.names == value_names(job, r), (values.names, value_names(job, r))
         compute = make_compute(values, faults)
 
@@ -421,17 +413,20 @@ def main(argv: list[str] | None = None) -> int:
             return {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED}.get(outcome.state, EXIT_FAILED)
 
         infos = [samples.info for samples in r.splits.values()] or [r.info]
-        log = RunLog(job, grid.size, grid.size - plan.todo_points, sum(i.count for i in infos), places)
+        compiled[0] += tuning.compile_seconds or 0.0  # rank 0 compiled while probing, if it tried
+        setup = run_setup(job, tuning, evaluator, compiled)
+        log = RunLog(job, grid.size, grid.size - plan.todo_points, sum(i.count for i in infos), places, setup=setup)
         print(
             f"llmpi sweep {job.name}: {job.model.label} on {' + '.join(i.describe() for i in infos)}; grid "
             f"{'x'.join(map(str, grid.shape[::-1]))} = {grid.size} points, {log.done} already done; {size} rank(s) "
-            f"on {r.device.type}, {r.threads} thread(s) each, batch {evaluator.batch_size}"
-            + (f" x {evaluator.points_per_pass} points per pass" if evaluator.points_per_pass > 1 else "")
-            + f", {job.runtime.precision}{', compiled' if job.runtime.compile else ''} -> {job.output}",
+            f"on {r.device.type}, {r.threads} thread(s) each, batch {evaluator.batch_size}, {setup['forward']}, "
+            f"{job.runtime.precision}, {job.runtime.kernels} kernels -> {job.output}",
             flush=True,
         )
-        if described:
-            print(f"llmpi: tuned on rank 0: {described}", flush=True)
+        if tuning.table or tuning.note:
+            print(f"llmpi: tuned on rank 0: {tuning.describe()}", flush=True)
+        if tuning.forward.compile:
+            print(f"llmpi: compiled in {max(compiled):.1f} s (the slowest rank; once per run)", flush=True)
         if values.hessian is not None:
             h = job.hessian
             print(
@@ -462,9 +457,18 @@ class RunLog:
     and ``<output>.run.json`` for ``python -m llmpi.status`` (rewritten atomically every ``every_json`` s)."""
 
     def __init__(
-        self, job: Any, total: int, done: int, images: int, places: list, every: float = 10.0, every_json: float = 2.0
+        self,
+        job: Any,
+        total: int,
+        done: int,
+        images: int,
+        places: list,
+        every: float = 10.0,
+        every_json: float = 2.0,
+        setup: dict | None = None,
     ) -> None:
         self.job, self.total, self.done, self.images, self.places = job, total, done, images, places
+        self.setup = setup or {}
         self.every, self.every_json = every, every_json
         self.start_done = done
         self.t0 = self.last_line = self.last_json = time.monotonic()
@@ -531,6 +535,7 @@ class RunLog:
             "images_per_point": self.images,
             "eta_seconds": (self.total - self.done) / rate if rate > 0 else None,
             "per_rank": per_rank,
+            "setup": self.setup,
             **(extra or {}),
         }
         try:
@@ -577,6 +582,21 @@ class RunLog:
             )
             comm.Abort(code or EXIT_FAILED)
         return code
+
+
+def run_setup(job: Any, tuning: Any, evaluator: Any, compile_seconds: list[float]) -> dict:
+    """How the ranks compute, for ``<output>.run.json``: what rank 0 chose and what compiling cost each rank."""
+    return {
+        "batch_size": tuning.batch_size,
+        "forward": evaluator.network.describe(),
+        "fold": tuning.forward.fold,
+        "compile": tuning.forward.compile,
+        "precision": job.runtime.precision,
+        "kernels": job.runtime.kernels,
+        "compile_seconds": [round(s, 3) for s in compile_seconds],
+        "probe_seconds": round(tuning.seconds, 3),
+        "tuning": tuning.describe(),
+    }
 
 
 def duration(seconds: float) -> str:
