@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 DEMO   := demo
 NP     ?= 2
 
-.PHONY: install demo test test-fast lint bench soak clean
+.PHONY: install demo test test-fast test-zoo lint bench soak clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test: $(STAMP)
 # Unit tests only (no mpirun, SLURM or browser): a minute or two while editing.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not mpi and not slurm and not browser"
+
+# BatchNorm folding against the unfolded network on every zoo network with BatchNorm (make test: two families).
+test-zoo: $(STAMP)
+	LLMPI_ZOO=all $(PY) -m pytest -q -ra tests/test_fold.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llmpi tests bench examples
