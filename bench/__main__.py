@@ -659,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-cache-{os.getpid()}")
     threads = runtime.usable_cores()
     torch.set_num_threads(threads)
+    runtime.set_kernels("deterministic")  # as a sweep runs by default; the kernels section measures fast
     all_results = []
     try:
         for name in names:

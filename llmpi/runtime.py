@@ -150,11 +150,12 @@ def compile_for(function: Callable, device: torch.device) -> Callable:
 
 
 # What compiling costs, before it is tried (runtime.compile: auto compiles only where the sweep is long enough to
-# pay for it): seconds per leaf module (conv, BatchNorm, ReLU ...), plus a fixed start. Measured cold (empty
-# Inductor cache) on a shared 2-core CPU: resnet8 ~9 s, resnet20 ~18 s, resnet56 ~40 s; GPUs compile Triton
-# kernels in parallel worker processes and take about as long. A prior, not a promise: the probe then measures.
-COMPILE_BASE_SECONDS = 5.0
-COMPILE_SECONDS_PER_MODULE = 0.2
+# pay for it): a fixed start plus seconds per leaf module (conv, BatchNorm, Linear ...). Measured cold (empty
+# Inductor cache) on a shared 2-core CPU: tests' 4-module tinynet 17-38 s, resnet8 (~20 modules) 18 s, resnet20
+# (~50) 18-43 s, depending on the machine's load; GPUs compile Triton kernels in parallel worker processes and take
+# about as long. A prior on the safe side, not a promise: the probe then measures.
+COMPILE_BASE_SECONDS = 10.0
+COMPILE_SECONDS_PER_MODULE = 0.5
 
 
 def compile_guess(device: torch.device, model: torch.nn.Module) -> float:
