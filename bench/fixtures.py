@@ -78,9 +78,10 @@ def sweep_job(
     device: str,
     threads: int | str,
     precision: str = "fp32",
-    compile: bool = False,
+    forward: dict | None = None,
 ) -> Path:
-    """A ``grid`` x ``grid`` sweep over [-1, 1]^2 on the first ``images`` of the seeded permutation."""
+    """A ``grid`` x ``grid`` sweep over [-1, 1]^2 on the first ``images`` of the seeded permutation; ``forward``:
+    runtime keys (fold, compile) of the path to run, none for the defaults."""
     return write_job(
         path,
         name=path.stem,
@@ -89,7 +90,7 @@ def sweep_job(
         directions={"seed": 0, "norm": "filter", "ignore": "biasbn"},
         grid={"x": [-1.0, 1.0, grid], "y": [-1.0, 1.0, grid]},
         output=str(output),
-        runtime={"device": device, "threads": threads, "precision": precision, "compile": compile},
+        runtime={"device": device, "threads": threads, "precision": precision, **(forward or {})},
     )
 
 

@@ -44,7 +44,16 @@ class NoopEvaluator:
     """Stands in for llmpi.evaluate.Evaluator: same interface, no computation (a constant per point)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        self.batch_size, self.points_per_pass = 1, 1
+        from types import SimpleNamespace
+
+        self.batch_size = 1
+        self.network = SimpleNamespace(describe=lambda: "no-op")
+
+    def use(self, path: object) -> None:
+        self.path = path
+
+    def prepare(self) -> float:
+        return 0.0
 
     def many(
         self, points: Sequence[Sequence[float]], between_batches: Callable[[], None] | None = None

@@ -175,21 +175,30 @@ class RuntimeSpec:
     threads: int | Auto = _why(
         "auto", "cores / ranks on the node: MPICH's mpirun otherwise leaves torch one thread per rank"
     )
-    # Issue 5 (speed): precision changes values and is in the fingerprint; compile and points_per_pass only change
-    # last bits and are decided once for all ranks (see llmpi.evaluate).
+    # Precision changes values and is in the fingerprint; fold, compile and kernels only change last bits: the
+    # forward path is decided once on rank 0 for all ranks (see llmpi.evaluate).
     precision: Literal["fp32", "tf32", "bf16"] = _why(
         "fp32", "the paper's float32; tf32/bf16 are faster on GPUs and deviate more (python -m bench measures it)"
     )
-    compile: bool = _why(False, "torch.compile (CUDA graphs on GPUs) costs minutes of compiling: for long sweeps")
-    points_per_pass: int | Auto = _why(
-        "auto", "several points in one forward pass where that measures faster (small nets, small subsets)"
+    compile: bool | Auto = _why(
+        "auto",
+        "torch.compile (CUDA graphs on GPUs) where the sweep is long enough to pay for compiling: rank 0 times "
+        "it against eager, compile time included",
+    )
+    fold: bool | Auto = _why(
+        "auto",
+        "BatchNorm folded into the convolution before it at every point (fewer kernels, last-bit differences); "
+        "auto: where it applies and times faster",
+    )
+    kernels: Literal["deterministic", "fast"] = _why(
+        "deterministic",
+        "1 rank and N ranks give bitwise-equal files; fast lets cuDNN and the compiler pick kernels by timing "
+        "(ranks may then differ in the last bits)",
     )
 
     def __post_init__(self) -> None:
         if isinstance(self.threads, int) and self.threads < 1:
             raise JobError(f"runtime.threads must be 'auto' or a positive integer, not {self.threads}")
-        if isinstance(self.points_per_pass, int) and self.points_per_pass < 1:
-            raise JobError(f"runtime.points_per_pass must be 'auto' or a positive integer, not {self.points_per_pass}")
 
 
 @dataclass(frozen=True)
@@ -289,6 +298,16 @@ class Job:
                 "metrics: [hessian] differentiates the mean cross-entropy of a classifier: use loss.name: "
                 "crossentropy without loss.factory, or drop metrics: [hessian]"
             )
+        if self.runtime.fold is True and (self.evaluation.bn == "recalibrate" or self.loss.factory is not None):
+            why = (
+                "evaluation.bn: recalibrate runs BatchNorm in train mode"
+                if self.evaluation.bn == "recalibrate"
+                else "a loss.factory gets your network itself, BatchNorm and all"
+            )
+            raise JobError(
+                f"runtime.fold: true folds eval-mode BatchNorm into the layer before it, but {why}; "
+                f"set runtime.fold: auto (or false)"
+            )
         self._check_kind()
 
     def _check_kind(self) -> None:
@@ -358,6 +377,14 @@ _USED_BY = {"checkpoint2": "interpolate and plane", "checkpoint3": "plane"}
 
 # ----------------------------------------------------------------------------------------------------------------
 # Generic loading: raw YAML mapping -> dataclass tree, with messages that name the key and suggest the fix.
+
+
+# Keys that existed once: a job file that still has one gets told what became of it, not "unknown key".
+REMOVED = {
+    "runtime.points_per_pass": "runtime.points_per_pass is gone: several points per forward pass never measured "
+    "faster than one (bench/README.md), and every sweep now runs one point per pass; delete the key from the job "
+    "file",
+}
 
 
 def _nearest(word: str, choices: Iterable[str]) -> str:
@@ -452,6 +479,8 @@ def from_dict(cls: type, raw: Any, path: str = "") -> Any:
     for key in raw:
         if key not in names:
             full = f"{path}.{key}" if path else str(key)
+            if full in REMOVED:
+                raise JobError(REMOVED[full])
             raise JobError(f"unknown key '{full}'; {_nearest(str(key), names)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -488,6 +517,8 @@ def to_yaml(obj: Any) -> str:
 def _schema_child(cls: type, key: str, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     if key not in hints:
+        if path in REMOVED:
+            raise JobError(f"--set: {REMOVED[path]}")
         raise JobError(f"--set: unknown key '{path}'; {_nearest(key, list(hints))}")
     return hints[key]
 

@@ -92,8 +92,12 @@ class RunRecord:
         self.per_rank = {i: {"blocks": 0, "points": 0, "seconds": 0.0} for i in range(len(places))}
         self.warned = False
 
-    def advance(self, points: int, rank: int, seconds: float) -> None:
+    def advance(self, points: int, rank: int, seconds: float, compiled: float = 0.0) -> None:
+        """A block committed: ``points`` computed by ``rank`` in ``seconds``, after ``compiled`` seconds of
+        compiling the surface's forward on that rank (its first block of the surface only)."""
         now = time.monotonic()
+        if compiled and "compile_seconds" in self.setup:
+            self.setup["compile_seconds"][rank] = round(self.setup["compile_seconds"][rank] + compiled, 3)
         if self.first_block is None:
             self.first_block = now - seconds  # the first block began before its result arrived
         self.last_block = now

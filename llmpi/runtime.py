@@ -73,14 +73,38 @@ def pick_threads(spec: int | str) -> int:
     return max(1, usable_cores())
 
 
-def configure(device: torch.device, threads: int, precision: str = "fp32") -> None:
-    """Set the thread count deliberately (MPICH's mpirun otherwise leaves one) and make kernels deterministic."""
+KERNELS = ("deterministic", "fast")
+
+
+def configure(device: torch.device, threads: int, precision: str = "fp32", kernels: str = "deterministic") -> None:
+    """Set the thread count deliberately (MPICH's mpirun otherwise leaves one), the precision, and the kernels."""
     torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = False  # timing-based algorithm choice would differ between ranks
-        torch.backends.cudnn.deterministic = True
+    set_kernels(kernels)
     set_precision(device, precision)
+
+
+def set_kernels(kernels: str) -> None:
+    """``deterministic``: every algorithm a fixed function of the shapes, so 1 rank and N ranks compute the same
+    bits -- cuDNN without its timing-based choice (``benchmark``, which can pick differently on each rank) and with
+    deterministic algorithms only, oneDNN deterministic, Inductor without on-device benchmarking. ``fast`` lifts
+    all of that: cuDNN times its algorithms per shape and may use non-deterministic ones, Inductor benchmarks
+    kernel variants; ranks may then differ in the last bits (the measured deviation is in the README).
+
+    Process-wide switches, like the precision's. Inductor's ``max_autotune`` (minutes of tuning per network) stays
+    off in both."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+    deterministic = kernels == "deterministic"
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if hasattr(torch.backends.mkldnn, "deterministic"):
+        torch.backends.mkldnn.deterministic = deterministic
+    import torch._inductor.config as inductor
+
+    if hasattr(inductor, "deterministic"):  # older torch had no such switch (and chose without benchmarking)
+        inductor.deterministic = deterministic
 
 
 def set_precision(device: torch.device, precision: str) -> None:
@@ -134,21 +158,30 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _inductor_deterministic() -> None:
-    """Inductor otherwise benchmarks kernel variants on the device; a timing-chosen reduction order would give
-    ranks different bits. Older torch has no such switch (and chose without benchmarking)."""
+def compile_for(function: Callable, device: torch.device) -> Callable:
+    """torch.compile for a network whose weights change in place between calls: CUDA graphs on a GPU (parameters
+    keep their addresses, so every replay reads the current weights), Inductor kernels on a CPU. Static shapes:
+    the evaluator gives it one batch shape. Inductor's ``freezing`` (weights baked in as constants) must stay off:
+    the weights are graph inputs, which is what lets one compilation serve every point."""
     import torch._inductor.config as inductor
 
-    if hasattr(inductor, "deterministic"):
-        inductor.deterministic = True
-
-
-def compile_for(function: Callable, device: torch.device) -> Callable:
-    """torch.compile for a network whose weights change in place between calls (or are passed as arguments):
-    CUDA graphs on a GPU (parameters keep their addresses, so every replay reads the current weights), Inductor
-    kernels on a CPU. Shapes are static: a sweep has at most two (full batches and the last one)."""
-    _inductor_deterministic()
+    assert not inductor.freezing, "torch._inductor.config.freezing would bake the weights of one point into the graph"
     return torch.compile(function, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+
+
+# What compiling costs, before it is tried (runtime.compile: auto compiles only where the sweep is long enough to
+# pay for it): a fixed start plus seconds per leaf module (conv, BatchNorm, Linear ...). Measured cold (empty
+# Inductor cache) on a shared 2-core CPU: tests' 4-module tinynet 17-38 s, resnet8 (~20 modules) 18 s, resnet20
+# (~50) 18-43 s, depending on the machine's load; GPUs compile Triton kernels in parallel worker processes and take
+# about as long. A prior on the safe side, not a promise: the probe then measures.
+COMPILE_BASE_SECONDS = 10.0
+COMPILE_SECONDS_PER_MODULE = 0.5
+
+
+def compile_guess(device: torch.device, model: torch.nn.Module) -> float:
+    """Seconds compiling ``model`` is expected to take here (see the constants above)."""
+    leaves = sum(1 for m in model.modules() if next(m.children(), None) is None)
+    return COMPILE_BASE_SECONDS + COMPILE_SECONDS_PER_MODULE * leaves
 
 
 def before_forward(device: torch.device, compiled: bool) -> None:

@@ -525,12 +525,16 @@ class SurfaceStore:
                 assert data.shape == (stop - start,), (name, data.shape, start, stop)
                 self._put(name, start, data)
                 self.faults.in_write("values")
-        os.fsync(self._fd)
+        self._sync()
         self.faults.in_write("between")
         ones = np.ones(max(stop - start for start, stop, _ in blocks), np.uint8)
         for start, stop, _ in blocks:
             self._put("done", start, ones[: stop - start])
         self.faults.in_write("done")
+        self._sync()
+
+    def _sync(self) -> None:
+        """The bytes written so far on disk (values before flags: see the module docstring)."""
         os.fsync(self._fd)
 
     def close(self) -> None:

@@ -36,16 +36,18 @@ from .cli import EXIT_DISK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from .config import Job
+    from .evaluate import Tuning
     from .faults import Faults
     from .grid import Grid
     from .placement import Binding
     from .runlog import RunRecord
     from .store import SurfaceStore
-    from .worker import Choice, Loaded, PointValues, Surfaces
+    from .worker import Loaded, PointValues, Surfaces
 
-# A block's reply, and what a stopped block hands back of its finished part:
-# (surface index, start, stop, {"train_loss": array, ...}, rank, seconds)
-Reply = tuple[int, int, int, dict[str, np.ndarray], int, float]
+# A block's reply, and what a stopped block hands back of its finished part: (surface index, start, stop,
+# {"train_loss": array, ...}, rank, seconds computing, seconds compiling before it: non-zero on a rank's first
+# block of a surface whose forward path compiles)
+Reply = tuple[int, int, int, dict[str, np.ndarray], int, float, float]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -125,7 +127,7 @@ def load_jobs(paths: Sequence[str], overrides: Sequence[str]) -> list[Job]:
             )
             raise JobError(f"{outputs[key]} and {path} both write {job.output}{hint}: give each job its own output")
         outputs[key] = path
-    for key in ("device", "threads"):
+    for key in ("device", "threads", "kernels"):
         seen = {getattr(job.runtime, key) for job in jobs}
         if len(seen) > 1:
             raise JobError(
@@ -140,7 +142,7 @@ def configure(job: Job, bound: Binding) -> tuple[Any, int]:
     from . import runtime
 
     device = runtime.pick_device(job.runtime.device, bound.gpu)
-    runtime.configure(device, bound.threads)
+    runtime.configure(device, bound.threads, job.runtime.precision, job.runtime.kernels)
     return device, bound.threads
 
 
@@ -156,7 +158,7 @@ class Plan:
     index: int
     job: Job
     directions: list[dict[str, np.ndarray]]
-    choice: Choice
+    tuning: Tuning  # batch size and forward path
     todo: int  # points left to compute
 
 
@@ -206,7 +208,8 @@ def open_store(job: Job, grid: Grid, loaded: Loaded, restart: bool) -> SurfaceSt
 def prepare(
     index: int, job: Job, loaded: Loaded, restart: bool, ranks: int, faults: Faults
 ) -> tuple[Prepared, PointValues]:
-    """Rank 0: a surface's file, its directions, its evaluators and the choice made for every rank."""
+    """Rank 0: a surface's file, its directions, its evaluators and the batch size and forward path chosen for
+    every rank (what rank 0 compiled, probing and settling, is counted in ``values.compile_seconds``)."""
     from .grid import Grid
     from .worker import PointValues, tune
 
@@ -218,20 +221,24 @@ def prepare(
         directions = store.directions()
         values = PointValues.build(job, loaded, directions)
         t0 = time.monotonic()
-        choice = tune(job, values, len(todo), ranks)
-        values.settle(choice)
+        tuning = tune(job, values, len(todo), ranks)
+        values.compile_seconds = (tuning.compile_seconds or 0.0) + values.settle(tuning)
     except BaseException:
         store.close()
         raise
     setup = {
-        "batch_size": choice.batch_size,
-        "points_per_pass": choice.points_per_pass,
+        "batch_size": tuning.batch_size,
+        "forward": tuning.forward.describe(),
+        "fold": tuning.forward.fold,
+        "compile": tuning.forward.compile,
         "precision": job.runtime.precision,
-        "compile": job.runtime.compile,
+        "kernels": job.runtime.kernels,
+        "compile_seconds": [0.0] * ranks,  # per rank, as each rank reports its compilation
+        "probe_seconds": round(tuning.seconds, 3),
         "tune_seconds": round(time.monotonic() - t0, 3),
-        **choice.facts,
+        "tuning": tuning.describe(),
     }
-    plan = Plan(index, job, directions, choice, len(todo))
+    plan = Plan(index, job, directions, tuning, len(todo))
     return Prepared(plan, grid, store, todo, loaded.infos, setup), values
 
 
@@ -241,24 +248,21 @@ def tasks_of(prepared: Sequence[Prepared], ranks: int) -> list[tuple[int, tuple,
 
     tasks: list[tuple[int, tuple, int]] = []
     for p in prepared:
-        spec, width = p.plan.job.grid, p.plan.choice.points_per_pass
+        spec = p.plan.job.grid
         block = spec.block if spec.block != "auto" else auto_block(len(p.todo), ranks)
-        if spec.block == "auto" and width > 1:  # whole passes: no padded points
-            block = width * -(-block // width)
         for start, stop in blocks(p.todo, block):
             tasks.append((len(tasks), (p.plan.index, start, stop, p.grid.coords(start, stop)), stop - start))
     return tasks
 
 
 def banner(p: Prepared, ranks: int, device: Any, threads: int) -> str:
-    job, grid, choice = p.plan.job, p.grid, p.plan.choice
+    job, grid, tuning = p.plan.job, p.grid, p.plan.tuning
     done = grid.size - p.plan.todo
     return (
         f"llmpi sweep {job.name}: {job.model.label} on {' + '.join(i.describe() for i in p.infos)}; grid "
         f"{'x'.join(map(str, grid.shape[::-1]))} = {grid.size} points, {done} already done; {ranks} rank(s) "
-        f"on {device.type}, {threads} thread(s) each, batch {choice.batch_size}"
-        + (f" x {choice.points_per_pass} points per pass" if choice.points_per_pass > 1 else "")
-        + f", {job.runtime.precision}{', compiled' if job.runtime.compile else ''} -> {job.output}"
+        f"on {device.type}, {threads} thread(s) each, batch {tuning.batch_size}, {tuning.forward.describe()}, "
+        f"{job.runtime.precision}, {job.runtime.kernels} kernels -> {job.output}"
     )
 
 
@@ -300,7 +304,7 @@ def build(plan: Plan, loaded: Loaded) -> PointValues:
     from .worker import PointValues
 
     values = PointValues.build(plan.job, loaded, plan.directions)
-    values.settle(plan.choice)
+    values.compile_seconds = values.settle(plan.tuning)
     return values
 
 
@@ -316,6 +320,7 @@ def make_compute(surfaces: Surfaces, faults: Any, rank: int) -> Callable[[tuple,
         index, start, stop, coords = payload
         values = surfaces.get(index)  # built on this rank's first block of the surface
         values.activate()
+        compiled, values.compile_seconds = values.compile_seconds, 0.0  # reported once, with the first block
         started = time.perf_counter()
         names = values.names
         out = {name: np.empty(stop - start) for name in names}
@@ -323,20 +328,18 @@ def make_compute(surfaces: Surfaces, faults: Any, rank: int) -> Callable[[tuple,
         try:
             while k < len(coords):
                 check()
-                group = [tuple(p) for p in coords[k : k + values.width]]
-                for _ in group:
-                    faults.before_point(check)
-                for row in values(group, check):
-                    for name, v in zip(names, row, strict=True):
-                        out[name][k] = v
-                    faults.after_point(start + k)
-                    k += 1
+                faults.before_point(check)
+                (row,) = values([tuple(coords[k])], check)
+                for name, v in zip(names, row, strict=True):
+                    out[name][k] = v
+                faults.after_point(start + k)
+                k += 1
         except Stopped as stopped:
             if k > 0:
                 part = {name: v[:k] for name, v in out.items()}
-                stopped.partial = (index, start, start + k, part, rank, time.perf_counter() - started)
+                stopped.partial = (index, start, start + k, part, rank, time.perf_counter() - started, compiled)
             raise
-        return index, start, stop, out, rank, time.perf_counter() - started
+        return index, start, stop, out, rank, time.perf_counter() - started, compiled
 
     return compute
 
@@ -369,9 +372,9 @@ class Run:
         for _, reply in results:
             by_surface[reply[0]].append(reply)
         for index, replies in by_surface.items():
-            self.prepared[index].store.write([(start, stop, values) for _, start, stop, values, _, _ in replies])
-            for _, start, stop, _, rank, seconds in replies:
-                self.records[index].advance(stop - start, rank, seconds)
+            self.prepared[index].store.write([(start, stop, values) for _, start, stop, values, *_ in replies])
+            for _, start, stop, _, rank, seconds, compiled in replies:
+                self.records[index].advance(stop - start, rank, seconds, compiled)
                 self.progress.advance(stop - start)
             if self.records[index].done == self.records[index].total:
                 self._finish(index)
@@ -494,8 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepared = collective(comm, step, args.debug)
         plans.update(enumerate(comm.bcast([p.plan for p in prepared] if rank == 0 else None)))
         first_work = next((i for i, plan in plans.items() if plan.todo), None)
+        compiled: list[float] | None = None
         if first_work is not None:  # the first surface with work built on every rank now: its errors come now
-            collective(comm, lambda: surfaces.get(first_work), args.debug)
+            built = collective(comm, lambda: surfaces.get(first_work).compile_seconds, args.debug)
+            compiled = comm.gather(built)
         compute = make_compute(surfaces, faults, rank)
 
         if rank != 0:
@@ -513,16 +518,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         for p in prepared:
             print(banner(p, size, device, threads), flush=True)
-            if p.plan.choice.described:
-                print(f"llmpi: tuned on rank 0: {p.plan.choice.described}", flush=True)
+            if p.plan.tuning.table or p.plan.tuning.note:
+                print(f"llmpi: tuned on rank 0: {p.plan.tuning.describe()}", flush=True)
             if "hessian" in p.plan.job.metrics:
                 h = p.plan.job.hessian
-                batch = h.batch_size if h.batch_size != "auto" else min(p.plan.choice.batch_size, 512)
+                batch = h.batch_size if h.batch_size != "auto" else min(p.plan.tuning.batch_size, 512)
                 print(
                     f"llmpi: Hessian extremes at every point: Lanczos to tol {h.tol:g} (at most {h.max_hvps} "
                     f"products), over {h.images or 'all'} of the {p.plan.job.splits[0]} images, batch {batch}",
                     flush=True,
                 )
+        if compiled is not None and max(compiled) > 0:
+            print(f"llmpi: compiled in {max(compiled):.1f} s (the slowest rank; once per rank and surface)", flush=True)
         run = Run(prepared, places, Progress(total, total - sum(p.plan.todo for p in prepared)))
         run.start()
         # a failing disk (a DiskError from a store) stops the run like an interruption; every rank exits 74

@@ -4,7 +4,7 @@ Numerics only, no MPI: ``llmpi.sweep`` wires this to the protocol.
     cache = DataCache()
     loaded = load(job, device, cache)                      # θ*, the loss, each split's samples (cached by identity)
     values = PointValues.build(job, loaded, directions)    # one evaluator per split, the Hessian if asked for
-    choice = tune(job, values, todo_points=400, ranks=3)   # rank 0 only; every rank then calls values.settle(choice)
+    tuning = tune(job, values, todo_points=400, ranks=3)   # rank 0 only; every rank then calls values.settle(tuning)
     rows = values([(0.25, -0.5), ...], check)              # per point: floats in job.value_names() order
 
 A rank keeps the surfaces it computes in a small cache (``Loaded`` objects and their evaluators) and the data in a
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from torch import nn
 from .config import DataSpec, Job
 from .data import Samples
 from .errors import JobError
+from .evaluate import Tuning
 
 
 class DataCache:
@@ -102,33 +103,15 @@ def load(job: Job, device: torch.device, cache: DataCache) -> Loaded:
 # network), then, with ``metrics: [hessian]``, λmax, λmin and |λmin/λmax| over the first split's data.
 
 
-@dataclass(frozen=True)
-class Choice:
-    """What rank 0 decides for every rank by timing (it changes per-image bits, so it must be one decision)."""
-
-    batch_size: int
-    points_per_pass: int
-    described: str = ""  # what the tuning measured, for the banner; empty when nothing was probed
-    facts: dict = field(default_factory=dict)  # for the run record
-
-
 def make_evaluator(job: Job, loaded: Loaded, samples: Samples, directions: Sequence[dict[str, np.ndarray]]) -> Any:
-    """An evaluator of ``samples`` with a provisional batch size and one point per pass until ``settle``."""
+    """An evaluator of ``samples`` with a provisional batch size and the eager forward until ``settle``."""
     from . import runtime
     from .evaluate import Evaluator
 
     rt, auto_batch = job.runtime, job.data.batch_size == "auto"
     images, labels = samples.to(loaded.device)
     dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in directions]
-    # A loss factory runs the network itself, and recalibration rewrites BatchNorm buffers per point: neither can
-    # go through vmap over stacked weights, so both evaluate one point per pass (see llmpi.evaluate).
-    one_point = job.loss.factory is not None or loaded.bn_samples is not None
-    if one_point and rt.points_per_pass not in ("auto", 1):
-        raise JobError(
-            f"runtime.points_per_pass is {rt.points_per_pass}, but a loss.factory or evaluation.bn: recalibrate "
-            f"evaluates one point per pass; set runtime.points_per_pass: auto (or 1)"
-        )
-    return Evaluator(
+    evaluator = Evaluator(
         loaded.model.to(loaded.device),
         dirs,
         images,
@@ -136,13 +119,17 @@ def make_evaluator(job: Job, loaded: Loaded, samples: Samples, directions: Seque
         runtime.default_batch_size(loaded.device, samples.info.count) if auto_batch else job.data.batch_size,
         kind=job.directions.type,
         precision=rt.precision,
-        compile=rt.compile,
-        points_per_pass=1 if rt.points_per_pass == "auto" else rt.points_per_pass,
         shrink_on_oom=auto_batch,
         loss=loaded.loss,
         bn_inputs=None if loaded.bn_samples is None else loaded.bn_samples.to(loaded.device)[0],
         bn_batch_size=job.evaluation.bn_batch_size,
     )
+    if rt.fold is True and not evaluator.foldable:
+        raise JobError(
+            f"runtime.fold is true, but {job.model.label} has no BatchNorm that follows a convolution or linear layer "
+            f"of its own (or torch.fx cannot trace it); set runtime.fold: auto"
+        )
+    return evaluator
 
 
 class PointValues:
@@ -155,6 +142,7 @@ class PointValues:
         self.per_split = 2 if loaded.has_accuracy else 1
         self.hessian = job.hessian if "hessian" in job.metrics else None
         self.hessian_batch = 0  # set by settle()
+        self.compile_seconds = 0.0  # compiling this rank's forward for this surface, not yet reported
 
     @classmethod
     def build(cls, job: Job, loaded: Loaded, directions: Sequence[dict[str, np.ndarray]]) -> PointValues:
@@ -170,23 +158,24 @@ class PointValues:
     def first(self) -> Any:
         return next(iter(self.evaluators.values()))
 
-    @property
-    def width(self) -> int:
-        """Points handed over at once: the evaluators' points per pass."""
-        return self.first.points_per_pass
-
-    def settle(self, choice: Choice) -> None:
-        """The batch size and points per pass rank 0 chose, for every evaluator and the Hessian."""
+    def settle(self, tuning: Tuning) -> float:
+        """The batch size and forward path rank 0 chose, for every evaluator and the Hessian; compiles (when the
+        path does) before the first point. The seconds compiling took here (0 when nothing compiled)."""
+        seconds = 0.0
         for evaluator in self.evaluators.values():
-            evaluator.batch_size, evaluator.points_per_pass = choice.batch_size, choice.points_per_pass
+            evaluator.batch_size = tuning.batch_size
+            evaluator.use(tuning.forward)
+            seconds += evaluator.prepare()
         spec = self.job.hessian
-        self.hessian_batch = spec.batch_size if spec.batch_size != "auto" else min(choice.batch_size, 512)
+        self.hessian_batch = spec.batch_size if spec.batch_size != "auto" else min(tuning.batch_size, 512)
+        return seconds
 
     def activate(self) -> None:
         """Set the process-wide numerics flags this surface was made for (several surfaces share a process)."""
         from . import runtime
 
         runtime.set_precision(self.loaded.device, self.job.runtime.precision)
+        runtime.set_kernels(self.job.runtime.kernels)
 
     def __call__(self, group: list[tuple[float, ...]], check: Callable[[], None]) -> list[list[float]]:
         rows: list[list[float]] = [[] for _ in group]
@@ -202,7 +191,7 @@ class PointValues:
         from .hessian import HessianOperator, extreme_eigenvalues
 
         ev, spec = self.first, self.hessian
-        ev.move_to(point)  # with several points per pass the loss never moved the network's own weights
+        ev.move_to(point)  # the loss of another split may have moved the weights since
         n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
         auto = spec.batch_size == "auto"  # a batch the user set is kept; an automatic one halves on out-of-memory
         ignore = self.job.directions.ignore
@@ -215,23 +204,22 @@ class PointValues:
         return [result.max_eig, result.min_eig, result.ratio, float(result.converged), result.relative_residual]
 
 
-def tune(job: Job, values: PointValues, todo_points: int, ranks: int) -> Choice:
-    """Rank 0: the batch size and points per pass for every rank of this surface.
+def tune(job: Job, values: PointValues, todo_points: int, ranks: int) -> Tuning:
+    """Rank 0: the batch size and forward path (folded, compiled) for every rank of this surface.
 
     "auto" is decided by timing on rank 0 alone and broadcast, because a choice that differed between ranks would
-    give them different bits (see llmpi.evaluate). Probing spends at most a small share of the work's estimate.
+    give them different bits (see llmpi.evaluate). Probing spends at most a small share of the work's estimate,
+    compilation included.
     """
-    from .evaluate import autotune
+    from .evaluate import Tuning, autotune
+    from .forward import ForwardPath
 
-    evaluator = values.first
-    auto_batch, auto_points = job.data.batch_size == "auto", job.runtime.points_per_pass == "auto"
-    described, facts = "", {}
-    if (auto_batch or auto_points) and todo_points:
+    evaluator, rt = values.first, job.runtime
+    if (job.data.batch_size == "auto" or "auto" in (rt.fold, rt.compile)) and todo_points:
         work = todo_points * len(evaluator.labels) / ranks
-        tuning = autotune(evaluator, work, tune_batch=auto_batch, tune_points=auto_points)
-        described = tuning.describe()
-        facts = {"probe_seconds": round(tuning.seconds, 3), "probed": [list(row) for row in tuning.table]}
-    return Choice(evaluator.batch_size, evaluator.points_per_pass, described, facts)
+        tune_batch = job.data.batch_size == "auto"
+        return autotune(evaluator, work, tune_batch=tune_batch, fold=rt.fold, compile=rt.compile, ranks=ranks)
+    return Tuning(evaluator.batch_size, ForwardPath(fold=rt.fold is True, compile=rt.compile is True))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,32 +26,75 @@ def tiny(tmp_path_factory):
 
 def test_the_three_measurements_side_by_side(tiny):
     results, stdout, _ = tiny
-    (case,) = results["cases"]
-    assert (case["arch"], case["images"], case["grid"], case["precision"]) == ("resnet8", 16, 4, "fp32")
-    assert case["llmpi_points"] == 16 and case["limit_batch"] == 16  # 16 images: one batch is all there is
+    auto, _ = results["cases"]
+    assert (auto["arch"], auto["images"], auto["grid"], auto["precision"], auto["forward"]) == (
+        "resnet8",
+        16,
+        4,
+        "fp32",
+        "auto",
+    )
+    assert auto["llmpi_points"] == 16 and auto["limit_batch"] == 16  # 16 images: one batch is all there is
+    assert auto["llmpi_forward"].startswith("folded (9 of 9")  # too short a sweep to compile: folded, eager
     for key in ("limit_images_s", "llmpi_images_s", "llmpi_sweep_images_s", "naive_images_s"):
-        assert case[key] > 0, key
+        assert auto[key] > 0, key
     # end to end includes start-up, so it is slower than the sweep phase alone
-    assert case["llmpi_images_s"] < case["llmpi_sweep_images_s"]
-    assert case["llmpi_over_limit"] == pytest.approx(case["llmpi_images_s"] / case["limit_images_s"])
-    assert case["llmpi_over_naive"] == pytest.approx(case["llmpi_images_s"] / case["naive_images_s"])
-    assert case["naive_vs_llmpi_max_rel_loss"] < 1e-5  # the baseline computes the same surface
+    assert auto["llmpi_images_s"] < auto["llmpi_sweep_images_s"]
+    assert auto["llmpi_over_limit"] == pytest.approx(auto["llmpi_images_s"] / auto["limit_images_s"])
+    assert auto["llmpi_over_naive"] == pytest.approx(auto["llmpi_images_s"] / auto["naive_images_s"])
+    assert auto["naive_vs_llmpi_max_rel_loss"] < 1e-5  # the baseline computes the same surface
     assert "llmpi/limit" in stdout and "llmpi/naive" in stdout and results["device"] in stdout
 
 
-def test_precision_deviation_is_measured(tiny):
-    results, _, _ = tiny
-    rows = {(r["precision"], r["compile"]): r for r in results["deviation"]}
-    assert rows[("fp32", False)]["max_rel_loss"] == 0.0
-    assert 0.0 < rows[("bf16", False)]["max_rel_loss"] < 5e-2
+def test_figures_in_device_terms(tiny):
+    results, stdout, _ = tiny
+    for case in results["cases"]:
+        for key in ("limit", "sweep"):
+            t = case[f"{key}_terms"]
+            assert t["flops_per_image"] == pytest.approx(25.0e6, rel=1e-3)  # resnet8, counted by flop_counter
+            rate = case["limit_images_s" if key == "limit" else "llmpi_sweep_images_s"]
+            assert t["tflops"] == pytest.approx(t["flops_per_image"] * rate / 1e12)
+            assert t["fraction_of_peak"] is None and t["peak_of"].startswith("no peak known for")  # a CPU
+    assert "MFLOP/image" in stdout
 
 
-def test_points_per_pass_probe_reports_its_table(tiny):
+def test_gpu_short_code_path_runs_compiled_with_its_time_from_the_run_record(tiny):
+    """The tiny profile runs what gpu-short runs on a GPU: a folded+compiled sweep, extrapolated to 51x51."""
+    _, compiled = tiny[0]["cases"]
+    assert compiled["forward"] == "folded+compiled" and compiled["llmpi_forward"].startswith("folded+compiled")
+    assert compiled["llmpi_compile_s"] > 0 and compiled["llmpi_points"] == 16
+    per_point = compiled["llmpi_sweep_s"] / 16
+    startup = compiled["llmpi_wall_s"] - compiled["llmpi_sweep_s"]
+    assert compiled["extrapolated_s"] == pytest.approx(startup + 51 * 51 * per_point)
+
+
+def test_gpu_short_profile_measures_every_gpu_figure():
+    from bench.__main__ import PROFILES
+
+    p = PROFILES["gpu-short"]
+    assert p.device == "cuda" and p.dataset == 50000 and p.extrapolate == 51
+    assert [(c.arch, c.images, c.grid) for c in p.cases] == [("resnet56", 50000, 11)]
+    assert {precision for precision, _ in p.runs} == {"bf16", "tf32"}
+    assert all(forward == "folded+compiled" for _, forward in p.runs) and p.kernels is not None
+
+
+def test_precision_and_forward_deviation_is_measured(tiny):
     results, _, _ = tiny
-    (row,) = results["widths"]
-    assert row["chosen"] >= 1 and any(p > 1 for _, p, _ in row["table"])  # 8 images: several widths tried
-    if row["chosen"] > 1:
-        assert row["chosen_images_s"] > 0 and row["one_images_s"] > 0
+    rows = {(r["precision"], r["forward"]): r for r in results["deviation"]}
+    assert rows[("fp32", "eager")]["max_rel_loss"] == 0.0
+    assert 0.0 < rows[("bf16", "eager")]["max_rel_loss"] < 5e-2
+    assert rows[("fp32", "folded")]["max_rel_loss"] < 2e-6
+
+
+def test_forward_paths_and_kernels_are_measured(tiny):
+    results, _, _ = tiny
+    (paths,) = results["paths"]
+    assert set(paths["rates"]) == {"eager", "folded", "compiled", "folded+compiled"}
+    assert all(r > 0 for r in paths["rates"].values())
+    assert paths["compile_s"]["eager"] == 0.0 and paths["compile_s"]["compiled"] > 0
+    for row in results["kernels"]:
+        assert row["fast_vs_deterministic"] < 1e-5
+        assert row["deterministic_vs_plain"] < 1e-5 and row["fast_vs_plain"] < 1e-5
 
 
 def test_coordinator_stress_counts_every_point(tiny):

@@ -254,7 +254,6 @@ def tiny_checkpoint(fixture_data, tmp_path_factory) -> Fixture:
 
 def tiny_job(fx: Fixture, folder: Path, output: Path, **sections) -> Path:
     job = job_dict(fx, output, data={"subset": 16, "batch_size": 16}, **sections)
-    job["runtime"]["points_per_pass"] = 1
     return write_job(folder / f"{output.parent.name}.yaml", job)
 
 

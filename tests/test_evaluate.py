@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import h5py
@@ -12,7 +13,8 @@ from conftest import brute_force, job_dict, run_cli, write_job
 
 from llmpi import checkpoint, data
 from llmpi.directions import perturbed_entries, random_directions
-from llmpi.evaluate import CORRECT, ROW, Evaluator, autotune, exact_sum, tally_
+from llmpi.evaluate import CORRECT, ROW, Evaluator, autotune, balanced, exact_sum, tally_
+from llmpi.forward import EAGER, ForwardPath
 from llmpi.store import read_surface
 
 
@@ -73,7 +75,7 @@ def test_between_batches_hook_is_called_per_batch(fixture_data):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Issue 5: the exact tally, several points per pass, OOM shrinking, precision, tuning.
+# The exact tally, OOM shrinking, precision, tuning.
 
 
 def per_image_losses(ev, point):
@@ -130,26 +132,14 @@ POINTS = [(0.0, 0.0), (0.3, -0.2), (-1.0, 1.0), (0.5, 0.5), (0.1, -0.7)]
 
 
 @pytest.mark.parametrize("kind", ["weights", "states"])
-def test_a_point_in_a_pass_does_not_depend_on_its_neighbours(fixture_data, kind):
-    """Passes are grouped by block, and blocks depend on the number of ranks and on what a resume left to do:
-    with P points per pass fixed, a point's value must depend on nothing but the point."""
-    one, _ = make(fixture_data, batch_size=64, kind=kind)
-    single = one.many(POINTS)
-    for width in (2, 3):  # 3 pads the last pass
-        ev, _ = make(fixture_data, batch_size=64, kind=kind)
-        ev.points_per_pass = width
+def test_a_point_does_not_depend_on_its_neighbours_or_the_order(fixture_data, kind):
+    """Blocks depend on the number of ranks and on what a resume left to do: on every forward path a point's value
+    must depend on nothing but the point."""
+    for path in (EAGER, ForwardPath(fold=True)):
+        ev, _ = make(fixture_data, batch_size=24, kind=kind, fold=path.fold)
         reference = ev.many(POINTS)
-        assert flat(reference) == pytest.approx(flat(single), rel=1e-6)  # vmap's kernels: rounding apart
-        assert ev.many(POINTS[::-1]) == reference[::-1], width  # other neighbours, other places in the pass
-        assert [ev(p) for p in POINTS] == reference  # alone in a padded pass
-
-
-def test_points_per_pass_leaves_the_network_at_the_minimiser(fixture_data):
-    ev, _ = make(fixture_data, batch_size=64)
-    before = [t.clone() for t in ev.targets]
-    ev.points_per_pass = 4
-    ev.many(POINTS)
-    assert all(torch.equal(a, b) for a, b in zip(before, ev.targets))
+        assert ev.many(POINTS[::-1]) == reference[::-1], path
+        assert [ev(p) for p in POINTS] == reference, path
 
 
 def fail_above(model, limit, error):
@@ -177,32 +167,10 @@ def test_out_of_memory_halves_the_batch_and_gives_the_normal_result(fixture_data
     fail_above(ev.model, 16, error)
     with pytest.warns(RuntimeWarning, match="out of memory") as caught:
         got = ev.many(POINTS[:3])
-    assert [str(w.message).split(";")[0][-26:] for w in caught] == [
-        "with batch 64 x 1 point(s)",
-        "with batch 32 x 1 point(s)",
-    ]
+    assert [str(w.message).split(";")[0][-13:] for w in caught] == ["with batch 64", "with batch 32"]
     assert got == expected and ev.batch_size == 16
     unbatched, _ = make(fixture_data, batch_size=64)
     assert flat(got) == pytest.approx(flat(unbatched.many(POINTS[:3])), rel=1e-6)
-
-
-def test_out_of_memory_with_several_points_per_pass_shrinks_them_at_batch_one(fixture_data):
-    expected = make(fixture_data, batch_size=1, subset=3)[0].many(POINTS[:3])
-    ev, _ = make(fixture_data, batch_size=1, subset=3)
-    ev.points_per_pass, ev.shrink_on_oom = 4, True
-
-    def refuse_stacked(module, args):  # any pass of several points runs out of memory
-        if torch._C._functorch.is_batchedtensor(module.conv1.weight):
-            raise OOMS[0]
-
-    ev.model.register_forward_pre_hook(refuse_stacked)
-    with pytest.warns(RuntimeWarning, match="out of memory") as caught:
-        assert ev.many(POINTS[:3]) == expected
-    assert ["retrying with 1 x 2" in str(caught[0].message), "retrying with 1 x 1" in str(caught[1].message)] == [
-        True,
-        True,
-    ]
-    assert (ev.batch_size, ev.points_per_pass) == (1, 1)
 
 
 def test_out_of_memory_with_a_fixed_batch_says_what_to_set(fixture_data):
@@ -237,23 +205,37 @@ def test_autotune_skips_small_jobs_and_probes_large_ones(fixture_data):
     ev, _ = make(fixture_data, batch_size=7, subset=48)
     small = autotune(ev, work_images=100)
     assert small.table == [] and ev.batch_size == 48 and "not probed" in small.describe()
+    assert small.forward == ForwardPath(fold=True) and ev.path == small.forward  # folding is free: no compiling
     before = ev.many(POINTS[:2])
-    tuned = autotune(ev, work_images=1e7, max_batch=192)
-    batches = {b for b, p, _ in tuned.table if p == 1}
-    assert batches == {48}  # the CPU's first candidate is the data size; half of it is below the minimum
-    assert {p for _, p, _ in tuned.table} == {1, 2, 4}  # the whole subset is one batch: 2 and 4 points per pass
-    assert {p for _, p, _ in tuned.table} - {1}  # the whole subset is one batch: more points per pass tried
-    assert (ev.batch_size, ev.points_per_pass) == (tuned.batch_size, tuned.points_per_pass)
-    assert tuned.images_per_second == max(r for _, _, r in tuned.table) or tuned.points_per_pass == 1
-    assert flat(ev.many(POINTS[:2])) == pytest.approx(flat(before), rel=1e-6)
+    tuned = autotune(ev, work_images=1e7, max_batch=192, compile=False)
+    assert [b for b, _ in tuned.table] == [48]  # the CPU's first candidate is the data size; half is below the minimum
+    assert [p for p, _ in tuned.paths] == ["eager", "folded"]  # both timed at the chosen batch
+    assert ev.batch_size == tuned.batch_size and ev.path == tuned.forward
+    assert tuned.images_per_second == max(r for _, r in tuned.paths)
+    assert flat(ev.many(POINTS[:2])) == pytest.approx(flat(before), rel=1e-5)
+
+
+def test_autotune_chooses_eager_for_a_tiny_job_without_compiling(fixture_data):
+    """compile: auto probes eager and folded, and does not compile where the sweep is shorter than compiling."""
+    ev, _ = make(fixture_data, batch_size=64, subset=64)
+    tuned = autotune(ev, work_images=64 * 20, fold=False, budget_fraction=1.0)  # 20 points: seconds, probed
+    assert tuned.forward == EAGER and tuned.compile_seconds is None and tuned.table
+    assert "not compiled: the sweep needs" in tuned.describe()
+
+
+@pytest.mark.parametrize("images, batch, expected", [(500, 64, 63), (512, 64, 64), (50000, 8192, 7143), (10, 64, 10)])
+def test_balanced_batches_pad_less_than_one_image_per_batch(images, batch, expected):
+    got = balanced(images, batch)
+    batches = -(-images // got)
+    assert got == expected and batches == -(-images // batch) and batches * got - images < batches
 
 
 def test_autotune_halves_a_first_probe_that_does_not_fit_and_stops_before_larger_ones(fixture_data, recwarn):
     ev, _ = make(fixture_data, batch_size=7, subset=48)
     fail_above(ev.model, 12, OOMS[1])
-    tuned = autotune(ev, work_images=1e7, max_batch=192)
-    assert [b for b, _, _ in tuned.table] == [12]  # 48 and 24 ran out of memory; 24 is not probed again
-    assert (ev.batch_size, ev.points_per_pass) == (12, 1)
+    tuned = autotune(ev, work_images=1e7, max_batch=192, fold=False, compile=False)
+    assert [b for b, _ in tuned.table] == [12]  # 48 and 24 ran out of memory; 24 is not probed again
+    assert ev.batch_size == 12
     assert not [w for w in recwarn if "out of memory" in str(w.message)]  # probing is silent
 
 
@@ -262,25 +244,23 @@ def test_autotune_halves_a_first_probe_that_does_not_fit_and_stops_before_larger
 
 
 @pytest.fixture(scope="module")
-def widened(fixture_data, tmp_path_factory):
-    """The same job on 3 ranks and on 1 rank, both with 3 points per pass (blocks of 4: each block's second pass
-    is padded). Blocks of one pass each are avoided on purpose: rank 0 then can block in a send to itself while
-    its coordinator thread sends it a task (a protocol issue reported separately)."""
-    d = tmp_path_factory.mktemp("widened")
+def ranks_1_and_3(fixture_data, tmp_path_factory):
+    """The same job on 3 ranks and on 1 rank with the default runtime (fold and compile auto: too small a job to
+    compile, so BatchNorm folded, eager)."""
+    d = tmp_path_factory.mktemp("ranks")
     out = {}
     for ranks in (3, None):
-        runtime = {"device": "cpu", "threads": 1, "points_per_pass": 3}
-        job = job_dict(fixture_data, d / f"w{ranks}.h5", runtime=runtime, grid={"block": 4})
+        job = job_dict(fixture_data, d / f"w{ranks}.h5", grid={"block": 4})
         result = run_cli("llmpi.sweep", str(write_job(d / f"w{ranks}.yaml", job)), ranks=ranks)
         assert result.returncode == 0, result.stderr
-        assert "x 3 points per pass" in result.stdout
+        assert ", folded (9 of 9 BatchNorm layers folded), fp32, deterministic kernels" in result.stdout
         out[ranks] = d / f"w{ranks}.h5"
     return d, out
 
 
 @pytest.mark.mpi
-def test_points_per_pass_sweep_is_rank_count_independent_and_right(fixture_data, widened):
-    _, files = widened
+def test_folded_sweep_is_rank_count_independent_and_right(fixture_data, ranks_1_and_3):
+    _, files = ranks_1_and_3
     three, one = read_surface(files[3]), read_surface(files[None])
     assert three.complete and one.complete
     for name in ("train_loss", "train_acc"):
@@ -291,29 +271,56 @@ def test_points_per_pass_sweep_is_rank_count_independent_and_right(fixture_data,
         loss, acc = brute_force(fixture_data, dirs, (three.x[i], three.y[j]))
         assert three.values["train_loss"][j, i] == pytest.approx(loss, rel=2e-5)
         assert three.values["train_acc"][j, i] == pytest.approx(acc, abs=1e-9)
+    setup = json.loads(files[3].with_name(files[3].name + ".run.json").read_text())["setup"]
+    assert (setup["fold"], setup["compile"], setup["kernels"]) == (True, False, "deterministic")
+    assert setup["compile_seconds"] == [0.0, 0.0, 0.0]
 
 
 @pytest.mark.mpi
-def test_precision_is_in_the_fingerprint_and_batch_or_points_per_pass_are_not(widened):
-    d, _ = widened
+def test_precision_is_in_the_fingerprint_and_batch_or_forward_path_are_not(ranks_1_and_3):
+    d, _ = ranks_1_and_3
     job = str(d / "w3.yaml")
     other = run_cli("llmpi.sweep", job, "--set", "runtime.precision=bf16", ranks=3)
     assert other.returncode == 2 and "precision: file 'fp32', job 'bf16'" in other.stderr
-    same = run_cli("llmpi.sweep", job, "--set", "runtime.points_per_pass=1", "--set", "data.batch_size=16", ranks=3)
+    same = run_cli(
+        "llmpi.sweep", job, "--set", "runtime.fold=false", "--set", "runtime.kernels=fast",
+        "--set", "data.batch_size=16", ranks=3,
+    )  # fmt: skip
     assert same.returncode == 0, same.stderr
     assert "20 already done" in same.stdout and "0 points in" in same.stdout
 
 
 def test_runtime_keys_are_checked(tmp_path, fixture_data):
     from llmpi.config import load_job
+    from llmpi.errors import JobError
 
     path = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "x.h5"))
     job = load_job(path)
-    assert (job.runtime.precision, job.runtime.compile, job.runtime.points_per_pass) == ("fp32", False, "auto")
+    rt = job.runtime
+    assert (rt.precision, rt.compile, rt.fold, rt.kernels) == ("fp32", "auto", "auto", "deterministic")
+    assert load_job(path, ["runtime.compile=true"]).runtime.compile is True  # old job files keep working
+    assert load_job(path, ["runtime.compile=false", "runtime.fold=false"]).runtime.fold is False
     with pytest.raises(ValueError, match="runtime.precision: 'fp16' is not allowed"):
         load_job(path, ["runtime.precision=fp16"])
-    with pytest.raises(ValueError, match="runtime.points_per_pass must be 'auto' or a positive integer"):
-        load_job(path, ["runtime.points_per_pass=0"])
+    with pytest.raises(JobError, match="runtime.kernels: 'fastest' is not allowed; did you mean 'fast'"):
+        load_job(path, ["runtime.kernels=fastest"])
+    with pytest.raises(JobError, match="runtime.compile: 'yes please' is not allowed; valid: auto or bool"):
+        load_job(path, ["runtime.compile=yes please"])
+    with pytest.raises(JobError, match="BatchNorm in train mode; set runtime.fold: auto"):
+        load_job(path, ["runtime.fold=true", "evaluation.bn=recalibrate"])
+
+
+def test_points_per_pass_is_gone_and_says_what_to_do(tmp_path, fixture_data):
+    from llmpi.config import load_job
+    from llmpi.errors import JobError
+
+    raw = job_dict(fixture_data, tmp_path / "x.h5", runtime={"device": "cpu", "points_per_pass": 4})
+    path = write_job(tmp_path / "old.yaml", raw)
+    with pytest.raises(JobError, match="runtime.points_per_pass is gone: .* delete the key from the job file"):
+        load_job(path)
+    fresh = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "x.h5"))
+    with pytest.raises(JobError, match="--set: runtime.points_per_pass is gone"):
+        load_job(fresh, ["runtime.points_per_pass=1"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -336,15 +343,13 @@ def on_gpu(fx, batch_size, **options):
 @cuda
 def test_gpu_values_match_the_cpu_repeat_bitwise_and_ignore_neighbours(fixture_data):
     cpu = make(fixture_data, batch_size=64)[0].many(POINTS)
-    gpu = on_gpu(fixture_data, batch_size=32)
-    assert gpu.images.device.type == "cuda" and gpu.images.is_contiguous()  # fp32 on a GPU: NCHW
-    values = gpu.many(POINTS)
-    assert flat(values) == pytest.approx(flat(cpu), rel=1e-5)
-    assert gpu.many(POINTS) == values
-    gpu.points_per_pass = 3
-    wide = gpu.many(POINTS)
-    assert flat(wide) == pytest.approx(flat(values), rel=1e-5)
-    assert gpu.many(POINTS[::-1]) == wide[::-1] and [gpu(p) for p in POINTS] == wide
+    for fold in (False, True):
+        gpu = on_gpu(fixture_data, batch_size=32, fold=fold)
+        assert gpu.images.device.type == "cuda" and gpu.images.is_contiguous()  # fp32 on a GPU: NCHW
+        values = gpu.many(POINTS)
+        assert flat(values) == pytest.approx(flat(cpu), rel=1e-5)
+        assert gpu.many(POINTS) == values
+        assert gpu.many(POINTS[::-1]) == values[::-1] and [gpu(p) for p in POINTS] == values
 
 
 @pytest.mark.gpu
@@ -354,9 +359,9 @@ def test_gpu_reduced_precisions_stay_close(fixture_data, precision):
     reference = on_gpu(fixture_data, batch_size=64).many(POINTS)
     got = on_gpu(fixture_data, batch_size=64, precision=precision).many(POINTS)
     assert [g[0] for g in got] == pytest.approx([r[0] for r in reference], rel=3e-2)
-    wide = on_gpu(fixture_data, batch_size=64, precision=precision, points_per_pass=3)  # NHWC data under vmap
-    assert wide.images.is_contiguous(memory_format=torch.channels_last)
-    assert [w[0] for w in wide.many(POINTS)] == pytest.approx([g[0] for g in got], rel=1e-2)
+    folded = on_gpu(fixture_data, batch_size=64, precision=precision, fold=True)
+    assert folded.images.is_contiguous(memory_format=torch.channels_last)
+    assert [w[0] for w in folded.many(POINTS)] == pytest.approx([g[0] for g in got], rel=1e-2)
     on_gpu(fixture_data, batch_size=64)  # puts fp32 (TF32 off) back for the tests after this one
     assert not torch.backends.cudnn.allow_tf32
 
@@ -365,6 +370,22 @@ def test_gpu_reduced_precisions_stay_close(fixture_data, precision):
 @cuda
 def test_gpu_compiled_follows_the_weights_from_point_to_point(fixture_data):
     eager = on_gpu(fixture_data, batch_size=32).many(POINTS)
-    compiled = on_gpu(fixture_data, batch_size=32, compile=True)
-    assert flat(compiled.many(POINTS)) == pytest.approx(flat(eager), rel=1e-4)
-    assert flat(compiled.many(POINTS[::-1])) == pytest.approx(flat(eager[::-1]), rel=1e-4)
+    compiled = on_gpu(fixture_data, batch_size=24, compile=True, fold=True)  # 64 images: the last batch padded
+    assert compiled.prepare() > 0
+    assert flat(compiled.many(POINTS)) == pytest.approx(flat(eager), rel=1e-5)
+    assert flat(compiled.many(POINTS[::-1])) == pytest.approx(flat(eager[::-1]), rel=1e-5)
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_fast_kernels_stay_within_1e_5_of_deterministic(fixture_data):
+    from llmpi import runtime
+
+    deterministic = on_gpu(fixture_data, batch_size=32).many(POINTS)
+    try:
+        runtime.set_kernels("fast")
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        fast = on_gpu(fixture_data, batch_size=32).many(POINTS)
+    finally:
+        runtime.set_kernels("deterministic")
+    assert flat(fast) == pytest.approx(flat(deterministic), rel=1e-5)

@@ -1,0 +1,85 @@
+"""The benchmark in the device's own terms: FLOPs per image, and the fraction of the device's peak they reach.
+
+    flops_per_image("resnet56")                 # 251.5e6: torch.utils.flop_counter, one 3x32x32 image
+    peak("NVIDIA H200", "bf16")                 # Peak(989.4, 'NVIDIA H200, dense BF16 tensor cores')
+
+FLOPs are counted by ``torch.utils.flop_counter`` on the network as built (convolutions and matrix products, 2 per
+multiply-add; BatchNorm, ReLU and pooling are not counted): the work the network defines, whatever forward path
+(folded or not) computes it. Peaks are the vendors' published dense figures (no structured sparsity) for the
+precision the sweep computes in: fp32 on CUDA cores, tf32 and bf16 on tensor cores. A device not in the table, or
+a CPU (whose peak depends on its clock and vector units), gets no fraction: the bench says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import torch
+
+from llmpi import models
+
+
+@functools.cache
+def flops_per_image(arch: str) -> float:
+    """FLOPs of one forward pass of ``arch`` on one CIFAR image (3x32x32), counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = models.build(arch).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    return float(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class Peak:
+    tflops: float
+    what: str
+
+
+# Dense peak TFLOP/s (fp32 CUDA cores, tf32 and bf16 tensor cores), from the vendors' data sheets. Matched in order,
+# as whole words, against torch.cuda.get_device_name ("NVIDIA H100 PCIe" before the SXM default "NVIDIA H100 80GB").
+# V100 has no TF32 (tf32 computes as fp32 there) and no BF16 tensor cores.
+PEAKS: list[tuple[str, dict[str, float]]] = [
+    ("H200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
+    ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0}),
+    ("H100", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),  # SXM5
+    ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}),
+    ("A10", {"fp32": 31.2, "tf32": 62.5, "bf16": 125.0}),
+    ("L40S", {"fp32": 91.6, "tf32": 183.0, "bf16": 362.05}),
+    ("L4", {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0}),
+    ("V100", {"fp32": 15.7, "tf32": 15.7}),
+]
+
+
+def peak(device_name: str, precision: str) -> Peak | None:
+    """The dense peak for ``precision`` on the device called ``device_name``, or None where unknown."""
+    for key, table in PEAKS:
+        if re.search(rf"\b{re.escape(key)}\b", device_name):
+            if precision not in table:
+                return None
+            core = "CUDA cores" if precision == "fp32" or key == "V100" else "tensor cores"
+            return Peak(table[precision], f"{key}, dense {precision.upper()} {core}")
+    return None
+
+
+def in_device_terms(device_name: str, precision: str, arch: str, images_per_second: float) -> dict:
+    """FLOPs per image, achieved TFLOP/s, and the fraction of the peak (None, with the reason, where unknown)."""
+    flops = flops_per_image(arch)
+    achieved = flops * images_per_second / 1e12
+    top = peak(device_name, precision)
+    return {
+        "flops_per_image": flops,
+        "tflops": achieved,
+        "peak_tflops": top.tflops if top else None,
+        "peak_of": top.what if top else f"no peak known for {device_name} in {precision}",
+        "fraction_of_peak": achieved / top.tflops if top else None,
+    }
+
+
+def describe_terms(terms: dict) -> str:
+    text = f"{terms['flops_per_image'] / 1e6:.1f} MFLOP/image, {terms['tflops']:.3f} TFLOP/s"
+    if terms["fraction_of_peak"] is None:
+        return f"{text} ({terms['peak_of']})"
+    return f"{text} = {100 * terms['fraction_of_peak']:.1f}% of {terms['peak_tflops']:g} ({terms['peak_of']})"
