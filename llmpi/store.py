@@ -173,6 +173,7 @@ class Planned:
     directions: Sequence[dict[str, np.ndarray]]
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     extra_attrs: dict[str, dict] = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)  # root attributes decided with the directions (e.g. ``computed``)
 
 
 @dataclass
@@ -438,7 +439,7 @@ class SurfaceStore:
             f.attrs["fingerprint"] = fingerprint_digest(fingerprint)
             f.attrs["fingerprint_fields"] = json.dumps(fingerprint, sort_keys=True)
             f.attrs["llmpi_version"] = __version__
-            for key, value in attrs.items():
+            for key, value in {**attrs, **planned.attrs}.items():
                 f.attrs[key] = value
             f.flush()
             image = f.id.get_file_image()
@@ -458,6 +459,11 @@ class SurfaceStore:
     def todo(self) -> np.ndarray:
         """Flat indices (row-major) of the points not yet computed."""
         return np.flatnonzero(~self.done_mask().ravel())
+
+    def attr(self, name: str) -> object:
+        """A root attribute of the file (None where it has none), as plain Python."""
+        value = self.f.attrs.get(name)
+        return None if value is None else _attr(value)
 
     def directions(self) -> list[dict[str, np.ndarray]]:
         group = self.f["directions"]

@@ -21,6 +21,7 @@ checkpoint, directions, evaluators), rank 0's preparation of each surface (``fin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from .grid import Grid
     from .placement import Binding
     from .runlog import RunRecord
-    from .store import SurfaceStore
+    from .store import Planned, SurfaceStore
     from .worker import Loaded, PointValues, Surfaces
 
 # A block's reply, and what a stopped block hands back of its finished part: (surface index, start, stop,
@@ -174,9 +175,9 @@ class Prepared:
     setup: dict = field(default_factory=dict)
 
 
-def open_store(job: Job, grid: Grid, loaded: Loaded, restart: bool) -> SurfaceStore:
-    """Open or create the surface file (making the directions only when it is new)."""
-    from . import checkpoint, config, planning
+def open_store(job: Job, grid: Grid, loaded: Loaded, restart: bool, plan_new: Callable[[], Planned]) -> SurfaceStore:
+    """Open or create the surface file (``plan_new`` is called only when the file is new)."""
+    from . import checkpoint, config
     from .fingerprint import Identity, fingerprint
     from .store import SurfaceStore
 
@@ -199,38 +200,61 @@ def open_store(job: Job, grid: Grid, loaded: Loaded, restart: bool) -> SurfaceSt
         loaded.value_names,
         fingerprint(job, identity),
         config.to_yaml(job),
-        lambda: planning.plan_directions(job, loaded.model, grid.ndim),  # only when the file is new
+        plan_new,
         restart=restart,
         attrs=attrs,
     )
+
+
+COMPUTED = "computed"  # the root attribute holding how the run that created a file computed (batch, forward path)
 
 
 def prepare(
     index: int, job: Job, loaded: Loaded, restart: bool, ranks: int, faults: Faults
 ) -> tuple[Prepared, PointValues]:
     """Rank 0: a surface's file, its directions, its evaluators and the batch size and forward path chosen for
-    every rank (what rank 0 compiled, probing and settling, is counted in ``values.compile_seconds``)."""
+    every rank (what rank 0 compiled, probing and settling, is counted in ``values.compile_seconds``).
+
+    The batch size and the forward path change per-image losses in their last bits, so a file keeps the choice of
+    the run that created it (root attribute ``computed``) and a resumed run makes the same one where the job
+    leaves it to llmpi ("auto", deterministic kernels): an interrupted and resumed sweep gives the same bits as an
+    uninterrupted one, whatever work was left when it resumed. A new file is planned and tuned first, then created
+    with its choice in it."""
+    from . import planning
     from .grid import Grid
+    from .store import Planned
     from .worker import PointValues, tune
 
     grid = Grid.from_spec(job.grid.x, job.grid.y)
-    store = open_store(job, grid, loaded, restart)
+    made: dict[str, Any] = {}
+    t0 = time.monotonic()
+
+    def plan_new() -> Planned:
+        planned = planning.plan_directions(job, loaded.model, grid.ndim)
+        if not isinstance(planned, Planned):
+            planned = Planned(planned)
+        made["values"] = values = PointValues.build(job, loaded, planned.directions)
+        made["tuning"] = tuning = tune(job, values, grid.size, ranks)
+        planned.attrs[COMPUTED] = json.dumps(computed(tuning))
+        return planned
+
+    store = open_store(job, grid, loaded, restart, plan_new)
     store.faults = faults  # the fault tests kill the writer inside a block write
     try:
         todo = store.todo()
         directions = store.directions()
-        values = PointValues.build(job, loaded, directions)
-        t0 = time.monotonic()
-        tuning = tune(job, values, len(todo), ranks)
+        if "values" in made:
+            values, tuning = made["values"], made["tuning"]
+        else:
+            values = PointValues.build(job, loaded, directions)
+            tuning = as_before(job, store.attr(COMPUTED)) or tune(job, values, len(todo), ranks)
         values.compile_seconds = (tuning.compile_seconds or 0.0) + values.settle(tuning)
     except BaseException:
         store.close()
         raise
     setup = {
-        "batch_size": tuning.batch_size,
-        "forward": tuning.forward.describe(),
-        "fold": tuning.forward.fold,
-        "compile": tuning.forward.compile,
+        **computed(tuning),
+        "forward": values.first.network.describe(),  # the path, with what it folded
         "precision": job.runtime.precision,
         "kernels": job.runtime.kernels,
         "compile_seconds": [0.0] * ranks,  # per rank, as each rank reports its compilation
@@ -240,6 +264,26 @@ def prepare(
     }
     plan = Plan(index, job, directions, tuning, len(todo))
     return Prepared(plan, grid, store, todo, loaded.infos, setup), values
+
+
+def computed(tuning: Tuning) -> dict:
+    return {"batch_size": tuning.batch_size, "fold": tuning.forward.fold, "compile": tuning.forward.compile}
+
+
+def as_before(job: Job, stored: object) -> Tuning | None:
+    """The choice the file's creating run made, for what the job leaves to llmpi; None where there is none to
+    follow (a file from before llmpi stored it) or the kernels are ``fast`` (no exactness promised: tune anew)."""
+    from .evaluate import Tuning
+    from .forward import ForwardPath
+
+    if not isinstance(stored, str) or job.runtime.kernels != "deterministic":
+        return None
+    before = json.loads(stored)
+    rt = job.runtime
+    batch = before["batch_size"] if job.data.batch_size == "auto" else job.data.batch_size
+    fold = before["fold"] if rt.fold == "auto" else rt.fold
+    compile = before["compile"] if rt.compile == "auto" else rt.compile
+    return Tuning(batch, ForwardPath(fold=fold, compile=compile), note="as the run that created the file chose")
 
 
 def tasks_of(prepared: Sequence[Prepared], ranks: int) -> list[tuple[int, tuple, int]]:
@@ -261,7 +305,7 @@ def banner(p: Prepared, ranks: int, device: Any, threads: int) -> str:
     return (
         f"llmpi sweep {job.name}: {job.model.label} on {' + '.join(i.describe() for i in p.infos)}; grid "
         f"{'x'.join(map(str, grid.shape[::-1]))} = {grid.size} points, {done} already done; {ranks} rank(s) "
-        f"on {device.type}, {threads} thread(s) each, batch {tuning.batch_size}, {tuning.forward.describe()}, "
+        f"on {device.type}, {threads} thread(s) each, batch {tuning.batch_size}, {p.setup['forward']}, "
         f"{job.runtime.precision}, {job.runtime.kernels} kernels -> {job.output}"
     )
 
