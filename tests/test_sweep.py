@@ -226,3 +226,21 @@ def test_more_ranks_than_points_is_refused(fixture_data, tmp_path):
     assert result.returncode == 2
     assert "3 ranks for a grid of 2 points" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "tiny.h5").exists()
+
+
+def test_a_resumed_sweep_follows_the_forward_path_its_file_was_made_with(fixture_data, tmp_path):
+    """The file records how its creating run computed (batch size, folding, compiling); a resumed run with those
+    keys left at auto computes the same way, so it gives the bits an uninterrupted run gives."""
+    grid = {"x": [-1.0, 1.0, 4], "y": [-1.0, 1.0, 3], "block": 2}
+    job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "s.h5", grid=grid))
+    ref = write_job(tmp_path / "ref.yaml", job_dict(fixture_data, tmp_path / "ref.h5", grid=grid))
+    folded = ["--set", "runtime.fold=true", "--set", "data.batch_size=24"]
+    killed = run_cli("llmpi.sweep", str(job), *folded, env={"LLMPI_FAULT": "kill:stage=done:after=2"})
+    assert killed.returncode != 0 and 0 < read_surface(tmp_path / "s.h5").done.sum() < 12
+    resumed = run_cli("llmpi.sweep", str(job))  # fold and batch size back at auto
+    assert resumed.returncode == 0, resumed.stderr
+    setup = read_run_info(tmp_path / "s.h5")["setup"]
+    assert setup["fold"] is True and setup["batch_size"] == 24 and "as the run that created the file" in setup["tuning"]
+    assert run_cli("llmpi.sweep", str(ref), *folded).returncode == 0
+    a, b = read_surface(tmp_path / "s.h5"), read_surface(tmp_path / "ref.h5")
+    assert a.complete and all(np.array_equal(a.values[k], b.values[k]) for k in a.values)
