@@ -44,7 +44,10 @@ import torch
 from torch import nn
 
 from . import losses, runtime
+from .batches import make_source
 from .directions import Direction, perturbed_entries
+from .recipe import Recipe
+from .weights import make_weights
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -109,7 +112,9 @@ class Evaluator:
     """Evaluates points of one surface on one device; holds the base weights, directions and data there.
 
     ``images`` are normalised float NCHW (any dtype; converted once to what the network consumes), ``labels``
-    int64, both already on the device the model should run on. ``shrink_on_oom``: halve the batch and retry a
+    int64, on ``device`` (default: the images' device) or, with ``placement`` host or auto, anywhere: they are then
+    kept resident on the device or streamed from host memory batch by batch (``llmpi.batches``; the same values).
+    ``directions``: full directions or a recipe, held as ``hold_directions`` says (``llmpi.weights``). ``shrink_on_oom``: halve the batch and retry a
     point when the device runs out of memory (for an automatic batch size); otherwise the error says what to set.
 
     Issue 7 (see :mod:`llmpi.losses`): ``loss`` is "crossentropy", "mse", or a :class:`losses.FactoryLoss` (the
@@ -123,7 +128,7 @@ class Evaluator:
     def __init__(
         self,
         model: nn.Module,
-        directions: Sequence[Direction],
+        directions: Sequence[Direction] | Recipe,
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
@@ -135,6 +140,9 @@ class Evaluator:
         loss: str | losses.FactoryLoss = "crossentropy",
         bn_inputs: torch.Tensor | None = None,
         bn_batch_size: int = 128,
+        hold_directions: str = "auto",
+        placement: str = "device",
+        device: torch.device | str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
@@ -150,31 +158,24 @@ class Evaluator:
         self.one_point_per_pass = not isinstance(loss, str) or bn_inputs is not None
         if self.one_point_per_pass and points_per_pass != 1:
             raise ValueError("a loss factory or BatchNorm recalibration evaluates one point per pass")
-        device = images.device
+        device = torch.device(device) if device is not None else images.device
         self.device, self.precision, self.compiled = device, precision, compile
         self.batch_size, self.points_per_pass, self.shrink_on_oom = batch_size, points_per_pass, shrink_on_oom
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         runtime.set_precision(device, precision)
         memory_format = runtime.memory_format(device, precision)
 
-        entries = perturbed_entries(model, kind)
-        for d in directions:
-            if d.keys() != entries.keys():
-                raise ValueError("a direction's entries do not match the model's; was it made for another arch?")
-        # θ*, δ, η in float32 whatever the network's dtype, taken before any conversion.
-        names = [n for n in entries if any(bool(d[n].any()) for d in directions)]
-        self.names = names
-        self.base = [entries[n].detach().to(device=device, dtype=torch.float32, copy=True) for n in names]
-        self.directions = [[d[n].to(device=device, dtype=torch.float32) for n in names] for d in directions]
+        # θ* and the directions, taken before any dtype conversion (llmpi.weights holds them, forms θ per point)
+        self.weights = make_weights(perturbed_entries(model, kind), directions, device, hold_directions)
+        self.names = names = self.weights.names
 
         self.model = model.to(device=device, dtype=self.dtype, memory_format=memory_format).eval()
         live = perturbed_entries(self.model, kind)
         self.targets = [live[n] for n in names]  # the network's own tensors, rewritten in place per point
-        # Where θ is formed in float32 when the network holds another dtype (bf16): rounded once when copied in.
-        self.scratch = self.targets if self.dtype == torch.float32 else [t.clone() for t in self.base]
-        self.images = self._as_input(images, memory_format)
+        # The data where ``placement`` says (llmpi.batches): resident on the device, or streamed from the host.
+        self.batches = make_source(self._as_input(images, memory_format), labels, device, placement)
+        self.images, self.labels = self.batches.inputs, self.batches.targets
         self.bn_inputs = None if bn_inputs is None else self._as_input(bn_inputs.to(device), memory_format)
-        self.labels = labels.to(device)
         self.stacked: dict[str, torch.Tensor] = {}
         self._single: Callable[[torch.Tensor], torch.Tensor] = self.model
         self._multi_eager: Callable | None = None
@@ -192,21 +193,10 @@ class Evaluator:
 
     # -- weights --------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def _form(self, out: list[torch.Tensor], coords: Sequence[float]) -> None:
-        """out <- θ* + Σ coords[k]·direction[k] (in float32, then rounded into ``out`` if it is another dtype).
-
-        The one way θ is formed on every path, so one point per pass and many give the same weights, bit for bit.
-        """
-        if len(coords) != len(self.directions):
-            raise ValueError(f"expected {len(self.directions)} coordinates, got {len(coords)}")
-        scratch = out if out[0].dtype == torch.float32 else self.scratch
-        torch._foreach_copy_(scratch, self.base)
-        for c, d in zip(coords, self.directions):
-            if c != 0.0:
-                torch._foreach_add_(scratch, d, alpha=float(c))
-        if scratch is not out:
-            torch._foreach_copy_(out, scratch)
+        """out <- θ* + Σ coords[k]·direction[k], formed in float32 and rounded once (``llmpi.weights``): the one way θ
+        is formed on every path, so one point per pass and many give the same weights, bit for bit."""
+        self.weights.form(out, coords)
 
     @torch.no_grad()
     def move_to(self, coords: Sequence[float]) -> None:
@@ -216,7 +206,7 @@ class Evaluator:
     @torch.no_grad()
     def restore(self) -> None:
         """Put θ* back into the network."""
-        self._form(self.targets, [0.0] * len(self.directions))
+        self._form(self.targets, [0.0] * self.weights.ndim)
 
     def _stack(self, points: int) -> dict[str, torch.Tensor]:
         """Stacked weights for ``points`` points per pass: allocated once, rewritten in place afterwards."""
@@ -331,11 +321,9 @@ class Evaluator:
             forward = lambda x: _quiet(multi, stacked, x.contiguous() if nchw else x)
         per_image, hits, tally, rows = self._buffers(width)
         n, bs = len(self.labels) if images is None else images, self.batch_size
-        for start in range(0, n, bs):
+        for start, stop, x, y in self.batches(n, bs):
             if between_batches is not None:
                 between_batches()
-            stop = min(n, start + bs)
-            x, y = self.images[start:stop], self.labels[start:stop]
             runtime.before_forward(self.device, self.compiled and not eager)
             logits = forward(x).float()
             if width == 1:
@@ -354,11 +342,11 @@ class Evaluator:
         network = forward if isinstance(forward, nn.Module) else self.model
         tally = losses.FactoryTally(self.loss.spec)
         n, bs = len(self.labels) if images is None else images, self.batch_size
-        for start in range(0, n, bs):
+        for _, _, x, y in self.batches(n, bs):
             if between_batches is not None:
                 between_batches()
             runtime.before_forward(self.device, self.compiled and network is not self.model)
-            tally.add(*self.loss(network, (self.images[start : start + bs], self.labels[start : start + bs])))
+            tally.add(*self.loss(network, (x, y)))
         mean, accuracy = tally.result()
         return mean, math.nan if accuracy is None else accuracy
 
@@ -387,7 +375,7 @@ def _timed(ev: Evaluator, batch: int, width: int, min_seconds: float) -> float:
     """Point-images/s of whole passes over the first ``batch`` images at ``width`` points per pass (what the
     sweep runs: forming weights, forward, tally), after one untimed warm-up pass; eager, never compiled."""
     ev.batch_size, ev.points_per_pass = batch, width
-    origin = [[0.0] * len(ev.directions)] * width
+    origin = [[0.0] * ev.weights.ndim] * width
     ev._pass(origin, None, images=batch, eager=True)
     reps, t0 = 0, time.perf_counter()
     while True:
