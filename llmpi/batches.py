@@ -130,7 +130,9 @@ class StreamedBatches(BatchSource):
             for _ in range(2)
         ]
         if not self.pinned:  # pageable or memory-mapped: staged through pinned buffers, so the copies are DMA
-            self.staging = [(torch.empty_like(head_x).pin_memory(), torch.empty_like(head_y).pin_memory()) for _ in range(2)]
+            self.staging = [
+                (torch.empty_like(head_x).pin_memory(), torch.empty_like(head_y).pin_memory()) for _ in range(2)
+            ]
 
     def _issue(self, slot: int, start: int, stop: int) -> None:
         """Start copying rows start..stop-1 into ``slot`` on the copy stream, once the slot's last reader is done."""
@@ -174,6 +176,13 @@ class StreamedBatches(BatchSource):
         )
 
 
+def resolve_placement(placement: str, need: int, free: int) -> str:
+    """``auto``: ``device`` when the selection (``need`` bytes) takes at most ``DEVICE_SHARE`` of ``free``."""
+    if placement == "auto":
+        return "device" if need <= DEVICE_SHARE * free else "host"
+    return placement
+
+
 def make_source(
     inputs: torch.Tensor, targets: torch.Tensor, device: torch.device | str, placement: str = "device"
 ) -> BatchSource:
@@ -184,11 +193,10 @@ def make_source(
     if device.type != "cuda":  # one memory: hold the selection where it is, whatever the placement
         resolved = "host" if placement == "host" else "device"
         return ResidentBatches(inputs.to(device), targets.to(device), device, resolved)
-    need, free = nbytes(inputs, targets), free_device_memory(device)
     if inputs.device == device and targets.device == device:  # already resident (a caller's choice)
         return ResidentBatches(inputs, targets, device, "device")
-    if placement == "auto":
-        placement = "device" if need <= DEVICE_SHARE * free else "host"
+    need, free = nbytes(inputs, targets), free_device_memory(device)
+    placement = resolve_placement(placement, need, free)
     if placement == "device":
         if need > free:
             raise JobError(

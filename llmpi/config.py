@@ -75,6 +75,11 @@ class DataSpec:
         None, "your own data instead of dataset/root: package.module:function(split, **kwargs) -> Dataset or tensors"
     )
     kwargs: dict[str, Any] = _why({}, "keyword arguments for data.factory")
+    placement: Literal["auto", "device", "host"] = _why(
+        "auto",
+        "the selection resident on the device when it takes at most half its free memory, else in host memory with "
+        "each batch copied while the previous one computes; the same values either way (llmpi.batches)",
+    )
 
     def __post_init__(self) -> None:
         if self.kwargs and self.factory is None:
@@ -108,12 +113,22 @@ class DirectionsSpec:
     rescale: Literal["none", "filter"] = _why(
         "none", "kind pca only: the paper's code uses the unit components; filter rescales them filter-wise"
     )
+    store: Literal["auto", "full", "recipe"] = _why(
+        "auto",
+        "full (the directions in the file, 4 bytes per parameter each) up to 100 M parameters, where that is under "
+        "1 GB and any script can read them; recipe above (a few MB: how every rank makes them; kind random only)",
+    )
 
     def __post_init__(self) -> None:
         if self.trajectory is not None and self.kind != "pca":
             raise JobError(f"directions.trajectory is for directions.kind: pca, not {self.kind}; drop it")
         if self.rescale != "none" and self.kind != "pca":
             raise JobError(f"directions.rescale is for directions.kind: pca, not {self.kind}; drop it")
+        if self.store == "recipe" and self.kind != "random":
+            raise JobError(
+                f"directions.store: recipe makes random directions; kind {self.kind} takes its directions from "
+                f"checkpoints or a trajectory and stores them in full: set directions.store: full (or auto)"
+            )
         if self.kind == "pca" and self.trajectory is None:
             raise JobError(
                 "directions.kind: pca needs directions.trajectory, the folder of training snapshots "
@@ -164,6 +179,11 @@ class RuntimeSpec:
     compile: bool = _why(False, "torch.compile (CUDA graphs on GPUs) costs minutes of compiling: for long sweeps")
     points_per_pass: int | Auto = _why(
         "auto", "several points in one forward pass where that measures faster (small nets, small subsets)"
+    )
+    hold_directions: Literal["auto", "device", "host", "regenerate"] = _why(
+        "auto",
+        "on the device up to 100 M parameters (fastest); above, regenerated per point from the recipe or streamed "
+        "from host memory, so the device holds about 2x the weights (llmpi.weights)",
     )
 
     def __post_init__(self) -> None:

@@ -67,3 +67,11 @@ def random_directions(
     """``count`` directions from one generator seeded with ``seed``: x first, then y."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return [random_direction(weights, generator, norm, ignore) for _ in range(count)]
+
+
+if __name__ == "__main__":  # python -m llmpi.directions materialise FILE -o FULL.h5 (llmpi.materialise)
+    import sys
+
+    from .materialise import main
+
+    sys.exit(main())

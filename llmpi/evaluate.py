@@ -114,8 +114,9 @@ class Evaluator:
     ``images`` are normalised float NCHW (any dtype; converted once to what the network consumes), ``labels``
     int64, on ``device`` (default: the images' device) or, with ``placement`` host or auto, anywhere: they are then
     kept resident on the device or streamed from host memory batch by batch (``llmpi.batches``; the same values).
-    ``directions``: full directions or a recipe, held as ``hold_directions`` says (``llmpi.weights``). ``shrink_on_oom``: halve the batch and retry a
-    point when the device runs out of memory (for an automatic batch size); otherwise the error says what to set.
+    ``directions``: full directions or a recipe, held as ``hold_directions`` says (``llmpi.weights``).
+    ``shrink_on_oom``: halve the batch and retry a point when the device runs out of memory (for an automatic batch
+    size); otherwise the error says what to set.
 
     Issue 7 (see :mod:`llmpi.losses`): ``loss`` is "crossentropy", "mse", or a :class:`losses.FactoryLoss` (the
     user's ``loss.factory``; ``images``/``labels`` are then whatever the data factory made: any shape and dtype,

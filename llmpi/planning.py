@@ -5,7 +5,9 @@ describe them (written with them, read back by plots and status).
     planned.directions, planned.extras, planned.extra_attrs
     fingerprint_fields(job)                               # what the kind adds to the file's fingerprint
 
-- ``random``: Gaussian directions, normalised (``llmpi.directions``); nothing else to store.
+- ``random``: Gaussian directions, normalised (``llmpi.directions``); nothing else to store. With
+  ``directions.store: recipe`` (the default above ``LEAN_PARAMETERS``) the file gets how to make them instead
+  (``llmpi.recipe``: a few MB whatever the network's size), and every rank makes them itself.
 - ``interpolate``: δ = θ2 − θ1 (``llmpi.paths.interpolation``); with ``type: states`` BatchNorm running statistics
   move too, so α = 1 is checkpoint2 itself. No normalisation.
 - ``plane``: origin θ1, axes θ2 − θ1 and θ3 − θ1 (``llmpi.paths.plane_through``); stores ``model_coordinates``
@@ -57,11 +59,36 @@ def _other(job: Any, model: nn.Module, key: str) -> dict[str, torch.Tensor]:
     return _entries(other, job.directions.type)
 
 
-def plan_directions(job: Any, model: nn.Module, ndim: int) -> Planned:
-    """The directions of ``job.directions.kind`` around θ* (``model``), with what describes them."""
+def store_mode(job: Any, model: nn.Module) -> str:
+    """``directions.store`` resolved: ``auto`` is a recipe for random directions of networks above
+    ``weights.LEAN_PARAMETERS`` (100 M) -- where full directions would cost 0.4 GB per direction and more -- and full
+    below, where they are small and any script can read them from the file."""
+    from .directions import perturbed_entries
+    from .weights import LEAN_PARAMETERS
+
+    spec = job.directions
+    if spec.store != "auto":
+        return spec.store
+    if spec.kind != "random":
+        return "full"
+    parameters = sum(t.numel() for t in perturbed_entries(model, spec.type).values())
+    return "recipe" if parameters > LEAN_PARAMETERS else "full"
+
+
+def plan_directions(job: Any, model: nn.Module, ndim: int, store: str = "full", device: Any = "cpu") -> Planned:
+    """The directions of ``job.directions.kind`` around θ* (``model``), with what describes them; with ``store``
+    "recipe", the recipe of random directions, made entry by entry on ``device`` (rank 0's)."""
     from . import directions, paths, pca
 
     spec = job.directions
+    if store == "recipe":
+        from .directions import perturbed_entries
+        from .recipe import plan_random
+
+        assert spec.kind == "random", "config refuses a recipe for other kinds"
+        entries = {k: v.detach() for k, v in perturbed_entries(model, spec.type).items()}
+        recipe = plan_random(entries, spec.seed, spec.norm, spec.ignore, spec.type, ndim, device=device)
+        return Planned([], recipe=recipe.to_arrays())
     base = _entries(model, spec.type)
     try:
         if spec.kind == "random":
@@ -97,14 +124,52 @@ def plan_directions(job: Any, model: nn.Module, ndim: int) -> Planned:
     raise AssertionError(f"unknown directions.kind {spec.kind!r} passed validation")
 
 
-def fingerprint_fields(job: Any) -> dict:
+def directions_fields(job: Any, store: str) -> dict:
+    """The directions section as the fingerprint holds it: the job's keys, without ``store`` for full files (as
+    before the key existed, so their files resume) and with ``store: recipe`` for a recipe, whose generator makes
+    other numbers than the full one's."""
+    from .config import to_dict
+
+    fields = to_dict(job.directions)
+    del fields["store"]
+    if store == "recipe":
+        fields["store"] = "recipe"
+    return fields
+
+
+def stored_directions(store: Any) -> Any:
+    """What an opened surface file gives every rank: its directions (a list of ``{entry: array}``) or its recipe
+    (a ``llmpi.recipe.Recipe``)."""
+    arrays = store.recipe()
+    if arrays is None:
+        return store.directions()
+    from .recipe import Recipe
+
+    try:
+        return Recipe.from_arrays(arrays)
+    except (ValueError, KeyError) as e:
+        raise JobError(f"output {store.path}: its directions' recipe cannot be read ({e}); pass --restart") from None
+
+
+def check_recipe(recipe: Any, model: nn.Module, device: Any) -> None:
+    """On every rank, before its first point: the recipe fits this network and this device makes its numbers."""
+    from .directions import perturbed_entries
+
+    try:
+        recipe.check_entries(perturbed_entries(model, recipe.type))
+        recipe.verify(device)
+    except ValueError as e:
+        raise JobError(f"directions: {e}") from None
+
+
+def fingerprint_fields(job: Any, store: str = "full") -> dict:
     """What the kind and the metrics add to the file's fingerprint (nothing for a random-direction loss sweep, so
     files written before these kinds existed still resume): the other checkpoints' and snapshots' contents, the
-    Hessian settings."""
+    Hessian settings; and the directions section itself (``directions_fields``)."""
     from .checkpoint import sha256_file
     from .config import to_dict
 
-    out: dict = {}
+    out: dict = {"directions": directions_fields(job, store)}
     for key in ("checkpoint2", "checkpoint3"):
         path = getattr(job.model, key)
         if path is not None:

@@ -79,9 +79,7 @@ def quantile_table() -> np.ndarray:
     ranks use the stored copy, never their own libm.
     """
     normal = statistics.NormalDist()
-    knots = [
-        -normal.inv_cdf(2.0**e * (1.0 + j / CELLS) * 2.0**-54) for e in range(OCTAVES) for j in range(CELLS)
-    ]
+    knots = [-normal.inv_cdf(2.0**e * (1.0 + j / CELLS) * 2.0**-54) for e in range(OCTAVES) for j in range(CELLS)]
     knots.append(0.0)  # p = 1/2
     return np.asarray(knots, dtype=np.float64)
 

@@ -56,6 +56,7 @@ def summarize(path: str | Path) -> dict:
         "data": s.attrs.get("dataset"),
         "synthetic": bool(s.attrs.get("synthetic", False)),
         "directions": job.get("directions"),
+        "directions_store": s.direction_store,  # full: the tensors are in the file; recipe: how to make them
         "grid": [len(s.x)] if s.y is None else [len(s.x), len(s.y)],
         "x": [float(s.x[0]), float(s.x[-1])],
         "y": None if s.y is None else [float(s.y[0]), float(s.y[-1])],
@@ -163,6 +164,11 @@ def render(info: dict) -> str:
         lines.append(
             f"  directions: {d.get('kind')} (seed {d.get('seed')}), {d.get('norm')} norm, ignore "
             f"{d.get('ignore')}, {d.get('type')}"
+            + (
+                "; stored as a recipe (python -m llmpi.directions materialise writes them out)"
+                if info.get("directions_store") == "recipe"
+                else ""
+            )
         )
     grid = " x ".join(map(str, info["grid"]))
     span = f"[{info['x'][0]:g}, {info['x'][1]:g}]" + (f" x [{info['y'][0]:g}, {info['y'][1]:g}]" if info["y"] else "")

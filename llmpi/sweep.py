@@ -140,7 +140,7 @@ def value_names(job: Any, r: RankSetup) -> list[str]:
 class Plan:
     """What rank 0 decides and every rank needs (the tasks themselves stay on rank 0)."""
 
-    directions: list[dict[str, np.ndarray]]
+    directions: Any  # list of {entry: array} (directions.store full), or a llmpi.recipe.Recipe (recipe)
     todo_points: int
 
 
@@ -174,13 +174,15 @@ def open_store(job: Any, grid: Any, r: RankSetup, restart: bool) -> tuple[Any, n
     from . import checkpoint, config, planning
     from .store import SurfaceStore
 
+    mode = planning.store_mode(job, r.model)  # directions.store resolved: full or recipe
+
     def make_directions() -> Any:
-        return planning.plan_directions(job, r.model, grid.ndim)  # only when the file is new
+        return planning.plan_directions(job, r.model, grid.ndim, mode, r.device)  # only when the file is new
 
     fields = fingerprint(job, checkpoint.sha256_file(job.model.checkpoint), r.info, r.bn_samples and r.bn_samples.info)
     if len(r.splits) > 1:  # data.split both: the identity of each split's samples
         fields["data"]["images_sha256"] = {split: s.info.sha256 for split, s in r.splits.items()}
-    fields.update(planning.fingerprint_fields(job))
+    fields.update(planning.fingerprint_fields(job, mode))
     attrs = {
         "dataset": "; ".join(samples.info.describe() for samples in r.splits.values()),
         "synthetic": r.info.synthetic,
@@ -200,20 +202,24 @@ def open_store(job: Any, grid: Any, r: RankSetup, restart: bool) -> tuple[Any, n
         attrs=attrs,
     )
     todo = store.todo()
-    return store, todo, Plan(store.directions(), len(todo))
+    return store, todo, Plan(planning.stored_directions(store), len(todo))
 
 
 def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
     """This rank's evaluator, with a provisional batch size and one point per pass until the tuning step."""
     import torch
 
-    from . import runtime
+    from . import planning, runtime
     from .errors import JobError
     from .evaluate import Evaluator
 
     rt, auto_batch = job.runtime, job.data.batch_size == "auto"
-    images, labels = r.samples.to(r.device)
-    dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
+    images, labels = r.samples.to("cpu")  # llmpi.batches puts them where data.placement says
+    if isinstance(plan.directions, list):
+        dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
+    else:  # a recipe: this rank makes the directions itself, after checking it makes the recorded numbers
+        planning.check_recipe(plan.directions, r.model, r.device)
+        dirs = plan.directions
     # A loss factory runs the network itself, and recalibration rewrites BatchNorm buffers per point: neither can
     # go through vmap over stacked weights, so both evaluate one point per pass (see llmpi.evaluate).
     one_point = job.loss.factory is not None or r.bn_samples is not None
@@ -236,6 +242,9 @@ def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
         loss=r.loss,
         bn_inputs=None if r.bn_samples is None else r.bn_samples.to(r.device)[0],
         bn_batch_size=job.evaluation.bn_batch_size,
+        hold_directions=rt.hold_directions,
+        placement=job.data.placement,
+        device=r.device,
     )
 
 
@@ -305,7 +314,8 @@ class PointValues:
         ev, spec = self.first, self.hessian
         ev.move_to(point)  # with several points per pass the loss never moved the network's own weights
         n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
-        op = HessianOperator(ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, ignore=self.ignore)
+        x, y = ev.images[:n].to(ev.device), ev.labels[:n].to(ev.device)  # a copy only with data.placement host
+        op = HessianOperator(ev.model, x, y, self.hessian_batch, ignore=self.ignore)
         result = extreme_eigenvalues(
             op, tol=spec.tol, max_hvps=spec.max_hvps, basis=spec.basis, seed=spec.seed, between_batches=check
         )

@@ -180,7 +180,9 @@ class StreamedWeights(Weights):
         return _bytes(self.base) + _bytes([self.scratch]) + _bytes([self.whole] if self.whole is not None else [])
 
 
-def moved_names(entries: Mapping[str, torch.Tensor], directions: Sequence[Mapping[str, torch.Tensor]] | Recipe) -> list[str]:
+def moved_names(
+    entries: Mapping[str, torch.Tensor], directions: Sequence[Mapping[str, torch.Tensor]] | Recipe
+) -> list[str]:
     """The entries some direction moves (a direction that is zero everywhere on an entry leaves it untouched)."""
     if isinstance(directions, Recipe):
         moved = {e.name for e in directions.moved}
