@@ -47,7 +47,7 @@ from . import losses, runtime
 from .batches import make_source
 from .directions import Direction, perturbed_entries
 from .recipe import Recipe
-from .weights import make_weights
+from .weights import Weights, make_weights
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -114,7 +114,8 @@ class Evaluator:
     ``images`` are normalised float NCHW (any dtype; converted once to what the network consumes), ``labels``
     int64, on ``device`` (default: the images' device) or, with ``placement`` host or auto, anywhere: they are then
     kept resident on the device or streamed from host memory batch by batch (``llmpi.batches``; the same values).
-    ``directions``: full directions or a recipe, held as ``hold_directions`` says (``llmpi.weights``).
+    ``directions``: full directions or a recipe, held as ``hold_directions`` says (``llmpi.weights``), or the
+    ``weights`` of another evaluator of the same network, shared (one θ* on the device for every split).
     ``shrink_on_oom``: halve the batch and retry a point when the device runs out of memory (for an automatic batch
     size); otherwise the error says what to set.
 
@@ -129,7 +130,7 @@ class Evaluator:
     def __init__(
         self,
         model: nn.Module,
-        directions: Sequence[Direction] | Recipe,
+        directions: Sequence[Direction] | Recipe | Weights,
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,

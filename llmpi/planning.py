@@ -151,6 +151,12 @@ def stored_directions(store: Any) -> Any:
         raise JobError(f"output {store.path}: its directions' recipe cannot be read ({e}); pass --restart") from None
 
 
+def is_recipe(directions: Any) -> bool:
+    from .recipe import Recipe
+
+    return isinstance(directions, Recipe)
+
+
 def check_recipe(recipe: Any, model: nn.Module, device: Any) -> None:
     """On every rank, before its first point: the recipe fits this network and this device makes its numbers."""
     from .directions import perturbed_entries

@@ -217,8 +217,10 @@ def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
     images, labels = r.samples.to("cpu")  # llmpi.batches puts them where data.placement says
     if isinstance(plan.directions, list):
         dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
-    else:  # a recipe: this rank makes the directions itself, after checking it makes the recorded numbers
+    elif planning.is_recipe(plan.directions):  # this rank makes the directions itself, once it proved it can
         planning.check_recipe(plan.directions, r.model, r.device)
+        dirs = plan.directions
+    else:  # another split's evaluator's weights (llmpi.weights.Weights): one θ* on the device for all splits
         dirs = plan.directions
     # A loss factory runs the network itself, and recalibration rewrites BatchNorm buffers per point: neither can
     # go through vmap over stacked weights, so both evaluate one point per pass (see llmpi.evaluate).
@@ -327,6 +329,7 @@ def make_point_values(job: Any, r: RankSetup, plan: Plan) -> PointValues:
     evaluators = {}
     for split, samples in (r.splits or {job.data.split: r.samples}).items():
         evaluators[split] = make_evaluator(job, replace(r, samples=samples), plan)
+        plan = replace(plan, directions=evaluators[split].weights)  # the next split shares θ* and the directions
     hessian = job.hessian if "hessian" in job.metrics else None
     return PointValues(evaluators, hessian, job.directions.ignore, 0, r.has_accuracy)
 
