@@ -92,8 +92,8 @@ def shape_for(millions: float) -> tuple[int, int]:
 
 def network(width: int, layers: int, dtype: str = "float32") -> nn.Module:
     with torch.device("meta"):
-        net = Network(width, layers)
-    return net.to_empty(device="cpu").to(getattr(torch, dtype))
+        net = Network(width, layers).to(getattr(torch, dtype))
+    return net.to_empty(device="cpu")  # allocated once, in its dtype: the checkpoint's load fills it
 
 
 def tokens(split: str, samples: int = SAMPLES, context: int = CONTEXT) -> tuple[torch.Tensor, torch.Tensor]:

@@ -116,7 +116,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a pickle (protocol 2+)
         raise CheckpointError(f"checkpoint {path} cannot be read: it is not a torch.save file (it starts {head!r})")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # zip files memory-mapped: the tensors are read from the page cache as they are copied into the network,
+        # instead of a second copy of the checkpoint in the process's memory (legacy files cannot be mapped)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=head.startswith(b"PK\x03\x04"))
     except pickle.UnpicklingError as e:
         text = str(e)
         reason = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].strip()
