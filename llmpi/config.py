@@ -116,7 +116,7 @@ class DirectionsSpec:
     store: Literal["auto", "full", "recipe"] = _why(
         "auto",
         "full (the directions in the file, 4 bytes per parameter each) up to 100 M parameters, where that is under "
-        "1 GB and any script can read them; recipe above (a few MB: how every rank makes them; kind random only)",
+        "1 GB and any script can read them; recipe above (a few MB: how every rank makes them; not for kind pca)",
     )
 
     def __post_init__(self) -> None:
@@ -124,10 +124,10 @@ class DirectionsSpec:
             raise JobError(f"directions.trajectory is for directions.kind: pca, not {self.kind}; drop it")
         if self.rescale != "none" and self.kind != "pca":
             raise JobError(f"directions.rescale is for directions.kind: pca, not {self.kind}; drop it")
-        if self.store == "recipe" and self.kind != "random":
+        if self.store == "recipe" and self.kind == "pca":
             raise JobError(
-                f"directions.store: recipe makes random directions; kind {self.kind} takes its directions from "
-                f"checkpoints or a trajectory and stores them in full: set directions.store: full (or auto)"
+                "directions.store: recipe makes random directions and differences of checkpoints; kind pca's "
+                "components come from a trajectory and are stored in full: set directions.store: full (or auto)"
             )
         if self.kind == "pca" and self.trajectory is None:
             raise JobError(

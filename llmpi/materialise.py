@@ -29,7 +29,7 @@ SLICE_ELEMENTS = 1 << 22  # elements made and written at a time (whole slices al
 
 def materialise(path: str | Path, out: str | Path, device: str = "cpu") -> Path:
     """Write ``out``: a copy of the recipe file ``path`` that holds its directions in full (see the module doc)."""
-    from . import checkpoint, config, store
+    from . import checkpoint, config, planning, store
     from .directions import perturbed_entries
     from .recipe import Recipe, spans
 
@@ -39,19 +39,21 @@ def materialise(path: str | Path, out: str | Path, device: str = "cpu") -> Path:
         raise JobError(f"{path} stores its directions in full already: read them with llmpi.store.read_directions")
     job = config.from_dict(config.Job, yaml.safe_load(surface.attrs["job"]))
     fields = json.loads(surface.attrs["fingerprint_fields"])
-    digest = checkpoint.sha256_file(job.model.checkpoint)
-    if digest != fields.get("checkpoint_sha256"):
-        raise JobError(
-            f"model.checkpoint {job.model.checkpoint} is not the checkpoint {path} was made from (SHA-256 "
-            f"{digest[:12]}..., the file's {str(fields.get('checkpoint_sha256'))[:12]}...): the filter-normalised "
-            f"directions depend on θ*; put the original checkpoint back at that path"
-        )
     recipe = Recipe.from_arrays(surface.recipe)
+    for key in ("checkpoint", *recipe.sources):  # the directions depend on θ* (and on the other checkpoints)
+        given, digest = getattr(job.model, key), checkpoint.sha256_file(getattr(job.model, key))
+        recorded = str(fields.get(f"{key}_sha256"))
+        if digest != recorded:
+            raise JobError(
+                f"model.{key} {given} is not the checkpoint {path} was made from (SHA-256 {digest[:12]}..., the "
+                f"file's {recorded[:12]}...): the directions depend on it; put the original back at that path"
+            )
     model = checkpoint.load_job_model(job.model)
     entries = {k: v.detach() for k, v in perturbed_entries(model, recipe.type).items()}
+    recipe.others = dict(planning.recipe_sources(job))
     try:
         recipe.check_entries(entries)
-        recipe.verify(device)
+        recipe.verify(device, entries)
     except ValueError as e:
         raise JobError(f"{path}: {e}") from None
     maker = recipe.on(device)

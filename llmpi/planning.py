@@ -5,9 +5,11 @@ describe them (written with them, read back by plots and status).
     planned.directions, planned.extras, planned.extra_attrs
     fingerprint_fields(job)                               # what the kind adds to the file's fingerprint
 
-- ``random``: Gaussian directions, normalised (``llmpi.directions``); nothing else to store. With
-  ``directions.store: recipe`` (the default above ``LEAN_PARAMETERS``) the file gets how to make them instead
-  (``llmpi.recipe``: a few MB whatever the network's size), and every rank makes them itself.
+- ``random``: Gaussian directions, normalised (``llmpi.directions``); nothing else to store.
+- With ``directions.store: recipe`` (the default above ``LEAN_PARAMETERS``) the file gets how to make the
+  directions instead (``llmpi.recipe``: a few MB whatever the network's size) and every rank makes them itself:
+  random ones from the seed, those of ``interpolate`` and ``plane`` from the other checkpoints, which every rank
+  reads (memory-mapped). ``pca`` stores its components in full.
 - ``interpolate``: δ = θ2 − θ1 (``llmpi.paths.interpolation``); with ``type: states`` BatchNorm running statistics
   move too, so α = 1 is checkpoint2 itself. No normalisation.
 - ``plane``: origin θ1, axes θ2 − θ1 and θ3 − θ1 (``llmpi.paths.plane_through``); stores ``model_coordinates``
@@ -69,7 +71,7 @@ def store_mode(job: Any, model: nn.Module) -> str:
     spec = job.directions
     if spec.store != "auto":
         return spec.store
-    if spec.kind != "random":
+    if spec.kind == "pca":  # components of a trajectory: nothing to make them from but the trajectory itself
         return "full"
     parameters = sum(t.numel() for t in perturbed_entries(model, spec.type).values())
     return "recipe" if parameters > LEAN_PARAMETERS else "full"
@@ -82,13 +84,7 @@ def plan_directions(job: Any, model: nn.Module, ndim: int, store: str = "full", 
 
     spec = job.directions
     if store == "recipe":
-        from .directions import perturbed_entries
-        from .recipe import plan_random
-
-        assert spec.kind == "random", "config refuses a recipe for other kinds"
-        entries = {k: v.detach() for k, v in perturbed_entries(model, spec.type).items()}
-        recipe = plan_random(entries, spec.seed, spec.norm, spec.ignore, spec.type, ndim, device=device)
-        return Planned([], recipe=recipe.to_arrays())
+        return _plan_recipe(job, model, ndim, device)
     base = _entries(model, spec.type)
     try:
         if spec.kind == "random":
@@ -157,15 +153,63 @@ def is_recipe(directions: Any) -> bool:
     return isinstance(directions, Recipe)
 
 
-def check_recipe(recipe: Any, model: nn.Module, device: Any) -> None:
-    """On every rank, before its first point: the recipe fits this network and this device makes its numbers."""
+def check_recipe(recipe: Any, model: nn.Module, device: Any, job: Any) -> None:
+    """On every rank, before its first point: the recipe fits this network and this device makes its numbers
+    (a difference recipe first attaches the other checkpoints, read here)."""
     from .directions import perturbed_entries
 
+    if recipe.kind != "random":
+        recipe.others = dict(recipe_sources(job))
+    entries = perturbed_entries(model, recipe.type)
     try:
-        recipe.check_entries(perturbed_entries(model, recipe.type))
-        recipe.verify(device)
+        recipe.check_entries(entries)
+        recipe.verify(device, {k: v.detach() for k, v in entries.items()})
     except ValueError as e:
         raise JobError(f"directions: {e}") from None
+
+
+SOURCES = {"interpolate": ("checkpoint2",), "plane": ("checkpoint2", "checkpoint3")}
+
+
+def recipe_sources(job: Any) -> list[tuple[str, dict]]:
+    """The other checkpoints a difference recipe reads, (job key, state_dict), memory-mapped: every rank reads
+    them itself (the page cache is shared by the ranks of a node), so no direction is ever sent."""
+    from .checkpoint import read_state_dict
+
+    out = []
+    for key in SOURCES.get(job.directions.kind, ()):
+        try:
+            out.append((key, read_state_dict(getattr(job.model, key))))
+        except JobError as e:
+            raise JobError(f"model.{key}: {e}") from None
+    return out
+
+
+def _plan_recipe(job: Any, model: nn.Module, ndim: int, device: Any) -> Planned:
+    """The recipe of the job's directions (random, or differences of checkpoints), made on ``device``."""
+    from . import paths
+    from .directions import perturbed_entries
+    from .recipe import plan_difference, plan_random
+
+    spec = job.directions
+    entries = {k: v.detach() for k, v in perturbed_entries(model, spec.type).items()}
+    if spec.kind == "random":
+        recipe = plan_random(entries, spec.seed, spec.norm, spec.ignore, spec.type, ndim, device=device)
+        return Planned([], recipe=recipe.to_arrays())
+    assert spec.kind in SOURCES, "config refuses a recipe for pca"
+    try:
+        recipe, gram = plan_difference(entries, recipe_sources(job), spec.kind, spec.type, device=device)
+        if spec.kind == "plane":
+            paths.check_plane(gram)
+    except ValueError as e:
+        raise JobError(f"directions.kind {spec.kind}: {e}") from None
+    if spec.kind == "interpolate":
+        return Planned([], recipe=recipe.to_arrays())
+    names = [job.model.checkpoint, job.model.checkpoint2, job.model.checkpoint3]
+    coordinates = np.asarray(paths.Plane([]).coordinates, dtype=np.float64)
+    return Planned(
+        [], {"model_coordinates": coordinates}, {"model_coordinates": {"names": names}}, recipe=recipe.to_arrays()
+    )
 
 
 def fingerprint_fields(job: Any, store: str = "full") -> dict:

@@ -35,10 +35,16 @@ device, ``none`` leaves z. Entries of one dimension or less are left out (``igno
 (``ignore: none``). Multiplying by a stored float32 scale is one correctly rounded operation, so every rank gets
 the same bits whatever its device or chunk size.
 
+Interpolations and planes through checkpoints (``plan_difference``) are recipes too: entry e of direction k is
+θ_k − θ* taken in float64 and rounded to float32, exactly ``llmpi.paths.difference``; the recipe names the job key
+of θ_k (``checkpoint2``, ``checkpoint3``), every rank reads that checkpoint itself, memory-mapped, and forms each
+piece on its device -- so a 7 B interpolation sends no 28 GB direction to anyone.
+
 Proof on resume: the recipe names its generator and holds the table; every entry carries its name, shape, key and
-a probe (SHA-256 of its first and last 64 generated values), checked by each rank on its own device before it
-computes (``verify``), and the entries' names and shapes are checked against the network (``check_entries``).
-The seed, normalisation, network and checkpoint are in the file's fingerprint, so another job is refused first.
+a probe (SHA-256 of its first and last 64 generated values, or of θ_k − θ*'s), checked by each rank on its own
+device before it computes (``verify``), and the entries' names and shapes are checked against the network
+(``check_entries``). The seed, normalisation, network and checkpoints are in the file's fingerprint, so another
+job is refused first, naming what differs.
 """
 
 from __future__ import annotations
@@ -149,6 +155,15 @@ def spans(numel: int, row: int, chunk: int) -> list[tuple[int, int]]:
     return [(r + s, r + min(row, s + chunk)) for r in range(0, numel, row) for s in range(0, row, chunk)]
 
 
+def _difference_probe(base: torch.Tensor, other: torch.Tensor, device: torch.device) -> str:
+    """SHA-256 (16 hex digits) of the first and last ``PROBE`` values of θ_k − θ* (float64, rounded to float32)."""
+    a, b = base.detach().reshape(-1), other.detach().reshape(-1)
+    n = a.numel()
+    ends = [(0, min(PROBE, n)), (max(0, n - PROBE), n)]
+    values = [(b[s:t].to(device).double() - a[s:t].to(device).double()).float() for s, t in ends]
+    return hashlib.sha256(torch.cat(values).cpu().numpy().astype("<f4").tobytes()).hexdigest()[:16]
+
+
 def _probe(key: int, numel: int, table: torch.Tensor) -> str:
     """SHA-256 (16 hex digits) of the first and last ``PROBE`` generated values of an entry, as float32 bytes."""
     head = normal(key, 0, min(PROBE, numel), table)
@@ -163,8 +178,9 @@ def _probe(key: int, numel: int, table: torch.Tensor) -> str:
 
 @dataclass
 class EntryRecipe:
-    """How to make one entry of every direction: ``mode`` (``MODES``, or "zero": left out), one key, probe and
-    array of scales per axis (``filter``: one per slice along dim 0, ``layer``: one, else none)."""
+    """How to make one entry of every direction: ``mode`` (``MODES``, "difference", or "zero": left out), one
+    key, probe and array of scales per axis (``filter``: one per slice along dim 0, ``layer``: one, else none);
+    for "difference", per axis the job key of the checkpoint θ_k whose θ_k − θ* it is (``sources``)."""
 
     name: str
     shape: tuple[int, ...]
@@ -172,6 +188,7 @@ class EntryRecipe:
     keys: list[int] = field(default_factory=list)
     probes: list[str] = field(default_factory=list)
     scales: list[np.ndarray] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
 
     @property
     def numel(self) -> int:
@@ -187,7 +204,9 @@ class EntryRecipe:
 
 @dataclass
 class Recipe:
-    """Random directions as a recipe (see the module docstring). ``axes``: 1 for a line, 2 for a plane."""
+    """Directions as a recipe (see the module docstring). ``axes``: 1 for a line, 2 for a plane. ``kind``
+    "random", or "interpolate" / "plane": differences θ_k − θ* of other checkpoints, which every rank reads itself
+    (memory-mapped) and attaches as ``others`` (``{job key: state_dict}``, never stored or sent)."""
 
     seed: int
     norm: str
@@ -198,13 +217,21 @@ class Recipe:
     entries: list[EntryRecipe]
     generator: str = GENERATOR
     kind: str = "random"
+    others: dict[str, Mapping[str, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def moved(self) -> list[EntryRecipe]:
         """The entries some direction moves (all but the zeroed ones)."""
         return [e for e in self.entries if e.mode != "zero"]
 
+    @property
+    def sources(self) -> list[str]:
+        """The job keys of the checkpoints a difference recipe reads (``checkpoint2``, ``checkpoint3``)."""
+        return sorted({s for e in self.entries for s in e.sources})
+
     def describe(self) -> str:
+        if self.kind != "random":
+            return f"a recipe ({self.kind}: {', '.join(self.sources)} minus θ*, {self.type}, {len(self.moved)} entries)"
         return (
             f"a recipe ({self.generator}, seed {self.seed}, {self.norm} norm, ignore {self.ignore}, {self.type}, "
             f"{self.axes} direction(s), {len(self.moved)} of {len(self.entries)} entries moved)"
@@ -233,6 +260,7 @@ class Recipe:
                     "keys": [str(k) for k in e.keys],  # JSON readers lose 64-bit integers; strings keep them
                     "probes": e.probes,
                     "scales": len(e.scales[0]) if e.scales else 0,
+                    "sources": e.sources,
                 }
                 for e in self.entries
             ],
@@ -259,8 +287,9 @@ class Recipe:
                     start = offsets[axis]
                     scales.append(np.asarray(arrays[f"scales/{axis}"][start : start + e["scales"]], np.float32))
                     offsets[axis] += e["scales"]
+            keys = [int(k) for k in e["keys"]]
             entries.append(
-                EntryRecipe(e["name"], tuple(e["shape"]), e["mode"], [int(k) for k in e["keys"]], e["probes"], scales)
+                EntryRecipe(e["name"], tuple(e["shape"]), e["mode"], keys, e["probes"], scales, e.get("sources", []))
             )
         recipe = cls(head["seed"], head["norm"], head["ignore"], head["type"], head["axes"], table, entries,
                      head["generator"], head["kind"])  # fmt: skip
@@ -287,17 +316,23 @@ class Recipe:
                 f"network"
             )
 
-    def verify(self, device: torch.device | str) -> None:
-        """This device makes the recipe's numbers: generator, and every entry's probe on every axis."""
-        if self.generator != GENERATOR:
+    def verify(self, device: torch.device | str, entries: Mapping[str, torch.Tensor] | None = None) -> None:
+        """This device makes the recipe's numbers: generator, and every entry's probe on every axis (a difference
+        recipe needs θ*'s ``entries`` and its ``others`` attached)."""
+        if self.kind == "random" and self.generator != GENERATOR:
             raise ValueError(
                 f"the directions were made by generator {self.generator!r}; this llmpi has {GENERATOR!r}. Resume with "
                 f"the llmpi version that wrote the file, or start anew (--restart)"
             )
         table = torch.from_numpy(self.table).to(device)
         for e in self.moved:
-            for a, (key, probe) in enumerate(zip(e.keys, e.probes)):
-                got = _probe(key, e.numel, table)
+            for a, probe in enumerate(e.probes):
+                if e.mode == "difference":
+                    assert entries is not None, "a difference recipe is verified against θ*"
+                    other = self.others[e.sources[a]]
+                    got = _difference_probe(entries[e.name], other[e.name], torch.device(device))
+                else:
+                    got = _probe(e.keys[a], e.numel, table)
                 if got != probe:
                     raise ValueError(
                         f"entry {e.name!r} of direction {'xy'[a]}: this device ({device}) makes other numbers than the "
@@ -328,6 +363,10 @@ class RecipeMaker:
         e = self.recipe.entries[k]
         if e.mode == "zero":
             return torch.zeros(stop - start, dtype=torch.float32, device=self.device)
+        if e.mode == "difference":  # θ_k − θ* in float64, rounded to float32, as llmpi.paths.difference
+            assert base is not None, "a difference needs θ*"
+            other = self.recipe.others[e.sources[axis]][e.name].reshape(-1)[start:stop]
+            return other.to(self.device, non_blocking=True).double().sub_(base.double()).float()
         if e.mode == "copy":
             assert base is not None, "a copied entry needs θ*"
             return base.to(torch.float32, copy=True)
@@ -421,6 +460,54 @@ def plan_random(
                 e.scales.append((w_norm / (z_sq.sqrt().float() + EPS)).cpu().numpy())
         planned.append(e)
     return Recipe(seed, norm, ignore, type, axes, table_np, planned)
+
+
+def plan_difference(
+    entries: Mapping[str, torch.Tensor],
+    others: Sequence[tuple[str, Mapping[str, torch.Tensor]]],
+    kind: str,
+    type: str,
+    device: torch.device | str = "cpu",
+    chunk: int = 1 << 22,
+) -> tuple[Recipe, np.ndarray]:
+    """The recipe of the directions θ_k − θ* (``others``: (job key, state_dict) per axis), and their Gram matrix
+    (float64, axes x axes) for the plane's checks -- entry by entry, piece by piece on ``device``.
+
+    Refuses, as ``llmpi.paths.difference`` does, a checkpoint that lacks an entry, has another shape, or is not
+    floating-point there (ValueError naming the job key).
+    """
+    device = torch.device(device)
+    gram = torch.zeros(len(others), len(others), dtype=torch.float64, device=device)
+    planned = []
+    for name, t in entries.items():
+        e = EntryRecipe(name, tuple(t.shape), "difference", sources=[key for key, _ in others])
+        for key, state in others:
+            o = state.get(name)
+            if o is None:
+                raise ValueError(
+                    f"model.{key} lacks entry {name!r} of the first model; was it saved from another architecture?"
+                )
+            if tuple(o.shape) != tuple(t.shape):
+                raise ValueError(
+                    f"model.{key}: entry {name!r} has shape {tuple(o.shape)}, the first model {tuple(t.shape)}; was it "
+                    f"saved from another architecture?"
+                )
+            if not o.is_floating_point():
+                raise ValueError(
+                    f"model.{key}: entry {name!r} is not floating-point ({o.dtype}); it cannot be moved along"
+                )
+            e.probes.append(_difference_probe(t, o, device))
+        flat = t.detach().reshape(-1)
+        for start, stop in spans(t.numel(), max(1, t.numel()), chunk):
+            base = flat[start:stop].to(device).double()
+            d = [o[name].reshape(-1)[start:stop].to(device).double() - base for _, o in others]
+            for i in range(len(d)):
+                for j in range(len(d)):
+                    gram[i, j] += torch.dot(d[i].float().double(), d[j].float().double())
+        planned.append(e)
+    recipe = Recipe(0, "none", "none", type, len(others), np.zeros(0), planned, kind=kind)
+    recipe.others = dict(others)
+    return recipe, gram.cpu().numpy()
 
 
 def recipe_bytes(entries: Sequence[tuple[str, Sequence[int]]], norm: str, axes: int) -> int:

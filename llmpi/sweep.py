@@ -218,7 +218,7 @@ def make_evaluator(job: Any, r: RankSetup, plan: Plan) -> Any:
     if isinstance(plan.directions, list):
         dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in plan.directions]
     elif planning.is_recipe(plan.directions):  # this rank makes the directions itself, once it proved it can
-        planning.check_recipe(plan.directions, r.model, r.device)
+        planning.check_recipe(plan.directions, r.model, r.device, job)
         dirs = plan.directions
     else:  # another split's evaluator's weights (llmpi.weights.Weights): one θ* on the device for all splits
         dirs = plan.directions

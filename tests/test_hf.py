@@ -57,11 +57,15 @@ def safetensors_state(path) -> dict:
 
 @pytest.mark.mpi
 def test_interpolation_between_two_checkpoints_under_two_ranks(tiny_lm, tmp_path):
-    job = job_from_example("interpolate", tiny_lm, tmp_path / "line.h5", grid={"x": [-0.5, 1.5, 5]})
+    """The example's line, its direction θ2 − θ1 as a recipe: each rank reads θ2 from its safetensors file."""
+    job = job_from_example(
+        "interpolate", tiny_lm, tmp_path / "line.h5", grid={"x": [-0.5, 1.5, 5]}, directions={"store": "recipe"}
+    )
     result = run_cli("llmpi.sweep", str(write_job(tmp_path / "line.yaml", job)), ranks=2, cwd=REPO)
     assert result.returncode == 0, result.stderr
     s = read_surface(tmp_path / "line.h5")
     assert s.complete and set(s.values) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+    assert s.direction_store == "recipe"
     theta1, theta2 = safetensors_state(tiny_lm / "theta1"), safetensors_state(tiny_lm / "theta2")
     for i, alpha in enumerate(s.x):
         state = {k: (v.double() + alpha * (theta2[k].double() - v.double())).float() for k, v in theta1.items()}

@@ -170,3 +170,40 @@ def test_probe_is_a_hash_of_the_ends_of_the_entry(table):
     key = entry_key(3, 0, "w")
     ends = torch.cat([normal(key, 0, 64, table), normal(key, 936, 64, table)])
     assert recipe._probe(key, 1000, table) == hashlib.sha256(ends.numpy().tobytes()).hexdigest()[:16]
+
+
+def test_difference_recipes_make_the_full_directions_bitwise(fixture_data, other_minimisers, resnet8):
+    """interpolate and plane as recipes: θ2 − θ1 and θ3 − θ1 made piece by piece equal llmpi.paths' full
+    directions bit for bit; the Gram matrix is the plane's; a changed checkpoint fails the probe, naming the entry."""
+    from llmpi import paths
+    from llmpi.recipe import plan_difference
+
+    second, third = (checkpoint.read_state_dict(p) for p in other_minimisers)
+    r, gram = plan_difference(resnet8, [("checkpoint2", second), ("checkpoint3", third)], "plane", "weights", chunk=500)
+    plane = paths.plane_through(resnet8, second, third)
+    maker = r.on("cpu")
+    for k, e in enumerate(r.entries):
+        for axis in (0, 1):
+            assert torch.equal(maker.entry(axis, k, 300, resnet8[e.name]), plane.directions[axis][e.name]), e.name
+    flat = [torch.cat([d[n].double().reshape(-1) for n in resnet8]) for d in plane.directions]
+    assert np.allclose(gram, [[float(a @ b) for b in flat] for a in flat], rtol=1e-12)
+    back = Recipe.from_arrays(r.to_arrays())
+    assert back.sources == ["checkpoint2", "checkpoint3"] and back.kind == "plane"
+    back.others = {"checkpoint2": second, "checkpoint3": third}
+    back.verify("cpu", resnet8)
+    changed = {**second, "conv1.weight": second["conv1.weight"] + 1e-3}
+    back.others = {"checkpoint2": changed, "checkpoint3": third}
+    with pytest.raises(ValueError, match="entry 'conv1.weight' of direction x: this device"):
+        back.verify("cpu", resnet8)
+    with pytest.raises(ValueError, match="model.checkpoint2 lacks entry 'conv1.weight'"):
+        plan_difference(resnet8, [("checkpoint2", {k: v for k, v in second.items() if k != "conv1.weight"})],
+                        "interpolate", "weights")  # fmt: skip
+
+
+def test_pca_directions_cannot_be_a_recipe():
+    from llmpi.config import DirectionsSpec, from_dict
+    from llmpi.errors import JobError
+
+    with pytest.raises(JobError, match="kind pca's components come from a trajectory .* directions.store: full"):
+        from_dict(DirectionsSpec, {"kind": "pca", "trajectory": "runs/x", "store": "recipe"})
+    assert from_dict(DirectionsSpec, {"kind": "plane", "store": "recipe"}).store == "recipe"
