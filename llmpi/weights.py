@@ -33,17 +33,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .recipe import Recipe, spans
+from .recipe import Recipe, default_chunk, spans
 
 HOLDINGS = ("device", "host", "regenerate")
 LEAN_PARAMETERS = 100_000_000  # above this many parameters the lean holdings are the default (see choose_holding)
-
-
-def default_chunk(device: torch.device) -> int:
-    """Elements per piece: 1 M on a CPU (a piece's temporaries stay in cache), 8 M on a GPU, where the generator's
-    temporaries (about 50 bytes per element: ~0.4 GB) are a fixed cost and its ~40 kernel launches per piece stay
-    small against the piece's memory traffic."""
-    return (1 << 20) if device.type == "cpu" else (1 << 23)
 
 
 def choose_holding(requested: str, parameters: int, recipe: bool) -> str:
