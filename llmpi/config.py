@@ -270,6 +270,11 @@ class Job:
             object.__setattr__(self, "output", f"surfaces/{self.name}.h5")
         if len(set(self.metrics)) != len(self.metrics):
             raise JobError(f"metrics lists a metric twice: {self.metrics}")
+        if self.runtime.hold_directions == "regenerate" and self.directions.store == "full":
+            raise JobError(
+                "runtime.hold_directions: regenerate makes the directions again from their recipe, but "
+                "directions.store is full; set directions.store: recipe (or auto), or hold_directions: device or host"
+            )
         if "hessian" in self.metrics and self.runtime.precision == "bf16":
             raise JobError(
                 "metrics: [hessian] needs runtime.precision fp32 or tf32: bfloat16 loses the small eigenvalues "

@@ -520,10 +520,3 @@ def plan_difference(
     recipe = Recipe(0, "none", "none", type, len(others), np.zeros(0), planned, kind=kind)
     recipe.others = dict(others)
     return recipe, gram.cpu().numpy()
-
-
-def recipe_bytes(entries: Sequence[tuple[str, Sequence[int]]], norm: str, axes: int) -> int:
-    """About how many bytes a recipe of these (name, shape) entries takes in a file: the scales, the table and a
-    line of JSON per entry (for the size rule and the README's figures)."""
-    scales = sum(shape[0] for _, shape in entries if len(shape) > 1) if norm == "filter" else len(entries)
-    return 4 * axes * scales + 8 * len(quantile_table()) + sum(200 + len(name) for name, _ in entries)

@@ -275,6 +275,8 @@ def materialise(
     path, out = Path(path), Path(out)
     if path.resolve() == out.resolve():
         raise StoreError(f"-o {out} is the recipe file itself; name another file")
+    if out.exists():
+        raise StoreError(f"-o {out} exists; remove it or name another file")
     if not out.parent.is_dir():
         raise StoreError(f"-o {out}: the directory {out.parent} does not exist")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

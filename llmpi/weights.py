@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .errors import JobError
 from .recipe import Recipe, default_chunk, spans
 
 HOLDINGS = ("device", "host", "regenerate")
@@ -45,7 +46,7 @@ def choose_holding(requested: str, parameters: int, recipe: bool) -> str:
     if requested not in ("auto", *HOLDINGS):
         raise ValueError(f"hold_directions must be one of auto, {', '.join(HOLDINGS)}; not {requested!r}")
     if requested == "regenerate" and not recipe:
-        raise ValueError(
+        raise JobError(
             "runtime.hold_directions: regenerate needs directions.store: recipe (stored directions cannot be made "
             "again); use device or host"
         )

@@ -53,8 +53,11 @@ def test_one_and_two_ranks_are_bitwise_equal_and_the_file_is_small(swept):
 
 def test_materialised_directions_give_every_value_and_status_and_plots_work(fixture_data, swept):
     d, _ = swept
-    done = run_cli("llmpi.directions", "materialise", str(d / "two.h5"), "-o", str(d / "full.h5"))
-    assert done.returncode == 0, done.stderr
+    from llmpi.materialise import main as directions_command  # python -m llmpi.directions, in this process
+
+    assert directions_command(["materialise", str(d / "two.h5"), "-o", str(d / "full.h5")]) == 0
+    for out in ("two.h5", "full.h5"):  # the recipe file itself, or any existing file: refused, nothing written
+        assert directions_command(["materialise", str(d / "two.h5"), "-o", str(d / out)]) == 2
     full = read_surface(d / "full.h5")
     assert full.attrs["materialised"] and full.direction_store == "recipe"
     assert np.array_equal(full.values["train_loss"], read_surface(d / "two.h5").values["train_loss"])
