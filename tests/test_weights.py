@@ -86,8 +86,14 @@ def test_holding_policy_follows_the_size_and_refuses_what_cannot_be():
     assert weights.choose_holding("auto", lean + 1, recipe=True) == "regenerate"
     assert weights.choose_holding("auto", lean + 1, recipe=False) == "host"
     assert weights.choose_holding("host", 10, recipe=True) == "host"
-    with pytest.raises(ValueError, match="regenerate needs directions.store: recipe"):
+    with pytest.raises(JobError, match="regenerate needs directions.store: recipe"):
         weights.choose_holding("regenerate", 10, recipe=False)
+    from llmpi.config import Job, from_dict
+
+    job = {"name": "j", "model": {"arch": "resnet8"}, "runtime": {"hold_directions": "regenerate"}}
+    with pytest.raises(JobError, match="set directions.store: recipe .or auto., or hold_directions: device or host"):
+        from_dict(Job, {**job, "directions": {"store": "full"}})
+    assert from_dict(Job, job).runtime.hold_directions == "regenerate"  # store auto: decided by the size
 
 
 def test_host_placement_on_a_cpu_is_the_device_views_no_copies(setup):
