@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if described:
             print(f"llmpi: tuned on rank 0: {described}", flush=True)
+        print(f"llmpi: {evaluator.weights.describe()}; {evaluator.batches.describe()}", flush=True)
         if values.hessian is not None:
             h = job.hessian
             print(

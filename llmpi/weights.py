@@ -72,7 +72,13 @@ class Weights:
         raise NotImplementedError
 
     def describe(self) -> str:
-        return f"directions held: {self.holding}"
+        where = {
+            "device": "on the device",
+            "host": "in host memory, streamed per piece",
+            "regenerate": "regenerated per piece from their recipe",
+        }[self.holding]
+        gib = self.device_bytes() / 2**30
+        return f"θ* and the directions take {gib:.2f} GiB on the device beside the network; directions {where}"
 
     def _check(self, coords: Sequence[float]) -> None:
         if len(coords) != self.ndim:
