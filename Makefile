@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 DEMO   := demo
 NP     ?= 2
 
-.PHONY: install demo test test-fast lint bench soak clean
+.PHONY: install demo test test-fast lint bench bench-memory soak clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench
+
+# Peak device memory per parameter and time per point of large networks, each case a fresh process (bench/README.md).
+bench-memory: $(STAMP)
+	$(PY) -m bench.memory
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
