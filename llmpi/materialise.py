@@ -34,6 +34,7 @@ def materialise(path: str | Path, out: str | Path, device: str = "cpu") -> Path:
     from .recipe import Recipe, spans
 
     path = Path(path)
+    store.check_materialise_target(path, out)  # before loading a network that may take minutes
     surface = store.read_surface(path)
     if surface.direction_store != "recipe":
         raise JobError(f"{path} stores its directions in full already: read them with llmpi.store.read_directions")

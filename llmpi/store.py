@@ -258,6 +258,17 @@ def read_recipe(path: str | Path) -> dict[str, np.ndarray]:
         return _recipe_arrays(f)
 
 
+def check_materialise_target(path: str | Path, out: str | Path) -> None:
+    """Refuse, before any work, an output that is the recipe file itself, exists, or has no directory."""
+    path, out = Path(path), Path(out)
+    if path.resolve() == out.resolve():
+        raise StoreError(f"-o {out} is the recipe file itself; name another file")
+    if out.exists():
+        raise StoreError(f"-o {out} exists; remove it or name another file")
+    if not out.parent.is_dir():
+        raise StoreError(f"-o {out}: the directory {out.parent} does not exist")
+
+
 def materialise(
     path: str | Path,
     out: str | Path,
@@ -273,12 +284,7 @@ def materialise(
     copied as they are; the attribute ``materialised`` marks it.
     """
     path, out = Path(path), Path(out)
-    if path.resolve() == out.resolve():
-        raise StoreError(f"-o {out} is the recipe file itself; name another file")
-    if out.exists():
-        raise StoreError(f"-o {out} exists; remove it or name another file")
-    if not out.parent.is_dir():
-        raise StoreError(f"-o {out}: the directory {out.parent} does not exist")
+    check_materialise_target(path, out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         try:
