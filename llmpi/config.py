@@ -94,6 +94,11 @@ class DataSpec:
         None, "your own data instead of dataset/root: package.module:function(split, **kwargs) -> Dataset or tensors"
     )
     kwargs: dict[str, Any] = _why({}, "keyword arguments for data.factory")
+    placement: Literal["auto", "device", "host"] = _why(
+        "auto",
+        "the selection resident on the device when it takes at most half its free memory, else in host memory with "
+        "each batch copied while the previous one computes; the same values either way (llmpi.batches)",
+    )
 
     def __post_init__(self) -> None:
         if self.kwargs and self.factory is None:
@@ -127,12 +132,22 @@ class DirectionsSpec:
     rescale: Literal["none", "filter"] = _why(
         "none", "kind pca only: the paper's code uses the unit components; filter rescales them filter-wise"
     )
+    store: Literal["auto", "full", "recipe"] = _why(
+        "auto",
+        "full (the directions in the file, 4 bytes per parameter each) up to 100 M parameters, where that is under "
+        "1 GB and any script can read them; recipe above (a few MB: how every rank makes them; not for kind pca)",
+    )
 
     def __post_init__(self) -> None:
         if self.trajectory is not None and self.kind != "pca":
             raise JobError(f"directions.trajectory is for directions.kind: pca, not {self.kind}; drop it")
         if self.rescale != "none" and self.kind != "pca":
             raise JobError(f"directions.rescale is for directions.kind: pca, not {self.kind}; drop it")
+        if self.store == "recipe" and self.kind == "pca":
+            raise JobError(
+                "directions.store: recipe makes random directions and differences of checkpoints; kind pca's "
+                "components come from a trajectory and are stored in full: set directions.store: full (or auto)"
+            )
         if self.kind == "pca" and self.trajectory is None:
             raise JobError(
                 "directions.kind: pca needs directions.trajectory, the folder of training snapshots "
@@ -194,6 +209,11 @@ class RuntimeSpec:
         "deterministic",
         "1 rank and N ranks give bitwise-equal files; fast lets cuDNN and the compiler pick kernels by timing "
         "(ranks may then differ in the last bits)",
+    )
+    hold_directions: Literal["auto", "device", "host", "regenerate"] = _why(
+        "auto",
+        "on the device up to 100 M parameters (fastest); above, regenerated per point from the recipe or streamed "
+        "from host memory, so the device holds about 2x the weights (llmpi.weights)",
     )
 
     def __post_init__(self) -> None:
@@ -288,6 +308,11 @@ class Job:
             object.__setattr__(self, "output", f"surfaces/{self.name}.h5")
         if len(set(self.metrics)) != len(self.metrics):
             raise JobError(f"metrics lists a metric twice: {self.metrics}")
+        if self.runtime.hold_directions == "regenerate" and self.directions.store == "full":
+            raise JobError(
+                "runtime.hold_directions: regenerate makes the directions again from their recipe, but "
+                "directions.store is full; set directions.store: recipe (or auto), or hold_directions: device or host"
+            )
         if "hessian" in self.metrics and self.runtime.precision == "bf16":
             raise JobError(
                 "metrics: [hessian] needs runtime.precision fp32 or tf32: bfloat16 loses the small eigenvalues "

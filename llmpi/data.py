@@ -324,8 +324,9 @@ def _factory_tensors(path: str, result: Any, subset: int | None, seed: int, too_
                 f"both need one row per sample, as many inputs as targets"
             )
         total = len(inputs)
-        index = torch.from_numpy(subset_indices(total, subset, seed, too_many))
-        inputs, targets = inputs[index], targets[index]
+        if subset is not None:  # all of them: used as they are, so a memory-mapped set stays mapped (no copy)
+            index = torch.from_numpy(subset_indices(total, subset, seed, too_many))
+            inputs, targets = inputs[index], targets[index]
     elif hasattr(result, "__len__") and hasattr(result, "__getitem__") and not isinstance(result, (str, bytes, dict)):
         total = len(result)
         index = subset_indices(total, subset, seed, too_many)
@@ -355,15 +356,19 @@ def _factory_tensors(path: str, result: Any, subset: int | None, seed: int, too_
     return inputs.contiguous(), targets.contiguous(), total
 
 
-def tensor_identity(*tensors: Any) -> str:
-    """SHA-256 of tensors' dtypes, shapes and bytes, in order: a factory data set's identity."""
+def tensor_identity(*tensors: Any, chunk: int = 1 << 26) -> str:
+    """SHA-256 of tensors' dtypes, shapes and bytes, in order: a factory data set's identity. Hashed ``chunk``
+    bytes at a time from the tensor's own memory, so a memory-mapped set larger than RAM is never copied whole."""
     import torch
 
     h = hashlib.sha256()
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype} {tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            flat = t.reshape(-1).view(torch.uint8).numpy()
+            for start in range(0, len(flat), chunk):
+                h.update(flat[start : start + chunk])
     return h.hexdigest()
 
 

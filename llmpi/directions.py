@@ -22,11 +22,17 @@ EPS = 1e-10  # keeps a (never seen) all-zero Gaussian slice finite; far below fl
 
 
 def perturbed_entries(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
-    """The live tensors a direction moves: parameters, or every floating-point state_dict entry."""
+    """The live tensors a direction moves: parameters, or every floating-point state_dict entry. A tensor tied
+    under two names (a language model's embedding and output layer) is moved once, under its first name."""
     if kind == "weights":
         return dict(model.named_parameters())
     if kind == "states":
-        return {k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()}
+        out, seen = {}, set()
+        for k, v in model.state_dict(keep_vars=True).items():
+            if v.is_floating_point() and id(v) not in seen:
+                out[k] = v
+                seen.add(id(v))
+        return out
     raise ValueError(f"directions.type must be 'weights' or 'states', not {kind!r}")
 
 
@@ -67,3 +73,11 @@ def random_directions(
     """``count`` directions from one generator seeded with ``seed``: x first, then y."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return [random_direction(weights, generator, norm, ignore) for _ in range(count)]
+
+
+if __name__ == "__main__":  # python -m llmpi.directions materialise FILE -o FULL.h5 (llmpi.materialise)
+    import sys
+
+    from .materialise import main
+
+    sys.exit(main())

@@ -47,9 +47,12 @@ import torch
 from torch import nn
 
 from . import losses, runtime
+from .batches import make_source
 from .directions import Direction, perturbed_entries
 from .forward import EAGER, ForwardPath, Network, can_fold
 from .memory import fits, retry_halving
+from .recipe import Recipe
+from .weights import HeldWeights, Weights, make_weights
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -98,9 +101,13 @@ class Evaluator:
     """Evaluates points of one surface on one device; holds the base weights, directions and data there.
 
     ``images`` are normalised float NCHW (any dtype; converted once to what the network consumes), ``labels``
-    int64, both already on the device the model should run on. ``shrink_on_oom``: halve the batch and retry a
-    point when the device runs out of memory (for an automatic batch size); otherwise the error says what to set.
-    ``fold``, ``compile``: the forward path to start with (``use`` changes it; ``autotune`` chooses it).
+    int64, on ``device`` (default: the images' device) or, with ``placement`` host or auto, anywhere: they are then
+    kept resident on the device or streamed from host memory batch by batch (``llmpi.batches``; the same values).
+    ``directions``: full directions or a recipe, held as ``hold_directions`` says (``llmpi.weights``), or the
+    ``weights`` of another evaluator of the same network, shared (one θ* on the device for every split).
+    ``shrink_on_oom``: halve the batch and retry a point when the device runs out of memory (for an automatic batch
+    size); otherwise the error says what to set. ``fold``, ``compile``: the forward path to start with (``use``
+    changes it; ``autotune`` chooses it).
 
     ``loss`` is "crossentropy", "mse", or a :class:`losses.FactoryLoss` (the user's ``loss.factory``; ``images`` /
     ``labels`` are then whatever the data factory made: any shape and dtype, only floating inputs take the
@@ -112,7 +119,7 @@ class Evaluator:
     def __init__(
         self,
         model: nn.Module,
-        directions: Sequence[Direction],
+        directions: Sequence[Direction] | Recipe | Weights,
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
@@ -124,6 +131,9 @@ class Evaluator:
         loss: str | losses.FactoryLoss = "crossentropy",
         bn_inputs: torch.Tensor | None = None,
         bn_batch_size: int = 128,
+        hold_directions: str = "auto",
+        placement: str = "device",
+        device: torch.device | str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
@@ -134,22 +144,16 @@ class Evaluator:
         if isinstance(loss, str) and loss not in losses.BUILTIN:
             raise ValueError(f"loss must be one of {', '.join(losses.BUILTIN)} or a FactoryLoss, not {loss!r}")
         self.loss, self.bn_batch_size = loss, bn_batch_size
-        device = images.device
+        device = torch.device(device) if device is not None else images.device
         self.device, self.precision = device, precision
         self.batch_size, self.shrink_on_oom = batch_size, shrink_on_oom
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         runtime.set_precision(device, precision)
         memory_format = runtime.memory_format(device, precision)
 
-        entries = perturbed_entries(model, kind)
-        for d in directions:
-            if d.keys() != entries.keys():
-                raise ValueError("a direction's entries do not match the model's; was it made for another arch?")
-        # θ*, δ, η in float32 whatever the network's dtype, taken before any conversion.
-        names = [n for n in entries if any(bool(d[n].any()) for d in directions)]
-        self.names = names
-        self.base = [entries[n].detach().to(device=device, dtype=torch.float32, copy=True) for n in names]
-        self.directions = [[d[n].to(device=device, dtype=torch.float32) for n in names] for d in directions]
+        # θ* and the directions, taken before any dtype conversion (llmpi.weights holds them, forms θ per point)
+        self.weights = make_weights(perturbed_entries(model, kind), directions, device, hold_directions)
+        self.names = names = self.weights.names
         # Folding reads float32 values of the entries no direction moves too: in another dtype, copies made now.
         self._still: dict[str, torch.Tensor] | None = None
         if self.dtype != torch.float32:
@@ -158,15 +162,16 @@ class Evaluator:
                 for n, t in model.state_dict(keep_vars=True).items()
                 if t.is_floating_point() and n not in names
             }
+            if isinstance(self.weights, HeldWeights) and self.weights.scratch is None:
+                self.weights.scratch = [t.clone() for t in self.weights.base]  # float32 θ, which folding reads
 
         self.model = model.to(device=device, dtype=self.dtype, memory_format=memory_format).eval()
         live = perturbed_entries(self.model, kind)
         self.targets = [live[n] for n in names]  # the network's own tensors, rewritten in place per point
-        # Where θ is formed in float32 when the network holds another dtype (bf16): rounded once when copied in.
-        self.scratch = self.targets if self.dtype == torch.float32 else [t.clone() for t in self.base]
-        self.images = self._as_input(images, memory_format)
+        # The data where ``placement`` says (llmpi.batches): resident on the device, or streamed from the host.
+        self.batches = make_source(self._as_input(images, memory_format), labels, device, placement)
+        self.images, self.labels = self.batches.inputs, self.batches.targets
         self.bn_inputs = None if bn_inputs is None else self._as_input(bn_inputs.to(device), memory_format)
-        self.labels = labels.to(device)
         self._per_image = torch.empty(0)
         self._tails: dict[tuple[int, int], torch.Tensor] = {}
         self._foldable: bool | None = None
@@ -188,7 +193,8 @@ class Evaluator:
             self._foldable = (
                 isinstance(self.loss, str)
                 and self.bn_inputs is None
-                and can_fold(self.model, self.images[:1], self.device)
+                and self._theta32() is not None
+                and can_fold(self.model, self.images[:1].to(self.device), self.device)
             )
         return self._foldable
 
@@ -199,15 +205,31 @@ class Evaluator:
         if path.fold and self.bn_inputs is not None:
             raise ValueError("BatchNorm recalibration runs BatchNorm in train mode: it cannot be folded")
         self.path = path
-        self.network = Network.build(self.model, path, self.images[:1], self.device)
+        self.network = Network.build(self.model, path, self.images[:1].to(self.device), self.device)
         self._gathered = self.network.gather(self._float32_values()) if path.fold else None
 
     def _float32_values(self) -> dict[str, torch.Tensor]:
         """Every floating entry's float32 value at the current point: the float32 θ of the moved entries (rewritten
         per point), the network's own (or float32 copies) of the others."""
-        values = dict(zip(self.names, self.scratch))
+        theta = self._theta32()
+        assert theta is not None, "folding needs the point's float32 weights (foldable says so)"
+        values = dict(zip(self.names, theta))
         still = self._still or {n: t for n, t in self.model.state_dict(keep_vars=True).items() if t.is_floating_point()}
         return {**{n: t.detach() for n, t in still.items() if n not in values}, **values}
+
+    def _theta32(self) -> list[torch.Tensor] | None:
+        """The float32 θ of the moved entries, rewritten in place per point: the network's own tensors in float32,
+        the held weights' float32 scratch in another dtype; None where no float32 θ is kept (streamed or
+        regenerated directions in a bf16 network: folding would read rounded weights, so it is not offered)."""
+        if self.dtype == torch.float32:
+            return self.targets
+        scratch = getattr(self.weights, "scratch", None)
+        return scratch if isinstance(scratch, list) else None
+
+    @property
+    def ndim(self) -> int:
+        """How many directions (coordinates per point)."""
+        return self.weights.ndim
 
     @property
     def static_shapes(self) -> bool:
@@ -218,28 +240,18 @@ class Evaluator:
     def prepare(self) -> float:
         """Compile (when the path compiles) on the sweep's batch shape before the first point; the seconds it took
         (0 when nothing compiled: eager, or already compiled in this process)."""
-        x = self._batch(0, min(len(self.labels), self.batch_size))
-        self.move_to([0.0] * len(self.directions))
+        n = min(len(self.labels), self.batch_size)
+        _, _, x, _ = next(iter(self.batches(n, n)))
+        self.move_to([0.0] * self.ndim)
         self.network.refresh(self._gathered)
         return self.network.warm_up(x)
 
     # -- weights --------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def _form(self, out: list[torch.Tensor], coords: Sequence[float]) -> None:
-        """out <- θ* + Σ coords[k]·direction[k] (in float32, then rounded into ``out`` if it is another dtype).
-
-        The one way θ is formed on every path, so every forward path starts from the same weights, bit for bit.
-        """
-        if len(coords) != len(self.directions):
-            raise ValueError(f"expected {len(self.directions)} coordinates, got {len(coords)}")
-        scratch = out if out[0].dtype == torch.float32 else self.scratch
-        torch._foreach_copy_(scratch, self.base)
-        for c, d in zip(coords, self.directions):
-            if c != 0.0:
-                torch._foreach_add_(scratch, d, alpha=float(c))
-        if scratch is not out:
-            torch._foreach_copy_(out, scratch)
+        """out <- θ* + Σ coords[k]·direction[k], formed in float32 and rounded once (``llmpi.weights``): the one way θ
+        is formed on every path, so every forward path starts from the same weights, bit for bit."""
+        self.weights.form(out, coords)
 
     @torch.no_grad()
     def move_to(self, coords: Sequence[float]) -> None:
@@ -250,7 +262,7 @@ class Evaluator:
     @torch.no_grad()
     def restore(self) -> None:
         """Put θ* back into the network."""
-        self.move_to([0.0] * len(self.directions))
+        self.move_to([0.0] * self.ndim)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
 
@@ -302,10 +314,9 @@ class Evaluator:
             self._rows = torch.full((1, 1), -E_MIN, dtype=torch.int32, device=self.device)
         return self._per_image, self._hits, self._tally, self._rows
 
-    def _batch(self, start: int, stop: int) -> torch.Tensor:
-        """The inputs of images [start, stop): a view; with static shapes a short batch comes padded to the batch
+    def _pad(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The inputs of images [start, stop) as given; with static shapes a short batch comes padded to the batch
         size (a copy made once per batch size and kept: the images never change)."""
-        x = self.images[start:stop]
         if not self.static_shapes or stop - start == self.batch_size:
             return x
         key = (start, self.batch_size)
@@ -334,12 +345,10 @@ class Evaluator:
             return self._factory_pass(between_batches, images)
         per_image, hits, tally, rows = self._buffers()
         n, bs = len(self.labels) if images is None else images, self.batch_size
-        for start in range(0, n, bs):
+        for start, stop, x, y in self.batches(n, bs):
             if between_batches is not None:
                 between_batches()
-            stop = min(n, start + bs)
-            y = self.labels[start:stop]
-            logits = self.network(self._batch(start, stop))[: stop - start].float()
+            logits = self.network(self._pad(x, start, stop))[: stop - start].float()
             # The standard per-image loss of (images, classes): padding rows are never read.
             per_image[0, start:stop] = losses.per_sample(self.loss, logits, y)
             hits[0, start:stop] = logits.argmax(dim=1) == y
@@ -352,11 +361,11 @@ class Evaluator:
         network = self.network.forward if isinstance(self.network.forward, nn.Module) else self.model
         tally = losses.FactoryTally(self.loss.spec)
         n, bs = len(self.labels) if images is None else images, self.batch_size
-        for start in range(0, n, bs):
+        for _, _, x, y in self.batches(n, bs):
             if between_batches is not None:
                 between_batches()
             runtime.before_forward(self.device, self.path.compile)
-            tally.add(*self.loss(network, (self.images[start : start + bs], self.labels[start : start + bs])))
+            tally.add(*self.loss(network, (x, y)))
         mean, accuracy = tally.result()
         return mean, math.nan if accuracy is None else accuracy
 
@@ -409,7 +418,7 @@ def _timed(ev: Evaluator, batch: int, min_seconds: float) -> float:
     """Images/s of whole passes over the first ``batch`` images along ev's current path (what the sweep runs:
     forming weights, folding, forward, tally), after one untimed warm-up pass (which compiles if it must)."""
     ev.batch_size = batch
-    origin = [0.0] * len(ev.directions)
+    origin = [0.0] * ev.ndim
     ev._pass(origin, None, images=batch)
     runtime.synchronize(ev.device)
     reps, t0 = 0, time.perf_counter()

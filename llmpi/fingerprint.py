@@ -38,8 +38,9 @@ class Identity:
     bn: DatasetInfo | None = None
 
 
-def fingerprint(job: Job, identity: Identity) -> dict:
-    """The fingerprint fields of ``job`` (JSON-able; the store keeps them and their hash in the file)."""
+def fingerprint(job: Job, identity: Identity, store: str = "full") -> dict:
+    """The fingerprint fields of ``job`` (JSON-able; the store keeps them and their hash in the file); ``store``:
+    how the file keeps its directions (``planning.store_mode``), full or recipe."""
     from .plugins import identity as source_identity
 
     model, data, loss = job.model, job.data, job.loss
@@ -64,10 +65,21 @@ def fingerprint(job: Job, identity: Identity) -> dict:
             "seed": data.seed,
             "images_sha256": images,
         },
-        "directions": to_dict(job.directions),
+        "directions": directions_fields(job, store),
         "grid": {"x": list(job.grid.x), "y": None if job.grid.y is None else list(job.grid.y)},
     }
     fields.update(_kind_and_metrics(job))
+    return fields
+
+
+def directions_fields(job: Job, store: str) -> dict:
+    """The directions section: the job's keys, without ``store`` for full files (as before the key existed, so
+    their files resume) and with ``store: recipe`` for a recipe, whose generator makes other numbers than the full
+    directions' one."""
+    fields = to_dict(job.directions)
+    del fields["store"]
+    if store == "recipe":
+        fields["store"] = "recipe"
     return fields
 
 

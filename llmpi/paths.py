@@ -73,10 +73,15 @@ def plane_through(
     for name in dx:
         a, b = dx[name].double().reshape(-1), dy[name].double().reshape(-1)
         gram += torch.stack([torch.stack([a @ a, a @ b]), torch.stack([b @ a, b @ b])])
+    check_plane(gram.numpy())
+    return Plane([dx, dy])
+
+
+def check_plane(gram) -> None:
+    """Refuse the Gram matrix (2 x 2, of δ = θ2 − θ1 and η = θ3 − θ1) of three models that span no plane."""
     for label, norm2 in (("model.checkpoint2", gram[0, 0]), ("model.checkpoint3", gram[1, 1])):
         if norm2 == 0:
             raise ValueError(f"{label} is the same model as model.checkpoint over the moved entries: no plane")
     cos2 = float(gram[0, 1] ** 2 / (gram[0, 0] * gram[1, 1]))
     if cos2 > 1 - 1e-10:
         raise ValueError("the three checkpoints lie on one line: they span no plane; use directions.kind: interpolate")
-    return Plane([dx, dy])

@@ -5,6 +5,10 @@ describe them (written with them, read back by plots and status).
     planned.directions, planned.extras, planned.extra_attrs
 
 - ``random``: Gaussian directions, normalised (``llmpi.directions``); nothing else to store.
+- With ``directions.store: recipe`` (the default above ``LEAN_PARAMETERS``) the file gets how to make the
+  directions instead (``llmpi.recipe``: a few MB whatever the network's size) and every rank makes them itself:
+  random ones from the seed, those of ``interpolate`` and ``plane`` from the other checkpoints, which every rank
+  reads (memory-mapped). ``pca`` stores its components in full.
 - ``interpolate``: δ = θ2 − θ1 (``llmpi.paths.interpolation``); with ``type: states`` BatchNorm running statistics
   move too, so α = 1 is checkpoint2 itself. No normalisation.
 - ``plane``: origin θ1, axes θ2 − θ1 and θ3 − θ1 (``llmpi.paths.plane_through``); stores ``model_coordinates``
@@ -55,11 +59,30 @@ def _other(job: Any, model: nn.Module, key: str) -> dict[str, torch.Tensor]:
     return _entries(other, job.directions.type)
 
 
-def plan_directions(job: Any, model: nn.Module, ndim: int) -> Planned:
-    """The directions of ``job.directions.kind`` around θ* (``model``), with what describes them."""
+def store_mode(job: Any, model: nn.Module) -> str:
+    """``directions.store`` resolved: ``auto`` is a recipe for random directions of networks above
+    ``weights.LEAN_PARAMETERS`` (100 M) -- where full directions would cost 0.4 GB per direction and more -- and full
+    below, where they are small and any script can read them from the file."""
+    from .directions import perturbed_entries
+    from .weights import LEAN_PARAMETERS
+
+    spec = job.directions
+    if spec.store != "auto":
+        return spec.store
+    if spec.kind == "pca":  # components of a trajectory: nothing to make them from but the trajectory itself
+        return "full"
+    parameters = sum(t.numel() for t in perturbed_entries(model, spec.type).values())
+    return "recipe" if parameters > LEAN_PARAMETERS else "full"
+
+
+def plan_directions(job: Any, model: nn.Module, ndim: int, store: str = "full", device: Any = "cpu") -> Planned:
+    """The directions of ``job.directions.kind`` around θ* (``model``), with what describes them; with ``store``
+    "recipe", the recipe of random directions, made entry by entry on ``device`` (rank 0's)."""
     from . import directions, paths, pca
 
     spec = job.directions
+    if store == "recipe":
+        return _plan_recipe(job, model, ndim, device)
     base = _entries(model, spec.type)
     try:
         if spec.kind == "random":
@@ -93,3 +116,91 @@ def plan_directions(job: Any, model: nn.Module, ndim: int) -> Planned:
     except ValueError as e:  # paths and pca refuse what does not fit by ValueError: the job's doing
         raise JobError(f"directions.kind {spec.kind}: {e}") from None
     raise AssertionError(f"unknown directions.kind {spec.kind!r} passed validation")
+
+
+def stored_directions(store: Any) -> Any:
+    """What an opened surface file gives every rank: its directions (a list of ``{entry: array}``) or its recipe
+    (a ``llmpi.recipe.Recipe``)."""
+    arrays = store.recipe()
+    if arrays is None:
+        return store.directions()
+    from .recipe import Recipe
+
+    try:
+        return Recipe.from_arrays(arrays)
+    except (ValueError, KeyError) as e:
+        raise JobError(f"output {store.path}: its directions' recipe cannot be read ({e}); pass --restart") from None
+
+
+def planned_directions(planned: Planned) -> Any:
+    """What a just-planned file will give every rank: the same as ``stored_directions`` of the file made from it."""
+    if planned.recipe is None:
+        return list(planned.directions)
+    from .recipe import Recipe
+
+    return Recipe.from_arrays(planned.recipe)
+
+
+def is_recipe(directions: Any) -> bool:
+    from .recipe import Recipe
+
+    return isinstance(directions, Recipe)
+
+
+def check_recipe(recipe: Any, model: nn.Module, device: Any, job: Any) -> None:
+    """On every rank, before its first point: the recipe fits this network and this device makes its numbers
+    (a difference recipe first attaches the other checkpoints, read here)."""
+    from .directions import perturbed_entries
+
+    if recipe.kind != "random":
+        recipe.others = dict(recipe_sources(job))
+    entries = perturbed_entries(model, recipe.type)
+    try:
+        recipe.check_entries(entries)
+        recipe.verify(device, {k: v.detach() for k, v in entries.items()})
+    except ValueError as e:
+        raise JobError(f"directions: {e}") from None
+
+
+SOURCES = {"interpolate": ("checkpoint2",), "plane": ("checkpoint2", "checkpoint3")}
+
+
+def recipe_sources(job: Any) -> list[tuple[str, dict]]:
+    """The other checkpoints a difference recipe reads, (job key, state_dict), memory-mapped: every rank reads
+    them itself (the page cache is shared by the ranks of a node), so no direction is ever sent."""
+    from .checkpoint import read_state_dict
+
+    out = []
+    for key in SOURCES.get(job.directions.kind, ()):
+        try:
+            out.append((key, read_state_dict(getattr(job.model, key))))
+        except JobError as e:
+            raise JobError(f"model.{key}: {e}") from None
+    return out
+
+
+def _plan_recipe(job: Any, model: nn.Module, ndim: int, device: Any) -> Planned:
+    """The recipe of the job's directions (random, or differences of checkpoints), made on ``device``."""
+    from . import paths
+    from .directions import perturbed_entries
+    from .recipe import plan_difference, plan_random
+
+    spec = job.directions
+    entries = {k: v.detach() for k, v in perturbed_entries(model, spec.type).items()}
+    if spec.kind == "random":
+        recipe = plan_random(entries, spec.seed, spec.norm, spec.ignore, spec.type, ndim, device=device)
+        return Planned([], recipe=recipe.to_arrays())
+    assert spec.kind in SOURCES, "config refuses a recipe for pca"
+    try:
+        recipe, gram = plan_difference(entries, recipe_sources(job), spec.kind, spec.type, device=device)
+        if spec.kind == "plane":
+            paths.check_plane(gram)
+    except ValueError as e:
+        raise JobError(f"directions.kind {spec.kind}: {e}") from None
+    if spec.kind == "interpolate":
+        return Planned([], recipe=recipe.to_arrays())
+    names = [job.model.checkpoint, job.model.checkpoint2, job.model.checkpoint3]
+    coordinates = np.asarray(paths.Plane([]).coordinates, dtype=np.float64)
+    return Planned(
+        [], {"model_coordinates": coordinates}, {"model_coordinates": {"names": names}}, recipe=recipe.to_arrays()
+    )

@@ -64,6 +64,7 @@ def summarize(path: str | Path) -> dict:
         "synthetic": bool(s.attrs.get("synthetic", False)),
         "directions": job.get("directions"),
         "directions_described": describe_directions(job, s.extras),
+        "directions_store": s.direction_store,  # full: the tensors are in the file; recipe: how to make them
         "grid": [len(s.x)] if s.y is None else [len(s.x), len(s.y)],
         "x": [float(s.x[0]), float(s.x[-1])],
         "y": None if s.y is None else [float(s.y[0]), float(s.y[-1])],
@@ -258,7 +259,9 @@ def render(info: dict) -> str:
 
     lines = [f"{info['file']}: {info['job']} -- {info['arch']} on {info['data']}"]
     if info.get("directions_described"):
-        lines.append(f"  directions: {info['directions_described']}")
+        recipe = info.get("directions_store") == "recipe"
+        note = "; stored as a recipe (python -m llmpi.directions materialise writes them out)" if recipe else ""
+        lines.append(f"  directions: {info['directions_described']}{note}")
     grid = " x ".join(map(str, info["grid"]))
     span = f"[{info['x'][0]:g}, {info['x'][1]:g}]" + (f" x [{info['y'][0]:g}, {info['y'][1]:g}]" if info["y"] else "")
     lines.append(f"  grid: {grid} over {span} = {info['points_total']} points")

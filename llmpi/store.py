@@ -8,11 +8,17 @@ Layout (compatible with the paper's plotting scripts): ``xcoordinates`` (nx,), `
 value datasets (``<split>_loss``, ``<split>_acc``, ...) float64 of shape (ny, nx) -- ``[j, i]`` is the point
 (x[i], y[j]) -- or (nx,) in 1D, NaN where not computed; ``done`` uint8, the only record of what is computed;
 ``directions/x/<entry>``, ``directions/y/<entry>`` float32; root attributes ``job`` (resolved YAML), ``fingerprint`` and
-``fingerprint_fields`` (what determines the values), ``llmpi_version``. Datasets that describe the directions
-rather than the grid (``model_coordinates`` of a plane, ``explained_variance_ratio`` and ``trajectory/x``,
-``trajectory/y`` of a PCA plane) are written with the directions, listed in the root attribute ``extras`` and
-read as ``Surface.extras``, never as values. ``python -m llmpi.status --metrics`` adds the root attribute
-``metrics`` (JSON) through :func:`write_attrs`, only while no sweep holds the file.
+``fingerprint_fields`` (what determines the values), ``llmpi_version``. A file whose directions are stored as a
+recipe (``directions.store: recipe``, ``llmpi.recipe``) has the root attribute ``directions_store = "recipe"`` and,
+instead of ``directions/``, the group ``recipe/``: ``recipe/recipe`` (uint8, the UTF-8 JSON of the generator and one
+record per entry), ``recipe/table`` (float64, the generator's quantile table), ``recipe/scales/x`` and
+``recipe/scales/y`` (float32, the per-filter scales of every entry, one after the other). :func:`materialise`
+writes a copy that holds the directions too (``directions/``, attribute ``materialised``); its recipe stays.
+Datasets that describe the directions rather than the grid (``model_coordinates`` of a plane,
+``explained_variance_ratio`` and ``trajectory/x``, ``trajectory/y`` of a PCA plane) are written with the
+directions, listed in the root attribute ``extras`` and read as ``Surface.extras``, never as values.
+``python -m llmpi.status --metrics`` adds the root attribute ``metrics`` (JSON) through :func:`write_attrs`, only
+while no sweep holds the file.
 
 Crash safety, by construction rather than by luck:
 
@@ -48,9 +54,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +181,7 @@ class Planned:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     extra_attrs: dict[str, dict] = field(default_factory=dict)
     attrs: dict = field(default_factory=dict)  # root attributes decided with the directions (e.g. ``computed``)
+    recipe: dict[str, np.ndarray] | None = None  # instead of directions: the arrays of llmpi.recipe.Recipe.to_arrays
 
 
 @dataclass
@@ -198,10 +206,21 @@ class Surface:
     @property
     def directions(self) -> list[dict[str, np.ndarray]]:
         """The stored directions, x (then y), ``{entry name: float32 array}``: read on first use, since they are
-        as large as the network and most readers (status, plots) never need them."""
+        as large as the network and most readers (status, plots) never need them. A file that stores only the
+        recipe of its directions raises a StoreError saying how to write them out (``materialise``)."""
         if self._directions is None:
             self._directions = read_directions(self.path)
         return self._directions
+
+    @property
+    def direction_store(self) -> str:
+        """ "recipe" when the file stores how to make its directions (``recipe``), else "full"."""
+        return "recipe" if self.attrs.get("directions_store") == "recipe" else "full"
+
+    @property
+    def recipe(self) -> dict[str, np.ndarray] | None:
+        """The arrays of the directions' recipe (``llmpi.recipe.Recipe.from_arrays``), or None for a full file."""
+        return read_recipe(self.path) if self.direction_store == "recipe" else None
 
 
 def read_directions(path: str | Path) -> list[dict[str, np.ndarray]]:
@@ -215,9 +234,92 @@ def read_directions(path: str | Path) -> list[dict[str, np.ndarray]]:
         raise StoreError(f"{path} is not a readable HDF5 file ({e})") from None
     with f:
         if "directions" not in f:
+            if "recipe" in f:
+                raise StoreError(
+                    f"{path} stores the recipe of its directions, not the directions themselves (directions.store: "
+                    f"recipe); write them out with: python -m llmpi.directions materialise {path} -o FULL.h5"
+                )
             raise StoreError(f"{path} holds no directions (not written by llmpi)")
         group = f["directions"]
         return [{name: ds[()] for name, ds in group[axis].items()} for axis in "xy" if axis in group]
+
+
+def _recipe_arrays(f: h5py.File) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    f["recipe"].visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def read_recipe(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a file's directions recipe (``recipe/...``, names relative to the group)."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise StoreError(f"{path} does not exist") from None
+    except OSError as e:
+        raise StoreError(f"{path} is not a readable HDF5 file ({e})") from None
+    with f:
+        if "recipe" not in f:
+            raise StoreError(f"{path} stores its directions in full, not as a recipe")
+        return _recipe_arrays(f)
+
+
+def check_materialise_target(path: str | Path, out: str | Path) -> None:
+    """Refuse, before any work, an output that is the recipe file itself, exists, or has no directory."""
+    path, out = Path(path), Path(out)
+    if path.resolve() == out.resolve():
+        raise StoreError(f"-o {out} is the recipe file itself; name another file")
+    if out.exists():
+        raise StoreError(f"-o {out} exists; remove it or name another file")
+    if not out.parent.is_dir():
+        raise StoreError(f"-o {out}: the directory {out.parent} does not exist")
+
+
+def materialise(
+    path: str | Path,
+    out: str | Path,
+    shapes: Sequence[tuple[str, tuple[int, ...]]],
+    axes: int,
+    pieces: Callable[[int, str], Iterable[tuple[int, np.ndarray]]],
+) -> Path:
+    """Write a copy of the recipe file ``path`` to ``out`` holding its directions in full as well.
+
+    ``shapes``: every entry (name, shape) in order; ``pieces(axis, name)`` yields (first row, float32 array of whole
+    rows along dim 0) covering the entry, so no direction is ever held whole. The copy is written to a temporary
+    file, fsync'd and renamed to ``out``: a kill leaves no half file. Values, ``done``, attributes and the recipe are
+    copied as they are; the attribute ``materialised`` marks it.
+    """
+    path, out = Path(path), Path(out)
+    check_materialise_target(path, out)
+
+    def write(tmp: Path) -> None:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "r+", locking=False) as f:
+            if "recipe" not in f:
+                raise StoreError(f"{path} stores its directions in full already; nothing to materialise")
+            if "directions" in f:
+                del f["directions"]
+            group = f.create_group("directions", track_order=True)
+            for axis in "xy"[:axes]:
+                sub = group.create_group(axis, track_order=True)
+                for name, shape in shapes:
+                    ds = sub.create_dataset(name, shape=shape, dtype=np.float32, track_times=False)
+                    for row, values in pieces("xy".index(axis), name):
+                        if len(shape) == 0:
+                            ds[()] = values.reshape(())
+                        else:
+                            ds[row : row + values.shape[0]] = values
+            f.attrs["materialised"] = True
+
+    try:
+        atomic_replace(out, write)
+    except OSError as e:
+        disk = disk_error(e, out, "writing", then="free space and run the command again")
+        if disk is not None:
+            raise disk from None
+        raise StoreError(f"cannot write {out} ({e.strerror}); is {out.parent} writable?") from None
+    return out
 
 
 def read_surface(path: str | Path) -> Surface:
@@ -390,6 +492,8 @@ class SurfaceStore:
                     f"output {path} holds another job's surface ({'; '.join(diff)}). Choose another output "
                     f"(--set output=...), or pass --restart to start it anew (its computed points are lost)"
                 )
+            if f.attrs.get("directions_store") == "recipe" and "recipe/recipe" not in f:
+                raise StoreError(f"output {path} is damaged: its directions' recipe is missing; pass --restart")
             for name in ("done", *names):
                 if name not in f:
                     raise StoreError(
@@ -422,11 +526,16 @@ class SurfaceStore:
             for name in names:  # writing the NaNs now allocates the contiguous storage the sweep overwrites
                 f.create_dataset(name, data=np.full(grid.shape, np.nan), track_times=False)
             f.create_dataset("done", data=np.zeros(grid.shape, np.uint8), track_times=False)
-            group = f.create_group("directions", track_order=True)
-            for axis, direction in zip("xy", planned.directions):
-                sub = group.create_group(axis, track_order=True)
-                for name, value in direction.items():
-                    sub.create_dataset(name, data=np.asarray(value, dtype=np.float32), track_times=False)
+            if planned.recipe is not None:  # how to make the directions, not the directions
+                for name, value in planned.recipe.items():
+                    f.create_dataset(f"recipe/{name}", data=np.asarray(value), track_times=False)
+                f.attrs["directions_store"] = "recipe"
+            else:
+                group = f.create_group("directions", track_order=True)
+                for axis, direction in zip("xy", planned.directions):
+                    sub = group.create_group(axis, track_order=True)
+                    for name, value in direction.items():
+                        sub.create_dataset(name, data=np.asarray(value, dtype=np.float32), track_times=False)
             for name, value in planned.extras.items():
                 if name in f or name in names:
                     raise AssertionError(f"extra dataset {name!r} collides with the file's own datasets")
@@ -466,6 +575,9 @@ class SurfaceStore:
         return None if value is None else _attr(value)
 
     def directions(self) -> list[dict[str, np.ndarray]]:
+        """The stored directions (none when the file stores a recipe: see ``recipe``)."""
+        if "directions" not in self.f:
+            return []
         group = self.f["directions"]
         return [{name: ds[()] for name, ds in group[axis].items()} for axis in "xy" if axis in group]
 
@@ -476,6 +588,10 @@ class SurfaceStore:
         data = os.pread(self._fd, size, offset)
         assert len(data) == size, f"{self.path} ends inside dataset {name!r}"
         return np.frombuffer(data, dtype).reshape(self.grid.shape)
+
+    def recipe(self) -> dict[str, np.ndarray] | None:
+        """The arrays of the directions' recipe, or None when the file stores the directions themselves."""
+        return _recipe_arrays(self.f) if self.f.attrs.get("directions_store") == "recipe" else None
 
     # -- writing --------------------------------------------------------------------------------------------------
 

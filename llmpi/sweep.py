@@ -158,7 +158,7 @@ class Plan:
 
     index: int
     job: Job
-    directions: list[dict[str, np.ndarray]]
+    directions: Any  # a list of {entry: array} (directions.store full), or a llmpi.recipe.Recipe (recipe)
     tuning: Tuning  # batch size and forward path
     todo: int  # points left to compute
 
@@ -175,8 +175,11 @@ class Prepared:
     setup: dict = field(default_factory=dict)
 
 
-def open_store(job: Job, grid: Grid, loaded: Loaded, restart: bool, plan_new: Callable[[], Planned]) -> SurfaceStore:
-    """Open or create the surface file (``plan_new`` is called only when the file is new)."""
+def open_store(
+    job: Job, grid: Grid, loaded: Loaded, restart: bool, mode: str, plan_new: Callable[[], Planned]
+) -> SurfaceStore:
+    """Open or create the surface file (``plan_new`` is called only when the file is new); ``mode``: how it keeps
+    its directions, full or recipe (``planning.store_mode``)."""
     from . import checkpoint, config
     from .fingerprint import Identity, fingerprint
     from .store import SurfaceStore
@@ -198,7 +201,7 @@ def open_store(job: Job, grid: Grid, loaded: Loaded, restart: bool, plan_new: Ca
         job.output_path,
         grid,
         loaded.value_names,
-        fingerprint(job, identity),
+        fingerprint(job, identity, mode),
         config.to_yaml(job),
         plan_new,
         restart=restart,
@@ -222,30 +225,29 @@ def prepare(
     with its choice in it."""
     from . import planning
     from .grid import Grid
-    from .store import Planned
     from .worker import PointValues, tune
 
     grid = Grid.from_spec(job.grid.x, job.grid.y)
     made: dict[str, Any] = {}
     t0 = time.monotonic()
+    mode = planning.store_mode(job, loaded.model)  # directions.store resolved: full or recipe
 
     def plan_new() -> Planned:
-        planned = planning.plan_directions(job, loaded.model, grid.ndim)
-        if not isinstance(planned, Planned):
-            planned = Planned(planned)
-        made["values"] = values = PointValues.build(job, loaded, planned.directions)
+        planned = planning.plan_directions(job, loaded.model, grid.ndim, mode, loaded.device)
+        made["directions"] = planning.planned_directions(planned)
+        made["values"] = values = PointValues.build(job, loaded, made["directions"])
         made["tuning"] = tuning = tune(job, values, grid.size, ranks)
         planned.attrs[COMPUTED] = json.dumps(computed(tuning))
         return planned
 
-    store = open_store(job, grid, loaded, restart, plan_new)
+    store = open_store(job, grid, loaded, restart, mode, plan_new)
     store.faults = faults  # the fault tests kill the writer inside a block write
     try:
         todo = store.todo()
-        directions = store.directions()
         if "values" in made:
-            values, tuning = made["values"], made["tuning"]
+            directions, values, tuning = made["directions"], made["values"], made["tuning"]
         else:
+            directions = planning.stored_directions(store)  # {entry: array} per axis, or a recipe
             values = PointValues.build(job, loaded, directions)
             tuning = as_before(job, store.attr(COMPUTED)) or tune(job, values, len(todo), ranks)
         values.compile_seconds = (tuning.compile_seconds or 0.0) + values.settle(tuning)
@@ -255,6 +257,7 @@ def prepare(
     setup = {
         **computed(tuning),
         "forward": values.first.network.describe(),  # the path, with what it folded
+        "held": f"{values.first.weights.describe()}; {values.first.batches.describe()}",
         "precision": job.runtime.precision,
         "kernels": job.runtime.kernels,
         "compile_seconds": [0.0] * ranks,  # per rank, as each rank reports its compilation
@@ -562,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         for p in prepared:
             print(banner(p, size, device, threads), flush=True)
+            print(f"llmpi: {p.setup['held']}", flush=True)
             if p.plan.tuning.table or p.plan.tuning.note:
                 print(f"llmpi: tuned on rank 0: {p.plan.tuning.describe()}", flush=True)
             if "hessian" in p.plan.job.metrics:

@@ -14,7 +14,7 @@ A rank keeps the surfaces it computes in a small cache (``Loaded`` objects and t
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -103,14 +103,20 @@ def load(job: Job, device: torch.device, cache: DataCache) -> Loaded:
 # network), then, with ``metrics: [hessian]``, λmax, λmin and |λmin/λmax| over the first split's data.
 
 
-def make_evaluator(job: Job, loaded: Loaded, samples: Samples, directions: Sequence[dict[str, np.ndarray]]) -> Any:
+def make_evaluator(job: Job, loaded: Loaded, samples: Samples, directions: Any) -> Any:
     """An evaluator of ``samples`` with a provisional batch size and the eager forward until ``settle``."""
-    from . import runtime
+    from . import planning, runtime
     from .evaluate import Evaluator
 
     rt, auto_batch = job.runtime, job.data.batch_size == "auto"
-    images, labels = samples.to(loaded.device)
-    dirs = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in directions]
+    images, labels = samples.to("cpu")  # llmpi.batches puts them where data.placement says
+    if isinstance(directions, list):
+        dirs: Any = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in directions]
+    elif planning.is_recipe(directions):  # this rank makes the directions itself, once it proved it can
+        planning.check_recipe(directions, loaded.model, loaded.device, job)
+        dirs = directions
+    else:  # another split's evaluator's weights (llmpi.weights.Weights): one θ* on the device for all splits
+        dirs = directions
     evaluator = Evaluator(
         loaded.model.to(loaded.device),
         dirs,
@@ -123,6 +129,9 @@ def make_evaluator(job: Job, loaded: Loaded, samples: Samples, directions: Seque
         loss=loaded.loss,
         bn_inputs=None if loaded.bn_samples is None else loaded.bn_samples.to(loaded.device)[0],
         bn_batch_size=job.evaluation.bn_batch_size,
+        hold_directions=rt.hold_directions,
+        placement=job.data.placement,
+        device=loaded.device,
     )
     if rt.fold is True and not evaluator.foldable:
         raise JobError(
@@ -145,9 +154,12 @@ class PointValues:
         self.compile_seconds = 0.0  # compiling this rank's forward for this surface, not yet reported
 
     @classmethod
-    def build(cls, job: Job, loaded: Loaded, directions: Sequence[dict[str, np.ndarray]]) -> PointValues:
+    def build(cls, job: Job, loaded: Loaded, directions: Any) -> PointValues:
         """One evaluator per split, all on the one network of ``loaded``."""
-        evaluators = {split: make_evaluator(job, loaded, s, directions) for split, s in loaded.splits.items()}
+        evaluators: dict[str, Any] = {}
+        for split, samples in loaded.splits.items():
+            evaluators[split] = make_evaluator(job, loaded, samples, directions)
+            directions = evaluators[split].weights  # the next split shares θ* and the directions on the device
         return cls(job, loaded, evaluators)
 
     @property
@@ -195,7 +207,8 @@ class PointValues:
         n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
         auto = spec.batch_size == "auto"  # a batch the user set is kept; an automatic one halves on out-of-memory
         ignore = self.job.directions.ignore
-        op = HessianOperator(ev.model, ev.images[:n], ev.labels[:n], self.hessian_batch, ignore, auto)
+        x, y = ev.images[:n].to(ev.device), ev.labels[:n].to(ev.device)  # a copy only with data.placement host
+        op = HessianOperator(ev.model, x, y, self.hessian_batch, ignore, auto)
         result = extreme_eigenvalues(
             op, tol=spec.tol, max_hvps=spec.max_hvps, basis=spec.basis, seed=spec.seed, between_batches=check
         )

@@ -192,7 +192,7 @@ def test_other_errors_are_not_taken_for_out_of_memory(fixture_data):
 def test_bf16_is_close_to_fp32_and_tf32_is_fp32_on_a_cpu(fixture_data):
     fp32 = make(fixture_data, batch_size=64)[0].many(POINTS[:3])
     bf16 = make(fixture_data, batch_size=64, precision="bf16")[0]
-    assert bf16.images.dtype == torch.bfloat16 and bf16.base[0].dtype == torch.float32
+    assert bf16.images.dtype == torch.bfloat16 and bf16.weights.base[0].dtype == torch.float32
     got = bf16.many(POINTS[:3])
     assert [g[0] for g in got] == pytest.approx([f[0] for f in fp32], rel=3e-2)
     assert got != fp32
