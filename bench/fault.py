@@ -17,13 +17,14 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import h5py
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the kill harness is shared with the fault tests
 
 from faultkit import done_count, resume, run_and_kill  # noqa: E402
+
+from llmpi.store import read_surface  # noqa: E402
 
 
 def fixture(d: Path, block: int) -> Path:
@@ -56,8 +57,7 @@ def trial(seed: int, block: int) -> dict:
         lines = trace.read_text().splitlines() if trace.exists() else []
         computed = [tuple(map(int, line.split())) for line in lines]  # (rank, flat index) per finished point
 
-        with h5py.File(d / "s.h5", "r") as f:
-            done = f["done"][()].ravel().astype(bool)
+        done = read_surface(d / "s.h5").done.ravel()
         lost = [(rank, index) for rank, index in computed if not done[index]]
         result = resume(job)
         assert result.returncode == 0, result.stderr

@@ -20,6 +20,9 @@ import h5py
 import numpy as np
 from mpilaunch import RANK_VARIABLE, REPO, env, mpirun
 
+from llmpi.errors import StoreError
+from llmpi.store import read_surface
+
 
 def descendants(root: int) -> list[int]:
     """Every process below ``root`` (MPICH's Hydra gives each rank a session of its own, so sessions do not help)."""
@@ -64,10 +67,10 @@ def kill_tree(root: int) -> None:
 
 
 def done_count(path: Path) -> int:
+    """Points marked done in the file, -1 while there is no readable surface file (not created yet)."""
     try:
-        with h5py.File(path, "r", locking=False) as f:
-            return int(f["done"][()].sum())
-    except (OSError, KeyError):
+        return int(read_surface(path).done.sum())
+    except StoreError:
         return -1
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -265,8 +264,7 @@ def test_folded_sweep_is_rank_count_independent_and_right(fixture_data, ranks_1_
     assert three.complete and one.complete
     for name in ("train_loss", "train_acc"):
         assert np.array_equal(three.values[name], one.values[name])
-    with h5py.File(files[3], "r") as f:
-        dirs = [{k: v[()] for k, v in f["directions"][a].items()} for a in ("x", "y")]
+    dirs = three.directions
     for j, i in [(0, 0), (1, 3), (3, 4)]:
         loss, acc = brute_force(fixture_data, dirs, (three.x[i], three.y[j]))
         assert three.values["train_loss"][j, i] == pytest.approx(loss, rel=2e-5)

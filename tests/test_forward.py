@@ -61,10 +61,10 @@ def test_one_graph_serves_a_100_point_sweep_in_blocks(compiled):
 def test_the_last_batch_is_padded_to_the_one_static_shape(compiled):
     ev, *_ = compiled
     assert ev.static_shapes and ev.batch_size == 8
-    tail = ev._batch(16, 20)
+    tail = ev._pad(ev.images[16:20], 16, 20)
     assert tail.shape[0] == 8 and torch.equal(tail[:4], ev.images[16:20]) and not tail[4:].any()
-    assert ev._batch(16, 20) is tail  # made once, kept for every point
-    assert ev._batch(0, 8).data_ptr() == ev.images.data_ptr()  # full batches are views
+    assert ev._pad(ev.images[16:20], 16, 20) is tail  # made once, kept for every point
+    assert ev._pad(ev.images[0:8], 0, 8).data_ptr() == ev.images.data_ptr()  # full batches as they come
 
 
 def test_a_second_evaluator_of_the_same_network_reuses_the_compilation(compiled):

@@ -15,9 +15,10 @@ import torch
 from conftest import brute_force, job_dict, run_cli, write_job
 from faultkit import arrays, resume, run_and_kill
 
-from llmpi import planning, status
+from llmpi import status
 from llmpi.config import load_job
 from llmpi.errors import StoreError
+from llmpi.fingerprint import directions_fields
 from llmpi.grid import Grid
 from llmpi.store import SurfaceStore, read_directions, read_surface
 
@@ -83,8 +84,7 @@ def test_resume_with_other_directions_is_refused_naming_the_difference(swept):
     d, _ = swept
     refused = run_cli("llmpi.sweep", str(d / "two.yaml"), "--set", "directions.seed=9")
     assert refused.returncode == 2 and "directions.seed: file 3, job 9" in refused.stderr, refused.stderr
-    with h5py.File(d / "two.h5", "r") as f:
-        theirs = json.loads(f.attrs["fingerprint_fields"])
+    theirs = json.loads(read_surface(d / "two.h5").attrs["fingerprint_fields"])
     grid = Grid.from_spec(GRID["x"], GRID["y"])
     for override, expected in [
         ("directions.norm=layer", "directions.norm: file 'filter', job 'layer'"),
@@ -92,7 +92,7 @@ def test_resume_with_other_directions_is_refused_naming_the_difference(swept):
         ("model.arch=resnet20", "arch: file 'resnet8', job 'resnet20'"),
     ]:
         other = load_job(d / "two.yaml", [override])
-        ours = {**theirs, "arch": other.model.arch, **planning.fingerprint_fields(other, other.directions.store)}
+        ours = {**theirs, "arch": other.model.arch, "directions": directions_fields(other, other.directions.store)}
         with pytest.raises(StoreError, match="another job's surface") as e:
             SurfaceStore._check(d / "two.h5", grid, ["train_loss", "train_acc"], ours)
         assert expected in str(e.value)

@@ -90,7 +90,11 @@ def test_holding_policy_follows_the_size_and_refuses_what_cannot_be():
         weights.choose_holding("regenerate", 10, recipe=False)
     from llmpi.config import Job, from_dict
 
-    job = {"name": "j", "model": {"arch": "resnet8"}, "runtime": {"hold_directions": "regenerate"}}
+    job = {
+        "name": "j",
+        "model": {"arch": "resnet8", "checkpoint": "m.pt"},
+        "runtime": {"hold_directions": "regenerate"},
+    }
     with pytest.raises(JobError, match="set directions.store: recipe .or auto., or hold_directions: device or host"):
         from_dict(Job, {**job, "directions": {"store": "full"}})
     assert from_dict(Job, job).runtime.hold_directions == "regenerate"  # store auto: decided by the size
