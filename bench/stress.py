@@ -48,6 +48,8 @@ class NoopEvaluator:
 
         self.batch_size = 1
         self.network = SimpleNamespace(describe=lambda: "no-op")
+        self.weights = SimpleNamespace(describe=lambda: "no weights (no-op evaluator)")
+        self.batches = SimpleNamespace(describe=lambda: "no data")
 
     def use(self, path: object) -> None:
         self.path = path

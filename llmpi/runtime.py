@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 
 import torch
@@ -101,10 +102,20 @@ def set_kernels(kernels: str) -> None:
     torch.backends.cudnn.deterministic = deterministic
     if hasattr(torch.backends.mkldnn, "deterministic"):
         torch.backends.mkldnn.deterministic = deterministic
+    global _kernels
+    _kernels = kernels
+    if "torch._inductor.config" in sys.modules:  # else set when something compiles: importing it costs 1.4 s
+        _inductor_kernels()
+
+
+_kernels = "deterministic"  # the mode set_kernels last set, which compile_for gives Inductor
+
+
+def _inductor_kernels() -> None:
     import torch._inductor.config as inductor
 
     if hasattr(inductor, "deterministic"):  # older torch had no such switch (and chose without benchmarking)
-        inductor.deterministic = deterministic
+        inductor.deterministic = _kernels == "deterministic"
 
 
 def set_precision(device: torch.device, precision: str) -> None:
@@ -165,6 +176,7 @@ def compile_for(function: Callable, device: torch.device) -> Callable:
     the weights are graph inputs, which is what lets one compilation serve every point."""
     import torch._inductor.config as inductor
 
+    _inductor_kernels()
     assert not inductor.freezing, "torch._inductor.config.freezing would bake the weights of one point into the graph"
     return torch.compile(function, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
 

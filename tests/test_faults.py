@@ -58,7 +58,9 @@ def test_kill_9_anywhere_then_rerun_finishes_bitwise_equal(fixture_data, referen
     if out.exists():
         before = check_against(reference, out, complete=False)
         assert before == killed.done_after
-    result = resume(job)
+    # resumed on 1 or 2 ranks: a rerun after a crash need not have the killed run's rank count, and its bits do
+    # not depend on it (fewer processes also keep the 20 trials affordable in make test)
+    result = resume(job, ranks=1 + trial % 2)
     assert result.returncode == 0, f"{killed.how}: resume failed\n{result.stderr}"
     assert check_against(reference, out, complete=True) == 30, killed.how
     assert not list(tmp_path.glob(".s.h5.tmp-*")), "a temporary file was left behind"
