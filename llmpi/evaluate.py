@@ -450,19 +450,21 @@ def autotune(
     at the chosen batch and kept if faster. Compiling ("auto") is tried only where the eager sweep would take at
     least ``COMPILE_PAYS_AFTER`` times the compile time expected, and kept if compile time (on the other ranks,
     which compile after this choice) plus the compiled sweep is shorter than the eager sweep.
-    A job too small to probe runs eager, folded where folding applies (``fold`` "auto" or True).
+    A job too small to probe runs eager (folded only where ``fold`` is True): no choice would pay there.
     """
     n = len(ev.labels)
     limit = max_batch or runtime.max_batch(ev.device)
     cap = min(n, limit)
     first = min(cap, runtime.default_batch_size(ev.device, n)) if tune_batch else ev.batch_size
-    want_fold = fold is True or (fold == "auto" and ev.foldable)
     t0 = time.perf_counter()
     if 2 * first > budget_fraction * work_images:  # even the first measurement would cost more than it can gain
+        # Too little work for any choice to matter: eager, unless the job asks otherwise (tracing the network to
+        # fold it costs each rank half a second, more than such a sweep could gain).
         ev.batch_size = balanced(n, first) if tune_batch else first
-        path = ForwardPath(fold=want_fold, compile=compile is True)
+        path = ForwardPath(fold=fold is True, compile=compile is True)
         ev.use(path)
         return Tuning(ev.batch_size, path, note="not probed: too little work to pay for probing")
+    want_fold = fold is True or (fold == "auto" and ev.foldable)
     ev.use(EAGER)
 
     def halve_first() -> str | None:

@@ -35,7 +35,7 @@ def test_the_three_measurements_side_by_side(tiny):
         "auto",
     )
     assert auto["llmpi_points"] == 16 and auto["limit_batch"] == 16  # 16 images: one batch is all there is
-    assert auto["llmpi_forward"].startswith("folded (9 of 9")  # too short a sweep to compile: folded, eager
+    assert auto["llmpi_forward"] == "eager"  # too little work to probe: eager (folding or compiling would not pay)
     for key in ("limit_images_s", "llmpi_images_s", "llmpi_sweep_images_s", "naive_images_s"):
         assert auto[key] > 0, key
     # end to end includes start-up, so it is slower than the sweep phase alone

@@ -204,7 +204,7 @@ def test_autotune_skips_small_jobs_and_probes_large_ones(fixture_data):
     ev, _ = make(fixture_data, batch_size=7, subset=48)
     small = autotune(ev, work_images=100)
     assert small.table == [] and ev.batch_size == 48 and "not probed" in small.describe()
-    assert small.forward == ForwardPath(fold=True) and ev.path == small.forward  # folding is free: no compiling
+    assert small.forward == ForwardPath() and ev.path == small.forward  # too little work for any choice to pay
     before = ev.many(POINTS[:2])
     tuned = autotune(ev, work_images=1e7, max_batch=192, compile=False)
     assert [b for b, _ in tuned.table] == [48]  # the CPU's first candidate is the data size; half is below the minimum
@@ -244,12 +244,13 @@ def test_autotune_halves_a_first_probe_that_does_not_fit_and_stops_before_larger
 
 @pytest.fixture(scope="module")
 def ranks_1_and_3(fixture_data, tmp_path_factory):
-    """The same job on 3 ranks and on 1 rank with the default runtime (fold and compile auto: too small a job to
-    compile, so BatchNorm folded, eager)."""
+    """The same job on 3 ranks and on 1 rank with BatchNorm folded (``runtime.fold: true``; compile auto: too small
+    a job to compile)."""
     d = tmp_path_factory.mktemp("ranks")
     out = {}
     for ranks in (3, None):
         job = job_dict(fixture_data, d / f"w{ranks}.h5", grid={"block": 4})
+        job["runtime"]["fold"] = True
         result = run_cli("llmpi.sweep", str(write_job(d / f"w{ranks}.yaml", job)), ranks=ranks)
         assert result.returncode == 0, result.stderr
         assert ", folded (9 of 9 BatchNorm layers folded), fp32, deterministic kernels" in result.stdout
