@@ -503,11 +503,21 @@ def paths(profile: Profile, work: Path, root: Path, device_label: str) -> list[d
             row["rates"][name] = statistics.median(rates)
         eager = row["rates"]["eager"]
         row["terms"] = {n: terms.in_device_terms(device_label, precision, arch, r) for n, r in row["rates"].items()}
+        # The same network's convolutions and linear layers alone, at the same batch, dtype and memory format: the
+        # limit of any forward path that keeps those kernels.
+        runtime.set_precision(device, precision)
+        fmt = runtime.memory_format(device, precision)
+        layers = forward_model(arch, ckpt, precision, device).to(memory_format=fmt)
+        xx = x.to(next(layers.parameters()).dtype).contiguous(memory_format=fmt)
+        row["layer_bound"] = terms.layer_bound(layers, xx, min(batch, len(xx)), max(0.5, profile.sustain / 2))
+        best = max(row["rates"].values())
         say(
             f"  {arch} {precision}, {images} images, batch {batch}: "
             + ", ".join(f"{n} {r:.0f} img/s ({r / eager:.2f}x)" for n, r in row["rates"].items())
             + "; compiled in "
             + ", ".join(f"{s:.1f} s ({n})" for n, s in row["compile_s"].items() if s)
+            + f"\n    its convolutions and linear layers alone: {row['layer_bound']:.0f} img/s "
+            f"({row['layer_bound'] / eager:.2f}x eager; the fastest path reaches {best / row['layer_bound']:.2f} of it)"
         )
         rows.append(row)
         runtime.set_precision(device, "fp32")
@@ -589,10 +599,15 @@ def summary(cases: list[dict]) -> None:
             return statistics.median(values) if values else math.nan
 
         each = ", ".join(f"{r['llmpi_over_limit']:.3f}" for r in rows)
+        naive_text = (
+            f", llmpi/naive {med('llmpi_over_naive'):.2f} (sweep phase {med('sweep_over_naive'):.2f})"
+            if any("llmpi_over_naive" in r for r in rows)
+            else ""
+        )
         say(
             f"  {arch} {precision} {forward} (ran {rows[-1]['llmpi_forward']}): llmpi/limit "
-            f"{med('llmpi_over_limit'):.3f} (sweep phase {med('sweep_over_limit'):.3f}), llmpi/naive "
-            f"{med('llmpi_over_naive'):.2f} (sweep phase {med('sweep_over_naive'):.2f})  [each round: {each}]"
+            f"{med('llmpi_over_limit'):.3f} (sweep phase {med('sweep_over_limit'):.3f}){naive_text}"
+            f"  [each round: {each}]"
         )
 
 

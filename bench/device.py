@@ -2,18 +2,26 @@
 
     flops_per_image("resnet56")                 # 251.5e6: torch.utils.flop_counter, one 3x32x32 image
     peak("NVIDIA H200", "bf16")                 # Peak(989.4, 'NVIDIA H200, dense BF16 tensor cores')
+    layer_bound(model, x, batch=64, seconds=2)  # images/s of the network's convolutions and linear layers alone
 
 FLOPs are counted by ``torch.utils.flop_counter`` on the network as built (convolutions and matrix products, 2 per
 multiply-add; BatchNorm, ReLU and pooling are not counted): the work the network defines, whatever forward path
 (folded or not) computes it. Peaks are the vendors' published dense figures (no structured sparsity) for the
 precision the sweep computes in: fp32 on CUDA cores, tf32 and bf16 on tensor cores. A device not in the table, or
 a CPU (whose peak depends on its clock and vector units), gets no fraction: the bench says so.
+
+Where no peak is known, ``layer_bound`` gives the device's limit for this network in its own terms: the
+convolutions and linear layers alone, each run on an input of the shape it meets in the network, with the kernels
+the forward pass uses (oneDNN on a CPU, cuDNN/cuBLAS on a GPU). No forward path that keeps those layers can be
+faster: folding, compiling and the tally remove everything else, so a path's rate over this bound says how much
+is left to gain.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import time
 from dataclasses import dataclass
 
 import torch
@@ -83,3 +91,48 @@ def describe_terms(terms: dict) -> str:
     if terms["fraction_of_peak"] is None:
         return f"{text} ({terms['peak_of']})"
     return f"{text} = {100 * terms['fraction_of_peak']:.1f}% of {terms['peak_tflops']:g} ({terms['peak_of']})"
+
+
+def layer_bound(model: torch.nn.Module, x: torch.Tensor, batch: int, seconds: float) -> float:
+    """Images/s of ``model``'s convolutions and linear layers alone, back to back, at ``batch`` images.
+
+    Each layer runs on a random input of the shape, dtype and memory format it receives in a forward pass of ``x``;
+    nothing between the layers (normalisation, activations, additions, pooling) runs. ``model`` and ``x`` are as the
+    forward pass uses them (device, dtype, memory format). Repeated for at least ``seconds`` after a warm-up.
+    """
+    met: list[tuple[torch.nn.Module, torch.Tensor]] = []
+
+    def record(module: torch.nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
+        shape_of = inputs[0]
+        fmt = (
+            torch.channels_last
+            if shape_of.dim() == 4 and shape_of.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+        met.append(
+            (
+                module,
+                torch.randn(shape_of.shape, dtype=shape_of.dtype, device=shape_of.device).contiguous(memory_format=fmt),
+            )
+        )
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(record) for m in layers]
+    try:
+        with torch.no_grad():
+            model(x[:batch])
+    finally:
+        for h in hooks:
+            h.remove()
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        for module, inp in met:  # warm-up: each kernel chosen and its primitive built
+            module(inp)
+        sync()
+        count, t0 = 0, time.perf_counter()
+        while count == 0 or time.perf_counter() - t0 < seconds:
+            for module, inp in met:
+                module(inp)
+            sync()
+            count += 1
+    return count * batch / (time.perf_counter() - t0)
