@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmpi import models
+from llmpi import models, runtime
 
 
 @functools.cache
@@ -103,18 +103,7 @@ def layer_bound(model: torch.nn.Module, x: torch.Tensor, batch: int, seconds: fl
     met: list[tuple[torch.nn.Module, torch.Tensor]] = []
 
     def record(module: torch.nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
-        shape_of = inputs[0]
-        fmt = (
-            torch.channels_last
-            if shape_of.dim() == 4 and shape_of.is_contiguous(memory_format=torch.channels_last)
-            else torch.contiguous_format
-        )
-        met.append(
-            (
-                module,
-                torch.randn(shape_of.shape, dtype=shape_of.dtype, device=shape_of.device).contiguous(memory_format=fmt),
-            )
-        )
+        met.append((module, torch.randn_like(inputs[0])))  # same shape, dtype, device and strides (memory format)
 
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     hooks = [m.register_forward_hook(record) for m in layers]
@@ -124,15 +113,14 @@ def layer_bound(model: torch.nn.Module, x: torch.Tensor, batch: int, seconds: fl
     finally:
         for h in hooks:
             h.remove()
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         for module, inp in met:  # warm-up: each kernel chosen and its primitive built
             module(inp)
-        sync()
+        runtime.synchronize(x.device)
         count, t0 = 0, time.perf_counter()
         while count == 0 or time.perf_counter() - t0 < seconds:
             for module, inp in met:
                 module(inp)
-            sync()
+            runtime.synchronize(x.device)
             count += 1
     return count * batch / (time.perf_counter() - t0)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .disk import atomic_replace
 from .errors import DataError
 
 if TYPE_CHECKING:
@@ -136,9 +137,8 @@ def unpack_cifar10(archive: bytes, root: Path) -> list[Path]:
             source = tar.extractfile(member)
             assert source is not None, "a regular member always has data"
             target = folder / parts[1]
-            partial = target.with_name(f".{target.name}.part-{os.getpid()}")
-            partial.write_bytes(source.read())
-            os.replace(partial, target)  # a crash mid-write leaves no half file under the final name
+            data = source.read()
+            atomic_replace(target, lambda tmp, data=data: tmp.write_bytes(data))  # a crash leaves no half file
             written.append(target)
     return written
 

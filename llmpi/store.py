@@ -223,16 +223,21 @@ class Surface:
         return read_recipe(self.path) if self.direction_store == "recipe" else None
 
 
-def read_directions(path: str | Path) -> list[dict[str, np.ndarray]]:
-    """The directions of a surface file, x first (one for a 1D file), each ``{entry name: float32 array}``."""
-    path = Path(path)
+def _open_to_read(path: Path) -> h5py.File:
+    """``path`` opened read-only without HDF5's file locking, so a reader never blocks or disturbs the sweep writing
+    it; a missing or unreadable file is a StoreError that says which."""
     try:
-        f = h5py.File(path, "r", locking=False)
+        return h5py.File(path, "r", locking=False)
     except FileNotFoundError:
         raise StoreError(f"{path} does not exist") from None
     except OSError as e:
         raise StoreError(f"{path} is not a readable HDF5 file ({e})") from None
-    with f:
+
+
+def read_directions(path: str | Path) -> list[dict[str, np.ndarray]]:
+    """The directions of a surface file, x first (one for a 1D file), each ``{entry name: float32 array}``."""
+    path = Path(path)
+    with _open_to_read(path) as f:
         if "directions" not in f:
             if "recipe" in f:
                 raise StoreError(
@@ -253,13 +258,7 @@ def _recipe_arrays(f: h5py.File) -> dict[str, np.ndarray]:
 def read_recipe(path: str | Path) -> dict[str, np.ndarray]:
     """The arrays of a file's directions recipe (``recipe/...``, names relative to the group)."""
     path = Path(path)
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except FileNotFoundError:
-        raise StoreError(f"{path} does not exist") from None
-    except OSError as e:
-        raise StoreError(f"{path} is not a readable HDF5 file ({e})") from None
-    with f:
+    with _open_to_read(path) as f:
         if "recipe" not in f:
             raise StoreError(f"{path} stores its directions in full, not as a recipe")
         return _recipe_arrays(f)
@@ -325,13 +324,7 @@ def materialise(
 def read_surface(path: str | Path) -> Surface:
     """Read a surface file, also while a sweep is writing it (never blocks or disturbs the writer)."""
     path = Path(path)
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except FileNotFoundError:
-        raise StoreError(f"{path} does not exist") from None
-    except OSError as e:
-        raise StoreError(f"{path} is not a readable HDF5 file ({e})") from None
-    with f:
+    with _open_to_read(path) as f:
         if "xcoordinates" not in f:
             raise StoreError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
         x = f["xcoordinates"][()]
