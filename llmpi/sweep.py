@@ -479,10 +479,6 @@ class Run:
             comm.Abort(code or EXIT_FAILED)
         return code
 
-    def close(self) -> None:
-        for p in self.prepared:
-            p.store.close()
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -497,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .faults import Faults
     from .grid import Grid
     from .runlog import Progress
-    from .worker import DataCache, Surfaces, load
+    from .worker import DataCache, Surfaces, hessian_batch, load
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -570,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"llmpi: tuned on rank 0: {p.plan.tuning.describe()}", flush=True)
             if "hessian" in p.plan.job.metrics:
                 h = p.plan.job.hessian
-                batch = h.batch_size if h.batch_size != "auto" else min(p.plan.tuning.batch_size, 512)
+                batch = hessian_batch(p.plan.job, p.plan.tuning)
                 print(
                     f"llmpi: Hessian extremes at every point: Lanczos to tol {h.tol:g} (at most {h.max_hvps} "
                     f"products), over {h.images or 'all'} of the {p.plan.job.splits[0]} images, batch {batch}",

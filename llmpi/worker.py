@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -178,8 +178,7 @@ class PointValues:
             evaluator.batch_size = tuning.batch_size
             evaluator.use(tuning.forward)
             seconds += evaluator.prepare()
-        spec = self.job.hessian
-        self.hessian_batch = spec.batch_size if spec.batch_size != "auto" else min(tuning.batch_size, 512)
+        self.hessian_batch = hessian_batch(self.job, tuning)
         return seconds
 
     def activate(self) -> None:
@@ -269,11 +268,13 @@ class Surfaces:
             self.loads.append(index)
 
 
+def hessian_batch(job: Job, tuning: Tuning) -> int:
+    """The Hessian's batch: the job's, or the sweep's capped at 512 (double backward holds several activations per
+    image, so the forward pass's best batch may not fit)."""
+    spec = job.hessian
+    return spec.batch_size if spec.batch_size != "auto" else min(tuning.batch_size, 512)
+
+
 def _release_device_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def with_samples(loaded: Loaded, split: str) -> Loaded:
-    """``loaded`` narrowed to one split (for code that evaluates one split only)."""
-    return replace(loaded, splits={split: loaded.splits[split]})
