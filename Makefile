@@ -77,9 +77,11 @@ test-fast: $(STAMP)
 test-zoo: $(STAMP)
 	LLMPI_ZOO=all $(PY) -m pytest -q -ra tests/test_fold.py
 
+# ruff, and the layers' import contracts (pyproject.toml; tests/test_layers.py checks them in `make test` too).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llmpi tests bench examples
 	$(VENV)/bin/ruff format --check llmpi tests bench examples
+	$(VENV)/bin/lint-imports --no-cache
 
 # The kill -9 fault suite with many more seeded trials than `make test` runs.
 soak: $(STAMP)

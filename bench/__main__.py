@@ -45,13 +45,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmpi import checkpoint, runtime
-from llmpi.directions import perturbed_entries, random_directions
-from llmpi.evaluate import Evaluator, autotune
-from llmpi.forward import ForwardPath
-from llmpi.grid import Grid
-from llmpi.memory import fits
-from llmpi.store import read_run_info, read_surface
+from llmpi.compute import runtime
+from llmpi.compute.evaluate import Evaluator, autotune
+from llmpi.compute.forward import ForwardPath
+from llmpi.compute.oom import fits
+from llmpi.file.grid import Grid
+from llmpi.file.store import read_run_info, read_surface
+from llmpi.space import checkpoint
+from llmpi.space.directions import perturbed_entries, random_directions
 
 from . import device as terms
 from . import fixtures, naive
@@ -408,8 +409,8 @@ def deviations(profile: Profile, work: Path, root: Path) -> list[dict]:
 
 
 def plain_fp32(arch: str, ckpt: Path, dirs: list, x: torch.Tensor, labels: torch.Tensor, point) -> float:
-    """The loss at ``point`` the plain way, independent of llmpi.evaluate: the state_dict perturbed in float64 and
-    loaded, the unfolded network in fp32 (TF32 off) over batches of 1000, the cross-entropy summed in float64."""
+    """The loss at ``point`` the plain way, independent of llmpi.compute.evaluate: the state_dict perturbed in float64
+    and loaded, the unfolded network in fp32 (TF32 off) over batches of 1000, the cross-entropy summed in float64."""
     state = checkpoint.read_state_dict(ckpt)
     for name, value in state.items():
         if value.is_floating_point() and name in dirs[0]:

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llmpi import models, runtime
+from llmpi import models
+from llmpi.compute import runtime
 
 
 @functools.cache

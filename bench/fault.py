@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the kill harness is shared with the f
 
 from faultkit import done_count, resume, run_and_kill  # noqa: E402
 
-from llmpi.store import read_surface  # noqa: E402
+from llmpi.file.store import read_surface  # noqa: E402
 
 
 def fixture(d: Path, block: int) -> Path:

@@ -1,6 +1,6 @@
 """What the benchmark measures on: a CIFAR-format data folder, checkpoints, job files.
 
-The images are the synthetic CIFAR-shaped set (llmpi.data.synthetic_images), written in the CIFAR-10 pickle
+The images are the synthetic CIFAR-shaped set (llmpi.compute.data.synthetic_images), written in the CIFAR-10 pickle
 format so the sweep reads them exactly as it reads CIFAR-10; larger sets (50,000 for the GPU section) stack the
 synthetic set drawn with further content seeds. Networks are freshly initialised with a seed and their BatchNorm
 statistics recomputed on the data, so activations have realistic scales (speed does not depend on training).
@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import yaml
 
-from llmpi import data, models
-from llmpi.data import SYNTHETIC_CONTENT_SEED, synthetic_images
+from llmpi import models
+from llmpi.compute import data
+from llmpi.compute.data import SYNTHETIC_CONTENT_SEED, synthetic_images
 
 
 def write_dataset(root: Path, train_images: int) -> Path:

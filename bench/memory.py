@@ -6,7 +6,7 @@
 
 Every case is ``python -m llmpi.sweep`` on one rank as a user runs it, in a fresh process (so one case's peak never
 hides another's): a seeded language-model-shaped network of the given size (token embedding, residual MLP blocks,
-output layer: llmpi.weights' target case), its checkpoint in the given dtype, 4 windows of 64 random tokens, a 2x1
+output layer: llmpi.space.theta' target case), its checkpoint in the given dtype, 4 windows of 64 random tokens, a 2x1
 grid in a random plane (both directions move every point). Measured in the child:
 
 * device memory -- on a GPU, ``torch.cuda.max_memory_allocated`` over the whole run; on a CPU, where the device is

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from llmpi.data import CIFAR_MEAN, CIFAR_STD
+from llmpi.compute.data import CIFAR_MEAN, CIFAR_STD
 
 
 class NormalisedImages(Dataset):

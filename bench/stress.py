@@ -41,7 +41,7 @@ def register() -> None:
 
 
 class NoopEvaluator:
-    """Stands in for llmpi.evaluate.Evaluator: same interface, no computation (a constant per point)."""
+    """Stands in for llmpi.compute.evaluate.Evaluator: same interface, no computation (a constant per point)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         from types import SimpleNamespace
@@ -71,7 +71,7 @@ class StoreTimer:
         self.write_seconds = self.sync_seconds = 0.0
 
     def install(self) -> None:
-        from llmpi.store import SurfaceStore
+        from llmpi.file.store import SurfaceStore
 
         write, sync = SurfaceStore.write, SurfaceStore._sync
 
@@ -103,9 +103,9 @@ def main(argv: list[str]) -> int:
     noop = "--noop" in argv
     argv = [a for a in argv if a != "--noop"]
     if noop:
-        import llmpi.evaluate
+        import llmpi.compute.evaluate
 
-        llmpi.evaluate.Evaluator = NoopEvaluator  # the sweep imports it from there when it starts
+        llmpi.compute.evaluate.Evaluator = NoopEvaluator  # the sweep imports it from there when it starts
     from mpi4py import MPI
 
     from llmpi import sweep

@@ -115,7 +115,7 @@ def train(job_path: str, steps: int = 300, batch: int = 32, lr: float = 3e-3, se
     """Train the job's model on its data (Adam), write ``model.checkpoint``; returns the checkpoint path."""
     from pathlib import Path
 
-    from llmpi.config import load_job
+    from llmpi.job.config import load_job
 
     job = load_job(job_path)
     torch.manual_seed(seed)

@@ -1,13 +1,47 @@
-"""llmpi: loss-landscape sweeps (Li et al., *Visualizing the Loss Landscape of Neural Nets*, NeurIPS 2018) over MPI.
+"""llmpi: loss landscapes (Li et al., *Visualizing the Loss Landscape of Neural Nets*, NeurIPS 2018) over MPI.
 
     mpirun -n 8 python -m llmpi.sweep jobs/vgg56.yaml
 
-Layers, imported one way only:
+The map of the code. At the front door, the commands:
 
-* numerics -- ``models``, ``data``, ``checkpoint``, ``directions``, ``evaluate``, ``grid``: torch and numpy, never MPI;
-* distribution -- ``protocol``: the coordinator/worker message protocol, mpi4py and numpy, never torch;
-* storage -- ``store``: the only module that opens the HDF5 surface file for writing;
-* wiring -- ``sweep``, ``train``, ``plot``, ``status``: the command lines.
+* ``sweep`` -- ``python -m llmpi.sweep JOB.yaml ...``: the surfaces, on every rank;
+* ``status`` -- ``python -m llmpi.status FILE``: how far a sweep is, and the surface's metrics;
+* ``plot`` -- ``python -m llmpi.plot FILE``: the pictures (drawn by ``report/``);
+* ``train`` -- ``python -m llmpi.train JOB.yaml``: the minimiser to sweep around;
+* ``slurm`` -- ``python -m llmpi.slurm``: the sbatch script;
+* ``directions`` -- ``python -m llmpi.directions materialise``: a recipe file's directions written out;
+* ``jobschema`` -- ``python -m llmpi.jobschema``: the job files' JSON Schemas.
+
+Behind it, one room per concern; each imports only the rooms below it (``pyproject.toml``'s import contracts,
+checked by ``make lint`` and ``make test``):
+
+* ``ranks/`` -- the sweep over MPI ranks: ``run`` (the set-up every rank takes together, rank 0's preparation of
+  each surface, the blocks computed, the results committed), ``protocol`` (how a block is handed out; MPI, never
+  torch), ``placement`` (which GPU and how many threads a rank takes), ``worker`` (what a rank loads and computes),
+  ``record`` (progress and ``<file>.run.json``), ``fingerprint`` (what decides a resume), ``faults`` (fault
+  injection for the tests);
+* ``report/`` -- what a surface file says for people: ``summary`` (what ``status`` reports), ``metrics``
+  (sharpness, curvature, basin), and its pictures: ``landscape`` (a surface read for drawing: values, labels,
+  scales, marks), ``static`` (matplotlib: contours, heat maps, 3D, 1D curves), ``viewer`` (the offline HTML
+  viewer), ``paraview`` (legacy VTK);
+* ``compute/`` -- the values at a point, never MPI: ``evaluate`` (loss and accuracy over the data), ``forward``
+  (eager, folded, compiled), ``fold`` (BatchNorm folded), ``batches`` (data on the device or streamed), ``losses``,
+  ``hessian`` (Hessian-vector products, Lanczos), ``data`` (CIFAR-10 and your data), ``runtime`` (device,
+  threads, precision, kernels), ``oom`` (the out-of-memory retry);
+* ``space/`` -- the plane in weight space: ``checkpoint`` (θ* and the other points, read from files),
+  ``directions`` (Gaussian directions and their normalisations), ``recipe`` (directions made anywhere from a
+  seed), ``between`` (directions between checkpoints: interpolation, plane), ``pca`` (a training trajectory's
+  components), ``plan`` (the directions a job gets), ``theta`` (θ = θ* + αδ + βη formed at a point);
+* ``file/`` -- the surface file: ``store`` (the one writer, and the one way to read it), ``grid`` (the points, their
+  order and blocks), ``atomic`` (writes that a crash cannot leave half done);
+* ``job/`` -- what a user asks and is told: ``config`` (a sweep's job tree), ``training`` (a training job's),
+  ``schema`` (``--keys`` and the JSON Schemas), ``factories`` (your model, data and loss by import path),
+  ``errors`` (what a user can fix, a failing disk included), ``exits`` (how every command ends), ``version``;
+* ``models/`` -- the paper's networks by name: ``resnet``, ``resnet_imagenet``, ``vgg``, ``densenet``.
+
+``schemas/`` holds the shipped JSON Schemas (data, not code).
 """
 
-__version__ = "0.1.0"
+from .job.version import __version__
+
+__all__ = ["__version__"]

@@ -39,12 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cli
-from .disk import disk_error
-from .errors import JobError
+from .job import exits as cli
+from .job.errors import JobError, disk_error
+from .job.exits import EXIT_INTERRUPTED
 
 STEP_WAIT = 60  # seconds srun lets the other ranks run on after the first one ended
-EXIT_INTERRUPTED = 75  # llmpi.sweep's "incomplete, resumable" status (kept equal by a test)
 CHECKED_IN = "slurm/sweep.sbatch"
 
 
@@ -430,7 +429,7 @@ def spec_from_args(args: argparse.Namespace) -> BatchSpec:
 def check_jobs(spec: BatchSpec) -> None:
     """Load the baked-in jobs now, as the sweep will (outputs, runtime), so a typo fails here and not after hours
     in the queue."""
-    from .sweep import load_jobs
+    from .job.config import load_jobs
 
     base = Path(spec.chdir) if spec.chdir is not None else Path.cwd()
     jobs = load_jobs([str(base / job) for job in spec.jobs], spec.overrides)

@@ -28,57 +28,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from .config import DataSpec, ModelSpec, RuntimeSpec, _required, _why
-from .errors import JobError
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    epochs: int = _why(300, "the paper trains 300 epochs")
-    batch_size: int = _why(128, "the paper's small-batch setting (8192 for its large-batch one)")
-    lr: float = _why(0.1, "the paper's initial learning rate")
-    momentum: float = _why(0.9, "the paper's momentum")
-    nesterov: bool = _why(True, "the paper uses Nesterov momentum")
-    weight_decay: float = _why(5e-4, "the paper's weight decay (0 is its other setting)")
-    milestones: list[float] = _why(
-        [0.5, 0.75, 0.9167], "lr x gamma at these fractions of the epochs: the paper's 150, 225, 275 of 300"
-    )
-    gamma: float = _why(0.1, "the paper divides the learning rate by 10")
-    augment: bool = _why(True, "random crop and flip, the standard CIFAR augmentation")
-    seed: int = _why(0, "initialisation and batch order")
-    init: Literal["paper", "torch"] = _why("paper", "the paper's initialisation (models.paper_init), or PyTorch's")
-    save_every: int = _why(0, "0: final checkpoint only; k: a snapshot every k epochs, for PCA trajectories")
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise JobError(f"train.{name} must be at least 1, not {getattr(self, name)}")
-        if self.save_every < 0:
-            raise JobError(f"train.save_every must be 0 or positive, not {self.save_every}")
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise JobError(f"train.milestones are fractions of the epochs in (0, 1), not {self.milestones}")
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    name: str = _required("names the run in messages and in the default output path")
-    model: ModelSpec = _why(ModelSpec, "the network to train (model.checkpoint is not used)")
-    data: DataSpec = _why(DataSpec, "the training images; the test split is evaluated after every epoch")
-    train: TrainSpec = _why(TrainSpec, "the optimiser and its schedule: the paper's recipe")
-    output: str | None = _why(None, "null: checkpoints/<name>.pt")
-    runtime: RuntimeSpec = _why(RuntimeSpec, "device and threads")
-
-    def __post_init__(self) -> None:
-        if self.output is None:
-            object.__setattr__(self, "output", f"checkpoints/{self.name}.pt")
-
-    @property
-    def snapshot_dir(self) -> Path:
-        return Path(self.output).with_suffix("")
+from .job.errors import JobError
+from .job.training import TrainJob
 
 
 def augment(x, generator):
@@ -108,7 +61,7 @@ def evaluate(model, images, labels, batch: int = 500) -> float:
 
 def identity(job: TrainJob, data_sha256: str) -> dict:
     """What makes two runs the same run: a resume state from a run that differs in any of these is refused."""
-    from .config import to_dict
+    from .job.config import to_dict
 
     return {"arch": job.model.arch, "images_sha256": data_sha256, "train": to_dict(job.train)}
 
@@ -128,7 +81,9 @@ def train(job: TrainJob, log=print) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from . import data, models, runtime
+    from . import models
+    from .compute import data, runtime
+    from .space import checkpoint
 
     device = runtime.pick_device(job.runtime.device, 0)
     runtime.configure(device, runtime.pick_threads(job.runtime.threads))
@@ -140,7 +95,7 @@ def train(job: TrainJob, log=print) -> dict:
     tx = data.normalize(test_images, device=device)
     ty = torch.as_tensor(test_labels, device=device)
 
-    model = models.from_spec(job.model)
+    model = checkpoint.build_model(job.model)
     if job.train.init == "paper":
         models.paper_init(model)
     model = model.to(device)
@@ -229,12 +184,13 @@ def train(job: TrainJob, log=print) -> dict:
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` through :func:`llmpi.disk.atomic_replace`: a kill or a full disk leaves the previous file
+    """``torch.save`` through :func:`llmpi.file.atomic.atomic_replace`: a kill or a full disk leaves the previous file
     (the last epoch's ``resume.pt``) as it was. Saved into a Python file object, whose failed write is an OSError
     with its errno, where ``torch.save(obj, path)`` reports a full disk as a bare RuntimeError."""
     import torch
 
-    from .disk import atomic_replace, disk_error
+    from .file.atomic import atomic_replace
+    from .job.errors import disk_error
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -253,7 +209,8 @@ RESUMES = "training resumes from the last epoch saved"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import cli, config
+    from .job import config
+    from .job import exits as cli
 
     p = argparse.ArgumentParser(prog="python -m llmpi.train", description=__doc__.split("\n\n")[0])
     p.add_argument("job", nargs="?", help="the training job (YAML), e.g. jobs/train/resnet56_noshort.yaml")
@@ -262,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     if args.keys:
-        from .jobschema import print_keys
+        from .job.schema import print_keys
 
         return print_keys("train-job")
     if args.job is None:

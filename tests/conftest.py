@@ -192,7 +192,7 @@ class Fixture:
 
 def cifar_like(n_train: int, n_test: int, seed: int) -> tuple[dict, dict]:
     """Small CIFAR-format splits cut from the synthetic set (learnable, so the checkpoint is a real minimiser)."""
-    from llmpi.data import synthetic_images
+    from llmpi.compute.data import synthetic_images
 
     images, labels = {}, {}
     for split, n in (("train", n_train), ("test", n_test)):
@@ -212,7 +212,8 @@ def fixture_data(tmp_path_factory) -> Fixture:
 def train_fixture(base: Path) -> None:
     import torch
 
-    from llmpi import data, models
+    from llmpi import models
+    from llmpi.compute import data
 
     images, labels = cifar_like(500, 100, seed=7)
     data.write_cifar10_batches(base, images, labels)
@@ -290,11 +291,13 @@ def brute_force(
     seed: int = 0,
     split: str = "train",
 ) -> tuple[float, float]:
-    """The loss at a point, computed the obvious way, independently of llmpi.evaluate: perturb a state_dict by
+    """The loss at a point, computed the obvious way, independently of llmpi.compute.evaluate: perturb a state_dict by
     hand in float64, load it, and average the per-image cross-entropy of one big batch in float64."""
     import torch
 
-    from llmpi import checkpoint, data, models
+    from llmpi import models
+    from llmpi.compute import data
+    from llmpi.space import checkpoint
 
     state = checkpoint.read_state_dict(fx.checkpoint)
     perturbed = {}
@@ -329,7 +332,8 @@ def other_minimisers(fixture_data, tmp_path_factory) -> list[Path]:
     BatchNorm statistics), for interpolations and planes (built once per run, shared by the xdist workers)."""
     import torch
 
-    from llmpi import checkpoint, data
+    from llmpi.compute import data
+    from llmpi.space import checkpoint
 
     def train(folder: Path) -> None:
         images, labels = data.load_cifar10(fixture_data.root, "train", download=False)

@@ -20,8 +20,8 @@ import h5py
 import numpy as np
 from mpilaunch import RANK_VARIABLE, REPO, env, mpirun
 
-from llmpi.errors import StoreError
-from llmpi.store import read_surface
+from llmpi.file.store import read_surface
+from llmpi.job.errors import StoreError
 
 
 def descendants(root: int) -> list[int]:

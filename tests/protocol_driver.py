@@ -1,4 +1,4 @@
-"""Drives llmpi.protocol with a trivial computation (no torch), for tests/test_protocol.py:
+"""Drives llmpi.ranks.protocol with a trivial computation (no torch), for tests/test_protocol.py:
 
     mpirun -n 3 python tests/protocol_driver.py TASKS [slow_rank] [raise_rank]
 
@@ -11,7 +11,7 @@ import time
 
 from mpi4py import MPI
 
-from llmpi import protocol
+from llmpi.ranks import protocol
 
 tasks_n = int(sys.argv[1])
 slow_rank = int(sys.argv[2]) if len(sys.argv) > 2 else -1

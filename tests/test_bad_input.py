@@ -17,7 +17,8 @@ import torch
 import yaml
 from conftest import build_once, job_dict, run_cli, write_job
 
-from llmpi import data, models
+from llmpi import models
+from llmpi.compute import data
 
 pytestmark = pytest.mark.mpi
 

@@ -107,7 +107,7 @@ def test_coordinator_stress_counts_every_point(tiny):
     for row in (trivial, noop):
         assert row["points_s"] > 0 and row["peak_rss_mib_max"] > 0 and row["file_mib"] > 0
         assert row["store_blocks"] >= row["store_commits"] >= 1
-    from llmpi.store import read_surface
+    from llmpi.file.store import read_surface
 
     s = read_surface(d / "work" / "tiny" / "stress-noop.h5")
     assert s.complete and (s.values["train_loss"] == 1.0).all()  # the no-op evaluator's constant, everywhere

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from llmpi import models
-from llmpi.checkpoint import load_model, read_state_dict
-from llmpi.errors import CheckpointError
+from llmpi.job.errors import CheckpointError
+from llmpi.space.checkpoint import load_model, read_state_dict
 
 
 @pytest.fixture(scope="module")

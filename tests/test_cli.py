@@ -1,4 +1,4 @@
-"""Every command ends the same way (llmpi.cli): bad input is one line and exit 2, a failing disk one line and exit
+"""Every command ends the same way (llmpi.job.exits): bad input is one line and exit 2, a failing disk one line and exit
 74, ``--debug`` adds the traceback, and a bug keeps its traceback."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import errno
 
 import pytest
 
-from llmpi import cli, status
-from llmpi.errors import DataError, DiskError
+from llmpi import status
+from llmpi.job import exits as cli
+from llmpi.job.errors import DataError, DiskError
 
 
 def test_user_errors_are_one_line_with_their_status(capsys):

@@ -1,6 +1,6 @@
 """Where ranks run, in real sweeps: several nodes simulated on one machine (MPICH's launcher starts ranks as if on
 two hosts, MPI's node split finds two nodes, each rank's node-local rank and threads follow its node), and, on a
-machine with a GPU, more ranks than GPUs sharing them (llmpi.placement).
+machine with a GPU, more ranks than GPUs sharing them (llmpi.ranks.placement).
 
 What one machine cannot show (several GPUs per node, a real interconnect) is listed in the README's "Clusters"
 section; tests/test_placement.py covers the GPU choices with the devices faked, tests/test_slurm.py a two-node
@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, brute_force, job_dict, launch_env, run_cli, write_job
 from mpilaunch import FLAVOUR, nodes
 
-from llmpi.store import read_directions, read_run_info, read_surface
+from llmpi.file.store import read_directions, read_run_info, read_surface
 
 pytestmark = pytest.mark.mpi
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from llmpi.config import Job, load_job, to_yaml
-from llmpi.errors import JobError
+from llmpi.job.config import Job, load_job, to_yaml
+from llmpi.job.errors import JobError
 
 FULL = """
 name: vgg56

@@ -11,8 +11,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from llmpi import data
-from llmpi.errors import DataError
+from llmpi.compute import data
+from llmpi.job.errors import DataError
 
 
 def small_release(tmp_path, n_train=50, n_test=20):

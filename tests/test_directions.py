@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmpi import models
-from llmpi.directions import perturbed_entries, random_directions
+from llmpi.space.directions import perturbed_entries, random_directions
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from mpilaunch import env as launch_env
 from mpilaunch import mpirun
 
 from llmpi import status
-from llmpi.disk import atomic_replace, disk_error
-from llmpi.errors import DiskError
-from llmpi.grid import Grid
-from llmpi.store import SurfaceStore, read_run_info, read_surface, write_attrs, write_run_info
+from llmpi.file.atomic import atomic_replace
+from llmpi.file.grid import Grid
+from llmpi.file.store import SurfaceStore, read_run_info, read_surface, write_attrs, write_run_info
+from llmpi.job.errors import DiskError, disk_error
 
 NAMES = ["train_loss", "train_acc"]
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 from conftest import brute_force, job_dict, run_cli, write_job
 
-from llmpi import checkpoint, data
-from llmpi.directions import perturbed_entries, random_directions
-from llmpi.evaluate import CORRECT, ROW, Evaluator, autotune, balanced, exact_sum, tally_
-from llmpi.forward import EAGER, ForwardPath
-from llmpi.store import read_surface
+from llmpi.compute import data
+from llmpi.compute.evaluate import CORRECT, ROW, Evaluator, autotune, balanced, exact_sum, tally_
+from llmpi.compute.forward import EAGER, ForwardPath
+from llmpi.file.store import read_surface
+from llmpi.space import checkpoint
+from llmpi.space.directions import perturbed_entries, random_directions
 
 
 def make(fx, batch_size, kind="weights", subset=64, **options):
@@ -290,8 +291,8 @@ def test_precision_is_in_the_fingerprint_and_batch_or_forward_path_are_not(ranks
 
 
 def test_runtime_keys_are_checked(tmp_path, fixture_data):
-    from llmpi.config import load_job
-    from llmpi.errors import JobError
+    from llmpi.job.config import load_job
+    from llmpi.job.errors import JobError
 
     path = write_job(tmp_path / "job.yaml", job_dict(fixture_data, tmp_path / "x.h5"))
     job = load_job(path)
@@ -310,8 +311,8 @@ def test_runtime_keys_are_checked(tmp_path, fixture_data):
 
 
 def test_points_per_pass_is_gone_and_says_what_to_do(tmp_path, fixture_data):
-    from llmpi.config import load_job
-    from llmpi.errors import JobError
+    from llmpi.job.config import load_job
+    from llmpi.job.errors import JobError
 
     raw = job_dict(fixture_data, tmp_path / "x.h5", runtime={"device": "cpu", "points_per_pass": 4})
     path = write_job(tmp_path / "old.yaml", raw)
@@ -378,7 +379,7 @@ def test_gpu_compiled_follows_the_weights_from_point_to_point(fixture_data):
 @pytest.mark.gpu
 @cuda
 def test_gpu_fast_kernels_stay_within_1e_5_of_deterministic(fixture_data):
-    from llmpi import runtime
+    from llmpi.compute import runtime
 
     deterministic = on_gpu(fixture_data, batch_size=32).many(POINTS)
     try:

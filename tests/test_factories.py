@@ -13,10 +13,10 @@ import torch.nn.functional as F
 import yaml
 from conftest import REPO, run_cli, write_job
 
-from llmpi import data, losses
-from llmpi.config import DataSpec, from_dict
-from llmpi.errors import JobError
-from llmpi.store import read_directions, read_surface
+from llmpi.compute import data, losses
+from llmpi.file.store import read_directions, read_surface
+from llmpi.job.config import DataSpec, from_dict
+from llmpi.job.errors import JobError
 
 PACKAGE = {
     "__init__.py": "",

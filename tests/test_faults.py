@@ -18,7 +18,7 @@ from conftest import REPO, build_once, job_dict, mpirun, run_cli, write_job
 from faultkit import arrays, env, kill_tree, rank_pids, resume, run_and_kill
 from mpilaunch import MPIRUN_ON_SIGNAL
 
-from llmpi.store import read_run_info, read_surface
+from llmpi.file.store import read_run_info, read_surface
 
 pytestmark = pytest.mark.mpi
 

@@ -1,4 +1,4 @@
-"""BatchNorm folded per point (llmpi.fold) against the unfolded network: what folds, and how far values move.
+"""BatchNorm folded per point (llmpi.compute.fold) against the unfolded network: what folds, and how far values move.
 
     pytest tests/test_fold.py                   # one network per family of the zoo (make test)
     LLMPI_ZOO=all pytest tests/test_fold.py     # every zoo network with BatchNorm (make test-zoo, minutes)
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from llmpi import models
-from llmpi.directions import perturbed_entries, random_directions
-from llmpi.evaluate import Evaluator
-from llmpi.fold import fold
+from llmpi.compute.evaluate import Evaluator
+from llmpi.compute.fold import fold
+from llmpi.space.directions import perturbed_entries, random_directions
 
 # The bounds on |folded - unfolded| / |unfolded| of the mean loss, per precision: 5x the largest deviation measured
 # over the zoo (fp32 3.8e-7, wrn56_2 with type states; bf16 5.1e-3, the same: bf16 rounds the folded weights once,

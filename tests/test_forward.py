@@ -1,4 +1,4 @@
-"""The compiled forward (llmpi.forward): one compilation serves every point, the weights are graph inputs, one
+"""The compiled forward (llmpi.compute.forward): one compilation serves every point, the weights are graph inputs, one
 static batch shape, and its values stay within the bound of the eager network's.
 
 Compiling costs tens of seconds on a CPU, so the module compiles once: ``tinynet`` (tests/tinynet.py), folded,
@@ -14,9 +14,9 @@ import torch
 from tinynet import TinyNet
 from torch._dynamo.utils import counters
 
-from llmpi.directions import perturbed_entries, random_directions
-from llmpi.evaluate import Evaluator
-from llmpi.forward import ForwardPath
+from llmpi.compute.evaluate import Evaluator
+from llmpi.compute.forward import ForwardPath
+from llmpi.space.directions import perturbed_entries, random_directions
 
 POINTS = [(0.05 * (i % 10) - 0.2, 0.04 * (i // 10) - 0.2) for i in range(100)]  # a 10x10 grid
 COMPILED_BOUND = 1e-5  # relative, in the loss, against the eager unfolded network (fold's own bound is tighter)

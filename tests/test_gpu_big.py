@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmpi import batches, checkpoint, data
-from llmpi.directions import perturbed_entries, random_directions
-from llmpi.evaluate import Evaluator
-from llmpi.recipe import entry_key, normal, plan_random, quantile_table
+from llmpi.compute import batches, data
+from llmpi.compute.evaluate import Evaluator
+from llmpi.space import checkpoint
+from llmpi.space.directions import perturbed_entries, random_directions
+from llmpi.space.recipe import entry_key, normal, plan_random, quantile_table
 
 pytestmark = [
     pytest.mark.gpu,
@@ -72,7 +73,7 @@ def test_lean_bf16_sweep_peaks_within_2_25x_the_weights():
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     from bench.memory import loss
-    from llmpi.losses import FactoryLoss
+    from llmpi.compute.losses import FactoryLoss
 
     ev = Evaluator(
         net, recipe, tokens[:, :-1], tokens[:, 1:], 4, precision="bf16", device="cuda",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmpi.grid import Grid, auto_block, blocks, runs, slabs
+from llmpi.file.grid import Grid, auto_block, blocks, runs, slabs
 
 
 def test_coords_follow_meshgrid_order():

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from llmpi import checkpoint, data
-from llmpi.hessian import EigenResult, HessianOperator, extreme_eigenvalues, hessian_parameters
+from llmpi.compute import data
+from llmpi.compute.hessian import EigenResult, HessianOperator, extreme_eigenvalues, hessian_parameters
+from llmpi.space import checkpoint
 
 
 @pytest.fixture(autouse=True)

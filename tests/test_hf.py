@@ -13,9 +13,9 @@ from conftest import REPO, run_cli, write_job
 transformers = pytest.importorskip("transformers", reason="transformers is not installed: pip install -e '.[hf]'")
 
 from examples.hf_causal_lm import lm, make_tiny  # noqa: E402
-from llmpi import checkpoint  # noqa: E402
-from llmpi.materialise import materialise  # noqa: E402
-from llmpi.store import read_surface  # noqa: E402
+from llmpi.directions import materialise  # noqa: E402
+from llmpi.file.store import read_surface  # noqa: E402
+from llmpi.space import checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +102,8 @@ def test_random_plane_with_a_recipe_under_two_ranks(tiny_lm, tmp_path):
 def test_bf16_checkpoint_is_swept_in_bf16_formed_in_float32(tiny_lm, tmp_path):
     """A bf16 checkpoint: θ* stays bf16 on the device, θ = θ* + a·δ + b·η is formed in float32 and rounded once,
     and the loss is the plain computation's at those bf16 weights (run in float32 here: bf16 activations differ)."""
-    from llmpi.evaluate import Evaluator
-    from llmpi.recipe import plan_random
+    from llmpi.compute.evaluate import Evaluator
+    from llmpi.space.recipe import plan_random
 
     folder = make_tiny.make(tmp_path / "bf16", "llama", "bfloat16")
     net = lm.model(str(folder / "theta1"))
@@ -133,6 +133,6 @@ def test_bf16_checkpoint_is_swept_in_bf16_formed_in_float32(tiny_lm, tmp_path):
 
 
 def _factory():
-    from llmpi.losses import FactoryLoss
+    from llmpi.compute.losses import FactoryLoss
 
     return FactoryLoss("examples.hf_causal_lm.lm:loss")

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from llmpi import jobschema
-from llmpi.config import Job, from_dict, load_job, to_dict
-from llmpi.errors import JobError
-from llmpi.train import TrainJob
+from llmpi.job import schema as jobschema
+from llmpi.job.config import Job, from_dict, load_job, to_dict
+from llmpi.job.errors import JobError
+from llmpi.job.training import TrainJob
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the dev extra: pip install -e .[dev]")
 
@@ -135,8 +135,8 @@ def test_sweep_without_a_job_or_keys_is_a_usage_error():
 def test_the_demo_sweeps_images_its_minimiser_was_trained_on_as_they_are():
     """θ* is the lowest point of the demo's picture only if it minimises the loss the sweep evaluates: the swept
     images must be among the training images, seen unaugmented, to the end of a decayed learning rate."""
-    from llmpi.config import load
-    from llmpi.data import SYNTHETIC_SIZES, subset_indices
+    from llmpi.compute.data import SYNTHETIC_SIZES, subset_indices
+    from llmpi.job.config import load
 
     sweep, train = load_job(REPO / "jobs" / "demo.yaml"), load(TrainJob, REPO / "jobs" / "train" / "demo.yaml")
     assert sweep.model.checkpoint == train.output

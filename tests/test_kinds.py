@@ -13,10 +13,11 @@ import pytest
 import torch
 from conftest import REPO, Fixture, brute_force, job_dict, run_cli, write_job
 
-from llmpi import checkpoint, data
-from llmpi.config import load_job
-from llmpi.errors import JobError
-from llmpi.store import WriterLock, read_directions, read_surface
+from llmpi.compute import data
+from llmpi.file.store import WriterLock, read_directions, read_surface
+from llmpi.job.config import load_job
+from llmpi.job.errors import JobError
+from llmpi.space import checkpoint
 
 pytestmark = pytest.mark.mpi
 
@@ -68,7 +69,7 @@ def test_value_names_follow_the_split_and_metrics(fixture_data, tmp_path):
 
 
 def test_too_few_snapshots_is_one_clear_error(fixture_data, tmp_path):
-    from llmpi.planning import plan_directions
+    from llmpi.space.plan import plan_directions
 
     folder = tmp_path / "traj"
     folder.mkdir()
@@ -145,7 +146,7 @@ def test_plane_corners_are_the_three_models_and_their_coordinates_are_stored(fix
 
 
 def test_plane_pictures_mark_the_three_models(plane, tmp_path):
-    from llmpi.plot import Landscape
+    from llmpi.report.landscape import Landscape
 
     land = Landscape.read(plane)
     marks = {o.tag: (float(o.x[0]), float(o.y[0])) for o in land.overlays("train_loss") if o.kind == "point"}
@@ -202,7 +203,7 @@ def test_pca_directions_are_numpys_svd_of_the_snapshots(fixture_data, tmp_path):
     loss, _ = brute_force(fixture_data, dirs, (s.x[2], s.y[0]))
     assert s.values["train_loss"][0, 2] == pytest.approx(loss, rel=2e-5)
 
-    from llmpi.plot import Landscape
+    from llmpi.report.landscape import Landscape
 
     land = Landscape.read(tmp_path / "pca.h5")
     (drawn,) = [o for o in land.overlays("train_loss") if o.kind == "path"]
@@ -218,7 +219,7 @@ def tiny(fixture_data, tmp_path_factory):
     """tinynet (268 weights in matrices) trained briefly on the fixture, and a Hessian sweep around it."""
     import tinynet
 
-    from llmpi import data
+    from llmpi.compute import data
 
     d = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
@@ -378,8 +379,8 @@ def test_points_that_stop_at_max_hvps_are_marked_unconverged(tiny, tmp_path):
     text = run_cli("llmpi.status", str(tmp_path / "few.h5")).stdout
     assert f"{unconverged} of 9 computed points did not converge (hessian.tol 0.001, max_hvps {steps}" in text
 
-    from llmpi.plot.landscape import Landscape, Scale
-    from llmpi.plot.static import figure_2d
+    from llmpi.report.landscape import Landscape, Scale
+    from llmpi.report.static import figure_2d
 
     land = Landscape.read(tmp_path / "few.h5")
     fig = figure_2d(land, "eig_ratio", "heat", Scale())
@@ -465,8 +466,8 @@ def test_status_metrics_under_a_live_sweep_are_printed_not_stored(plane):
 
 
 def test_paper_figure_jobs_use_the_train_variants_outputs():
-    from llmpi.config import load
-    from llmpi.train import TrainJob
+    from llmpi.job.config import load
+    from llmpi.job.training import TrainJob
 
     def trained(name):
         return load(TrainJob, REPO / "jobs" / "train" / f"{name}.yaml")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from llmpi.metrics import DEFINITIONS, SurfaceMetrics, default_fit_radius, surface_metrics
+from llmpi.report.metrics import DEFINITIONS, SurfaceMetrics, default_fit_radius, surface_metrics
 
 AXIS = np.linspace(-1.0, 1.0, 41)  # step 0.05, holds 0
 
@@ -169,8 +169,8 @@ def test_the_default_fit_radius_determines_the_fit_on_the_papers_grids(axis, fit
 def test_status_defaults_fit_the_grid_and_says_which_radius_would(tmp_path):
     from test_plot_surfaces import bowl_file
 
-    from llmpi.status import render_metrics
-    from llmpi.status import surface_metrics as file_metrics
+    from llmpi.report.summary import render_metrics
+    from llmpi.report.summary import surface_metrics as file_metrics
 
     path = bowl_file(tmp_path / "b21.h5", n=21)
     got = file_metrics(path)

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmpi import models
-from llmpi.checkpoint import CheckpointError, arch_that_fits, load_model
-from llmpi.config import load, load_job
-from llmpi.errors import JobError
-from llmpi.train import TrainJob
+from llmpi.job.config import ModelSpec, load, load_job
+from llmpi.job.errors import JobError
+from llmpi.job.training import TrainJob
+from llmpi.space.checkpoint import CheckpointError, arch_that_fits, load_model
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
@@ -238,8 +238,10 @@ def test_registry_is_the_papers_zoo_plus_the_demo_nets():
 
 
 def test_unknown_arch_names_the_nearest():
-    with pytest.raises(JobError, match=r"did you mean 'wrn56_4'"):
+    with pytest.raises(ValueError, match=r"did you mean 'wrn56_4'"):
         models.canonical_arch("wrn56-4")
+    with pytest.raises(JobError, match=r"^model.arch: unknown architecture 'wrn56-4'; did you mean 'wrn56_4'"):
+        ModelSpec(arch="wrn56-4")
 
 
 def test_names_are_in_natural_order():

@@ -17,7 +17,7 @@ from conftest import REPO
 
 SCRIPTS = {
     "llmpi-sweep": "llmpi.sweep:main",
-    "llmpi-plot": "llmpi.plot.cli:main",
+    "llmpi-plot": "llmpi.plot:main",
     "llmpi-status": "llmpi.status:main",
     "llmpi-train": "llmpi.train:main",
     "llmpi-slurm": "llmpi.slurm:main",
@@ -52,7 +52,7 @@ def dist_info(wheel: zipfile.ZipFile, name: str) -> str:
 
 def test_wheel_carries_the_package_data_and_the_licence(wheel):
     names = set(wheel.namelist())
-    for data in ("llmpi/plot/viewer.html", "llmpi/plot/viewer.js", "llmpi/schemas/job.schema.json",
+    for data in ("llmpi/report/viewer.html", "llmpi/report/viewer.js", "llmpi/schemas/job.schema.json",
                  "llmpi/schemas/train-job.schema.json"):  # fmt: skip
         assert data in names, f"{data} is not in the wheel"
         assert wheel.read(data) == (REPO / data).read_bytes()

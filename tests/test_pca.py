@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import Fixture, brute_force
 
-from llmpi import checkpoint, data
-from llmpi.directions import perturbed_entries
-from llmpi.evaluate import Evaluator
-from llmpi.pca import load_snapshot, pca_directions, snapshot_files
+from llmpi.compute import data
+from llmpi.compute.evaluate import Evaluator
+from llmpi.space import checkpoint
+from llmpi.space.directions import perturbed_entries
+from llmpi.space.pca import load_snapshot, pca_directions, snapshot_files
 
 SHAPES = {"conv1.weight": (4, 3, 3, 3), "bn1.weight": (4,), "bn1.running_mean": (4,), "fc.weight": (3, 6), "b": (3,)}
 

@@ -1,4 +1,4 @@
-"""Which GPU and how many threads each rank takes (llmpi.placement), for every launch users meet, with the GPUs,
+"""Which GPU and how many threads each rank takes (llmpi.ranks.placement), for every launch users meet, with the GPUs,
 the cores and the launcher's environment faked: one 8-GPU node under mpirun, SLURM's per-task GPUs, more ranks
 than GPUs, fewer, several nodes, CPU binding. The real two-node run is in tests/test_cluster.py."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from llmpi import placement
-from llmpi.errors import MpiError
-from llmpi.placement import Seen, bind, look
+from llmpi.job.errors import MpiError
+from llmpi.ranks import placement
+from llmpi.ranks.placement import Seen, bind, look
 
 
 def uuids(node: str, n: int) -> tuple[str, ...]:

@@ -14,8 +14,9 @@ from matplotlib import colormaps
 from matplotlib.contour import ContourSet
 from test_plot_surfaces import A0, B0, LOSS0, bowl_acc, bowl_file, bowl_loss, line_file, partial_done
 
-from llmpi.plot import Landscape, Scale, contour, figure_1d, figure_2d, figure_surface
-from llmpi.plot.paraview import write_vtk
+from llmpi.report.landscape import Landscape, Scale
+from llmpi.report.paraview import write_vtk
+from llmpi.report.static import contour, figure_1d, figure_2d, figure_surface
 
 VIRIDIS = colormaps["viridis"](np.linspace(0, 1, 256))[:, :3]
 
@@ -300,7 +301,7 @@ def test_several_1d_files_are_named_and_the_legend_stays_inside(tmp_path):
 
 
 def test_3d_surface_is_cut_level_at_the_cap_without_plateaus(bowl):
-    from llmpi.plot.static import _cut_surface
+    from llmpi.report.static import _cut_surface
 
     cap = 1.0  # the bowl reaches it on the circle (α - A0)² + (β - B0)² = 0.75
     fig = figure_surface(bowl, "train_loss", Scale(vmax=cap))
@@ -323,7 +324,7 @@ def test_3d_surface_is_cut_level_at_the_cap_without_plateaus(bowl):
 
 
 def test_3d_surface_of_a_partial_file_leaves_undone_cells_out(tmp_path):
-    from llmpi.plot.static import _cut_surface
+    from llmpi.report.static import _cut_surface
 
     n = 11
     land = Landscape.read(bowl_file(tmp_path / "p.h5", n=n, done=partial_done(n, 4)))

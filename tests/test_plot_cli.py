@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_plot_surfaces import bowl_file, line_file, partial_done
 
-from llmpi.plot.cli import main
+from llmpi.plot import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,5 +1,5 @@
 """Surface files for the plotting tests, written with h5py in the layout of the store (no sweep runs), and the
-check that this layout is what ``llmpi.store.read_surface`` reads.
+check that this layout is what ``llmpi.file.store.read_surface`` reads.
 
 The landscape is an analytic bowl, so every expected value comes from the formula, never from the plotting code:
 
@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from llmpi.store import read_surface
+from llmpi.file.store import read_surface
 
 LOSS0 = 0.25
 A0, B0 = 0.4, -0.2  # the bowl's minimum: a grid point of the default grid, away from θ* at the origin

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from llmpi.errors import JobError
-from llmpi.plugins import call, identity, resolve
+from llmpi.job.errors import JobError
+from llmpi.job.factories import call, identity, resolve
 
 
 @pytest.fixture

@@ -66,15 +66,18 @@ def test_layers_import_one_way():
     """The protocol knows no torch; the numerics know no MPI (checked in a fresh interpreter)."""
     import subprocess
 
-    code = "import sys, llmpi.protocol; assert 'torch' not in sys.modules, 'protocol imported torch'"
+    code = "import sys, llmpi.ranks.protocol; assert 'torch' not in sys.modules, 'protocol imported torch'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     code = (
-        "import sys, llmpi.evaluate, llmpi.directions, llmpi.data, llmpi.models, llmpi.checkpoint, llmpi.grid, "
-        "llmpi.store, llmpi.runtime; assert 'mpi4py' not in sys.modules, 'a numerics module imported mpi4py'"
+        "import sys, llmpi.compute.evaluate, llmpi.space.directions, llmpi.compute.data, llmpi.models, "
+        "llmpi.space.checkpoint, llmpi.file.grid, llmpi.file.store, llmpi.compute.runtime; "
+        "assert 'mpi4py' not in sys.modules, 'a numerics module imported mpi4py'"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
-    code = "import sys, llmpi.placement; assert not {'torch', 'mpi4py'} & set(sys.modules), 'placement is not pure'"
+    code = (
+        "import sys, llmpi.ranks.placement; assert not {'torch', 'mpi4py'} & set(sys.modules), 'placement is not pure'"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr

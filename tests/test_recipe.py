@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from llmpi import checkpoint, recipe
-from llmpi.directions import perturbed_entries
-from llmpi.recipe import EntryRecipe, Recipe, entry_key, normal, plan_random, quantile_table, spans
+from llmpi.space import checkpoint, recipe
+from llmpi.space.directions import perturbed_entries
+from llmpi.space.recipe import EntryRecipe, Recipe, entry_key, normal, plan_random, quantile_table, spans
 
 MASK = (1 << 64) - 1
 
@@ -173,10 +173,10 @@ def test_probe_is_a_hash_of_the_ends_of_the_entry(table):
 
 
 def test_difference_recipes_make_the_full_directions_bitwise(fixture_data, other_minimisers, resnet8):
-    """interpolate and plane as recipes: θ2 − θ1 and θ3 − θ1 made piece by piece equal llmpi.paths' full
+    """interpolate and plane as recipes: θ2 − θ1 and θ3 − θ1 made piece by piece equal llmpi.space.between' full
     directions bit for bit; the Gram matrix is the plane's; a changed checkpoint fails the probe, naming the entry."""
-    from llmpi import paths
-    from llmpi.recipe import plan_difference
+    from llmpi.space import between as paths
+    from llmpi.space.recipe import plan_difference
 
     second, third = (checkpoint.read_state_dict(p) for p in other_minimisers)
     r, gram = plan_difference(resnet8, [("checkpoint2", second), ("checkpoint3", third)], "plane", "weights", chunk=500)
@@ -201,8 +201,8 @@ def test_difference_recipes_make_the_full_directions_bitwise(fixture_data, other
 
 
 def test_pca_directions_cannot_be_a_recipe():
-    from llmpi.config import DirectionsSpec, from_dict
-    from llmpi.errors import JobError
+    from llmpi.job.config import DirectionsSpec, from_dict
+    from llmpi.job.errors import JobError
 
     with pytest.raises(JobError, match="kind pca's components come from a trajectory .* directions.store: full"):
         from_dict(DirectionsSpec, {"kind": "pca", "trajectory": "runs/x", "store": "recipe"})

@@ -15,12 +15,12 @@ import torch
 from conftest import brute_force, job_dict, run_cli, write_job
 from faultkit import arrays, resume, run_and_kill
 
-from llmpi import status
-from llmpi.config import load_job
-from llmpi.errors import StoreError
-from llmpi.fingerprint import directions_fields
-from llmpi.grid import Grid
-from llmpi.store import SurfaceStore, read_directions, read_surface
+from llmpi.file.grid import Grid
+from llmpi.file.store import SurfaceStore, read_directions, read_surface
+from llmpi.job.config import load_job
+from llmpi.job.errors import StoreError
+from llmpi.ranks.fingerprint import directions_fields
+from llmpi.report import summary
 
 pytestmark = pytest.mark.mpi
 
@@ -54,7 +54,7 @@ def test_one_and_two_ranks_are_bitwise_equal_and_the_file_is_small(swept):
 
 def test_materialised_directions_give_every_value_and_status_and_plots_work(fixture_data, swept):
     d, _ = swept
-    from llmpi.materialise import main as directions_command  # python -m llmpi.directions, in this process
+    from llmpi.directions import main as directions_command  # python -m llmpi.directions, in this process
 
     assert directions_command(["materialise", str(d / "two.h5"), "-o", str(d / "full.h5")]) == 0
     for out in ("two.h5", "full.h5"):  # the recipe file itself, or any existing file: refused, nothing written
@@ -72,9 +72,9 @@ def test_materialised_directions_give_every_value_and_status_and_plots_work(fixt
         loss, acc = brute_force(fixture_data, dirs, (s.x[i], s.y[j]))
         assert s.values["train_loss"][j, i] == pytest.approx(loss, rel=2e-5)
         assert s.values["train_acc"][j, i] == pytest.approx(acc, abs=1e-9)
-    text = status.render(status.summarize(d / "two.h5"))
+    text = summary.render(summary.summarize(d / "two.h5"))
     assert "stored as a recipe" in text and "done: 30 / 30" in text
-    from llmpi.plot.cli import main as plot
+    from llmpi.plot import main as plot
 
     assert plot([str(d / "two.h5"), "--kind", "heat", "--value", "train_loss", "-o", str(d / "heat.png")]) == 0
     assert (d / "heat.png").stat().st_size > 0

@@ -29,7 +29,7 @@ from mpilaunch import SRUN_MPI
 from slurm_cluster import FINISHED, SlurmCluster, Unavailable
 
 from llmpi import slurm
-from llmpi.errors import JobError
+from llmpi.job.errors import JobError
 from llmpi.slurm import BatchSpec, parse_time, render
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,9 +174,9 @@ def test_the_rendering_command_in_the_header_renders_the_same_script():
 
 
 def test_exit_status_for_resumable_is_the_sweeps():
-    from llmpi import sweep
+    from llmpi.job import exits
 
-    assert slurm.EXIT_INTERRUPTED == sweep.EXIT_INTERRUPTED == 75
+    assert slurm.EXIT_INTERRUPTED == exits.EXIT_INTERRUPTED == 75
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -360,7 +360,7 @@ def test_script_runs_the_sweep_with_its_arguments_quoted(tmp_path):
 
 def test_two_8_gpu_nodes_get_16_ranks_one_per_gpu_and_a_clean_up_on_each_node(tmp_path):
     """--nodes 2 --gpus-per-node 8: 8 tasks and 8 GPUs per node; the sweep's srun inherits the 16 tasks and leaves
-    every task its node's 8 GPUs, among which llmpi.placement gives node-local rank k GPU k (a warning would say
+    every task its node's 8 GPUs, among which llmpi.ranks.placement gives node-local rank k GPU k (a warning would say
     if not); the clean-up step runs once on each node."""
     spec = BatchSpec(jobs=("job.yaml",), nodes=2, gpus_per_node=8)
     assert spec.ranks == 16
@@ -481,9 +481,9 @@ class SweepCase:
         torch.manual_seed(0)
         torch.save(build("resnet8").state_dict(), root / "model.pt")  # a random init is as good a θ* as any here
         write_job(root, "reference.yaml", output="reference.h5")
-        # One block for the whole grid: on one rank, llmpi.protocol's blocking sends from rank 0's worker thread to
-        # its own coordinator thread (and back) can deadlock when both send at once, which small blocks make likely
-        # (reported to the lead). The values do not depend on the block size.
+        # One block for the whole grid: on one rank, llmpi.ranks.protocol's blocking sends from rank 0's worker
+        # thread to its own coordinator thread (and back) can deadlock when both send at once, which small blocks make
+        # likely (reported to the lead). The values do not depend on the block size.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmpi.sweep", "reference.yaml", "--set", f"grid.block={self.POINTS}"],
             cwd=root,
@@ -496,7 +496,7 @@ class SweepCase:
         return write_job(directory, checkpoint=str(self.root / "model.pt"))
 
     def reference(self):
-        from llmpi.store import read_surface
+        from llmpi.file.store import read_surface
 
         if self.proc.returncode is None:
             out, _ = self.proc.communicate(timeout=300)
@@ -504,7 +504,7 @@ class SweepCase:
         return read_surface(self.root / "reference.h5")
 
     def assert_equal_to_reference(self, path: Path) -> None:
-        from llmpi.store import read_surface
+        from llmpi.file.store import read_surface
 
         got, want = read_surface(path), self.reference()
         assert got.done.all() and want.done.all()
@@ -524,8 +524,8 @@ def sweep_case(tmp_path_factory):
 
 
 def done_points(path: Path) -> int:
-    from llmpi.errors import StoreError
-    from llmpi.store import read_surface
+    from llmpi.file.store import read_surface
+    from llmpi.job.errors import StoreError
 
     try:
         return int(read_surface(path).done.sum())

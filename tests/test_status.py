@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from test_plot_surfaces import line_file
 
-from llmpi.status import describe_directions, render, summarize
+from llmpi.report.summary import describe_directions, render, summarize
 
 MODELS = {"checkpoint": "ck/small.pt", "checkpoint2": "ck/large.pt", "checkpoint3": "ck/wd.pt"}
 SETTINGS = {"seed": 0, "norm": "filter", "ignore": "biasbn", "type": "weights", "trajectory": None, "rescale": "none"}

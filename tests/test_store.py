@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
-from llmpi.errors import StoreError
-from llmpi.grid import Grid
-from llmpi.store import SurfaceStore, WriterLock, read_surface
+from llmpi.file.grid import Grid
+from llmpi.file.store import SurfaceStore, WriterLock, read_surface
+from llmpi.job.errors import StoreError
 
 FP = {"format": 1, "arch": "resnet8", "grid": {"x": [-1, 1, 5], "y": [0, 2, 3]}, "directions": {"seed": 1}}
 
@@ -141,7 +141,7 @@ def test_one_writer_and_readers_while_writing(tmp_path):
     with pytest.raises(StoreError, match=r"another live sweep \(host .*, pid \d+"):
         open_store(path)
     # a reader in another process, while the writer holds the file open
-    code = f"from llmpi.store import read_surface; s = read_surface({str(path)!r}); print(int(s.done.sum()))"
+    code = f"from llmpi.file.store import read_surface; s = read_surface({str(path)!r}); print(int(s.done.sum()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "2", out.stderr
     surface = read_surface(path)
@@ -153,7 +153,7 @@ def test_one_writer_and_readers_while_writing(tmp_path):
 def test_stale_lock_from_a_dead_process_does_not_block(tmp_path):
     path = tmp_path / "s.h5"
     code = (
-        f"import os; from llmpi.store import WriterLock; from pathlib import Path; "
+        f"import os; from llmpi.file.store import WriterLock; from pathlib import Path; "
         f"WriterLock(Path({str(path)!r})).acquire(Path({str(path)!r})); os._exit(9)"
     )
     subprocess.run([sys.executable, "-c", code], timeout=60)

@@ -15,11 +15,10 @@ from faultkit import kill_tree
 from mpilaunch import env, mpirun
 from test_faults import wait_for_points
 
-from llmpi.config import load_job
-from llmpi.errors import JobError
-from llmpi.store import read_run_info, read_surface
-from llmpi.sweep import load_jobs
-from llmpi.worker import DataCache, Surfaces
+from llmpi.file.store import read_run_info, read_surface
+from llmpi.job.config import load_job, load_jobs
+from llmpi.job.errors import JobError
+from llmpi.ranks.worker import DataCache, Surfaces
 
 # Three jobs that differ in what matters: directions, split, grid shape and dimension.
 SECTIONS = {

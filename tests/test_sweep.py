@@ -13,8 +13,8 @@ import pytest
 from conftest import REPO, brute_force, job_dict, launch_env, mpirun, run_cli, write_job
 from mpilaunch import GRACEFUL, LIBRARY
 
-from llmpi import checkpoint
-from llmpi.store import read_directions, read_run_info, read_surface
+from llmpi.file.store import read_directions, read_run_info, read_surface
+from llmpi.space import checkpoint
 
 pytestmark = pytest.mark.mpi
 

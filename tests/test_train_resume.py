@@ -11,10 +11,11 @@ import torch
 import yaml
 from conftest import REPO, run_cli
 
-from llmpi import config
-from llmpi.errors import JobError
-from llmpi.pca import load_snapshot, pca_directions, snapshot_files
-from llmpi.train import TrainJob, train
+from llmpi.job import config
+from llmpi.job.errors import JobError
+from llmpi.job.training import TrainJob
+from llmpi.space.pca import load_snapshot, pca_directions, snapshot_files
+from llmpi.train import train
 
 
 def tiny_job(output: Path, **train_keys) -> TrainJob:

@@ -29,8 +29,8 @@ import pytest
 from matplotlib import image as mpimg
 from test_plot_surfaces import bowl_acc, bowl_file, bowl_loss, line_file, partial_done
 
-from llmpi.plot import Landscape, Scale
-from llmpi.plot.viewer import write_html
+from llmpi.report.landscape import Landscape, Scale
+from llmpi.report.viewer import write_html
 
 pytestmark = pytest.mark.browser
 

@@ -11,7 +11,7 @@ and shapes, so its checkpoints load as they are:
 * ``vgg9`` (VGG-9 with BatchNorm) -- :mod:`.vgg`; ``densenet121`` -- :mod:`.densenet`.
 
 ``resnet8``/``resnet8_noshort`` are not in the paper: the smallest CIFAR ResNets, for the demo and the tests.
-All take 3x32x32 images normalised as in :func:`llmpi.data.normalize` and return 10 logits.
+All take 3x32x32 images normalised as in :func:`llmpi.compute.data.normalize` and return 10 logits.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..errors import JobError
 from . import densenet, resnet, resnet_imagenet, vgg
 
 REGISTRY: dict[str, Callable[[], nn.Module]] = {
@@ -44,13 +43,14 @@ def names() -> list[str]:
 
 
 def canonical_arch(name: str) -> str:
-    """The registry name for ``name`` (resolving aliases), or a JobError naming the nearest known arch."""
+    """The registry name for ``name`` (resolving aliases), or a ValueError naming the nearest known arch (a job's
+    loader adds the key to the message: this package knows nothing of job files)."""
     name = ALIASES.get(name, name)
     if name not in REGISTRY:
         known = names() + sorted(ALIASES)
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise JobError(f"model.arch: unknown architecture {name!r}; {hint}known: {', '.join(known)}")
+        raise ValueError(f"unknown architecture {name!r}; {hint}known: {', '.join(known)}")
     return name
 
 
@@ -89,19 +89,4 @@ def paper_init(model: nn.Module) -> nn.Module:
             nn.init.normal_(m.weight, std=1e-3)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    return model
-
-
-def from_spec(spec) -> nn.Module:
-    """The network a job's ``model`` section names: ``arch`` from the registry, or the user's ``factory``."""
-    if spec.factory is None:
-        return build(spec.arch)
-    from ..plugins import call
-
-    model = call(spec.factory, "model.factory", **spec.kwargs)
-    if not isinstance(model, nn.Module):
-        raise JobError(
-            f"model.factory: {spec.factory!r} returned a {type(model).__name__}, not a torch.nn.Module; "
-            f"return the network itself"
-        )
     return model

@@ -1,0 +1,1 @@
+"""The surface file and its grid: the one module that opens HDF5 (``store``), and writes a crash cannot tear."""

@@ -1,0 +1,636 @@
+"""Jobs: one validated dataclass tree, loaded from YAML, overridden from the command line.
+
+    python -m llmpi.sweep jobs/vgg56.yaml --set grid.x=[-0.5,0.5,21] --set output=surfaces/zoom.h5
+
+Every default below says why it is what it is (``python -m llmpi.sweep --keys`` prints them all, and the JSON
+Schema that ``llmpi.jobschema`` generates from this tree carries them to editors). A key that is not in the tree is
+an error naming the nearest valid key, a value of the wrong type or outside its range is an error naming the key
+and what it accepts: a typo must never silently fall back to a default and cost a cluster night.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import JobError
+
+Auto = Literal["auto"]
+
+
+def _why(default: Any, why: str, requires: Mapping[str, str] | None = None) -> Any:
+    """A field default together with the reason for it (kept in the field's metadata, shown by ``--keys``).
+
+    ``requires`` (sections only): keys of the section that this tree needs although the section's own class
+    does not, with the reason -- a sweep needs ``model.checkpoint``, a training run (same ModelSpec) does not.
+    """
+    meta: dict[str, Any] = {"why": why}
+    if requires:
+        assert isinstance(default, type), "requires names keys of a section"
+        meta["requires"] = dict(requires)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    if isinstance(default, type):  # a section: built when absent (validating it then, not at import)
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _required(why: str) -> Any:
+    """A key the job file must give: loading refuses a job without it, ``--keys`` and the schema say so.
+
+    The default None only satisfies the dataclass; ``from_dict`` never lets it through."""
+    return field(default=None, metadata={"why": why, "required": True})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str | None = _why(None, "a name from llmpi.models (vgg56 = resnet56_noshort, the paper's name)")
+    checkpoint: str | None = _why(
+        None,
+        "the trained minimiser θ* (a state_dict, or a dict with 'state_dict'); sweeps need it, training writes output",
+    )
+    checkpoint2: str | None = _why(None, "directions.kind interpolate and plane only: the model at α = 1")
+    checkpoint3: str | None = _why(None, "directions.kind plane only: the model at β = 1")
+    factory: str | None = _why(None, "your own network instead of arch: package.module:function -> nn.Module")
+    kwargs: dict[str, Any] = _why({}, "keyword arguments for model.factory")
+
+    def __post_init__(self) -> None:
+        if self.arch is not None and self.factory is not None:
+            raise JobError("model.arch and model.factory both given: a network comes from one of them; drop one")
+        if self.arch is None and self.factory is None:
+            raise JobError("missing required key 'model.arch' (a name from llmpi.models), or model.factory")
+        if self.kwargs and self.factory is None:
+            raise JobError("model.kwargs are arguments for model.factory, which is not given")
+        if self.arch is not None:
+            from ..models import canonical_arch
+
+            try:
+                object.__setattr__(self, "arch", canonical_arch(self.arch))
+            except ValueError as e:  # llmpi.models knows nothing of job files: the message names the key
+                raise JobError(f"model.arch: {e}") from None
+
+    @property
+    def label(self) -> str:
+        """How messages and files name the network."""
+        return self.arch if self.arch is not None else self.factory
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: Literal["cifar10", "synthetic"] = _why("cifar10", "the paper's dataset")
+    root: str = _why("data", "holds cifar-10-batches-py/, the standard python-pickle release")
+    split: Literal["train", "test", "both"] = _why(
+        "train", "the paper's surfaces are of the training loss; both: train_* and test_* in one file"
+    )
+    subset: int | None = _why(None, "all images, as in the paper; N = first N of a permutation seeded by data.seed")
+    seed: int = _why(0, "fixes which images a subset holds")
+    batch_size: int | Auto = _why("auto", "a speed knob only: the loss is an exactly-rounded sum of per-image values")
+    factory: str | None = _why(
+        None, "your own data instead of dataset/root: package.module:function(split, **kwargs) -> Dataset or tensors"
+    )
+    kwargs: dict[str, Any] = _why({}, "keyword arguments for data.factory")
+    placement: Literal["auto", "device", "host"] = _why(
+        "auto",
+        "the selection resident on the device when it takes at most half its free memory, else in host memory with "
+        "each batch copied while the previous one computes; the same values either way (llmpi.compute.batches)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.kwargs and self.factory is None:
+            raise JobError("data.kwargs are arguments for data.factory, which is not given")
+        if self.subset is not None and self.subset < 1:
+            raise JobError(f"data.subset must be null or a positive number of images, not {self.subset}")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise JobError(f"data.batch_size must be 'auto' or a positive integer, not {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class DirectionsSpec:
+    kind: Literal["random", "interpolate", "plane", "pca"] = _why(
+        "random",
+        "Gaussian directions, the paper's main method; interpolate: the line checkpoint -> checkpoint2; plane: "
+        "through checkpoint, checkpoint2, checkpoint3; pca: top-2 principal components of a training trajectory",
+    )
+    seed: int = _why(0, "directions are reproducible from the seed alone (kind random)")
+    norm: Literal["filter", "layer", "weight", "none"] = _why(
+        "filter",
+        "filter normalisation makes sharpness comparable across nets (the paper's point); kind random only: "
+        "interpolate and plane use the checkpoints' differences as they are",
+    )
+    ignore: Literal["biasbn", "none"] = _why(
+        "biasbn", "the paper zeroes biases and BatchNorm parameters (kinds random and pca; the Hessian's parameters)"
+    )
+    type: Literal["weights", "states"] = _why("weights", "states also perturbs BN running statistics")
+    trajectory: str | None = _why(
+        None, "kind pca only: the snapshot folder llmpi.train writes with train.save_every (checkpoints/<name>/)"
+    )
+    rescale: Literal["none", "filter"] = _why(
+        "none", "kind pca only: the paper's code uses the unit components; filter rescales them filter-wise"
+    )
+    store: Literal["auto", "full", "recipe"] = _why(
+        "auto",
+        "full (the directions in the file, 4 bytes per parameter each) up to 100 M parameters, where that is under "
+        "1 GB and any script can read them; recipe above (a few MB: how every rank makes them; not for kind pca)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.trajectory is not None and self.kind != "pca":
+            raise JobError(f"directions.trajectory is for directions.kind: pca, not {self.kind}; drop it")
+        if self.rescale != "none" and self.kind != "pca":
+            raise JobError(f"directions.rescale is for directions.kind: pca, not {self.kind}; drop it")
+        if self.store == "recipe" and self.kind == "pca":
+            raise JobError(
+                "directions.store: recipe makes random directions and differences of checkpoints; kind pca's "
+                "components come from a trajectory and are stored in full: set directions.store: full (or auto)"
+            )
+        if self.kind == "pca" and self.trajectory is None:
+            raise JobError(
+                "directions.kind: pca needs directions.trajectory, the folder of training snapshots "
+                "(python -m llmpi.train with train.save_every: 1 writes checkpoints/<name>/epoch_<N>.pt)"
+            )
+
+
+GridAxis = tuple[float, float, int]
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    x: GridAxis = _why((-1.0, 1.0, 51), "the paper's 51x51 surfaces over [-1, 1]")
+    y: GridAxis | None = _why(None, "omitted: a 1D line along x")
+    block: int | Auto = _why("auto", "points handed to a worker at a time; auto balances load and overhead")
+
+    def __post_init__(self) -> None:
+        for name in ("x", "y"):
+            axis = getattr(self, name)
+            if axis is None:
+                continue
+            lo, hi, num = axis
+            if num < 1:
+                raise JobError(f"grid.{name}: num must be at least 1, not {num} (grid.{name} is [min, max, num])")
+            if lo > hi:
+                raise JobError(f"grid.{name}: min {lo} is greater than max {hi} (grid.{name} is [min, max, num])")
+            if num > 1 and lo == hi:
+                raise JobError(f"grid.{name}: {num} points between equal min and max {lo}; use num: 1 or widen it")
+        if isinstance(self.block, int) and self.block < 1:
+            raise JobError(f"grid.block must be 'auto' or a positive integer, not {self.block}")
+
+    @property
+    def size(self) -> int:
+        return self.x[2] * (self.y[2] if self.y is not None else 1)
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    device: Literal["auto", "cuda", "cpu"] = _why("auto", "a GPU when there is one, else the CPU")
+    threads: int | Auto = _why(
+        "auto", "cores / ranks on the node: MPICH's mpirun otherwise leaves torch one thread per rank"
+    )
+    # Precision changes values and is in the fingerprint; fold, compile and kernels only change last bits: the
+    # forward path is decided once on rank 0 for all ranks (see llmpi.compute.evaluate).
+    precision: Literal["fp32", "tf32", "bf16"] = _why(
+        "fp32", "the paper's float32; tf32/bf16 are faster on GPUs and deviate more (python -m bench measures it)"
+    )
+    compile: bool | Auto = _why(
+        "auto",
+        "torch.compile (CUDA graphs on GPUs) where the sweep is long enough to pay for compiling: rank 0 times "
+        "it against eager, compile time included",
+    )
+    fold: bool | Auto = _why(
+        "auto",
+        "BatchNorm folded into the convolution before it at every point (fewer kernels, last-bit differences); "
+        "auto: where it applies and times faster",
+    )
+    kernels: Literal["deterministic", "fast"] = _why(
+        "deterministic",
+        "1 rank and N ranks give bitwise-equal files; fast lets cuDNN and the compiler pick kernels by timing "
+        "(ranks may then differ in the last bits)",
+    )
+    hold_directions: Literal["auto", "device", "host", "regenerate"] = _why(
+        "auto",
+        "on the device up to 100 M parameters (fastest); above, regenerated per point from the recipe or streamed "
+        "from host memory, so the device holds about 2x the weights (llmpi.space.theta)",
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threads, int) and self.threads < 1:
+            raise JobError(f"runtime.threads must be 'auto' or a positive integer, not {self.threads}")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: Literal["crossentropy", "mse"] = _why(
+        "crossentropy", "the paper's loss; mse is its alternative (softmax vs one-hot, mean over classes)"
+    )
+    factory: str | None = _why(
+        None, "your own loss instead of name: package.module:function(model, batch) -> (summed loss, n, correct|None)"
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    bn: Literal["eval", "recalibrate"] = _why(
+        "eval", "the checkpoint's BatchNorm statistics, as the paper; recalibrate recomputes them at every point"
+    )
+    bn_batches: int = _why(10, "training batches whose statistics replace BatchNorm's at every point (recalibrate)")
+    bn_batch_size: int = _why(128, "the training batch size: BatchNorm statistics are per-batch averages")
+
+    def __post_init__(self) -> None:
+        for name in ("bn_batches", "bn_batch_size"):
+            if getattr(self, name) < 1:
+                raise JobError(f"evaluation.{name} must be a positive integer, not {getattr(self, name)}")
+
+
+# What ``metrics: [hessian]`` stores at every point, in this order: λmax and λmin (the extreme Ritz values),
+# |λmin/λmax|, whether Lanczos met hessian.tol within hessian.max_hvps (1.0, else 0.0: the values then lie inside
+# the spectrum but may fall short of its ends), and the larger relative residual of the two extreme Ritz pairs.
+HESSIAN_VALUES = ["max_eig", "min_eig", "eig_ratio", "eig_converged", "eig_residual"]
+
+
+@dataclass(frozen=True)
+class HessianSpec:
+    """How ``metrics: [hessian]`` computes λmax and λmin at every point (llmpi.compute.hessian)."""
+
+    tol: float = _why(
+        1e-3, "relative residual of both extreme Ritz pairs; 1e-2 moved a measured ratio across the 1% line"
+    )
+    max_hvps: int = _why(300, "Hessian-vector products per point at most, a cap on the cost (about 20 are typical)")
+    basis: int = _why(40, "Lanczos vectors kept (float64 on the device: 40 x resnet56 = 280 MB), then thick restarts")
+    images: int | None = _why(
+        None, "null: all the selected images (the loss's own data); N: the first N of them, as the products cost ~10x"
+    )
+    seed: int = _why(0, "Lanczos start vector: the value depends on the point and seed only, never on the rank")
+    batch_size: int | Auto = _why(
+        "auto", "the loss's batch, at most 512: a double backward keeps the graph, several times a forward's memory"
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise JobError(f"hessian.batch_size must be 'auto' or a positive integer, not {self.batch_size}")
+        if not 1e-12 <= self.tol < 1:
+            raise JobError(f"hessian.tol must be in [1e-12, 1), not {self.tol}")
+        if self.max_hvps < 1:
+            raise JobError(f"hessian.max_hvps must be a positive integer, not {self.max_hvps}")
+        if self.basis < 3:
+            raise JobError(f"hessian.basis must be at least 3, not {self.basis}")
+        if self.images is not None and self.images < 1:
+            raise JobError(f"hessian.images must be null or a positive number of images, not {self.images}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A sweep: the loss at every grid point around ``model.checkpoint`` along two directions."""
+
+    name: str = _required("names the job in messages and in the default output path")
+    model: ModelSpec = _why(
+        ModelSpec, "the network and its trained weights", requires={"checkpoint": "the trained network to sweep around"}
+    )
+    data: DataSpec = _why(DataSpec, "the images (or your data) the loss is the mean over")
+    directions: DirectionsSpec = _why(DirectionsSpec, "the plane (or line) through the weights the grid spans")
+    grid: GridSpec = _why(GridSpec, "the coordinates (α, β) of the points")
+    loss: LossSpec = _why(LossSpec, "what is evaluated at every point")
+    evaluation: EvaluationSpec = _why(EvaluationSpec, "how BatchNorm statistics are treated at every point")
+    metrics: list[Literal["hessian"]] = _why(
+        [],
+        "loss and accuracy only; hessian adds max_eig, min_eig, eig_ratio = |min/max|, eig_converged and "
+        "eig_residual at every point",
+    )
+    hessian: HessianSpec = _why(HessianSpec, "how metrics: [hessian] computes the extreme eigenvalues")
+    output: str | None = _why(None, "null: surfaces/<name>.h5")
+    runtime: RuntimeSpec = _why(RuntimeSpec, "devices, threads and speed knobs (precision is part of the result)")
+
+    def __post_init__(self) -> None:
+        if self.output is None:
+            object.__setattr__(self, "output", f"surfaces/{self.name}.h5")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise JobError(f"metrics lists a metric twice: {self.metrics}")
+        if self.runtime.hold_directions == "regenerate" and self.directions.store == "full":
+            raise JobError(
+                "runtime.hold_directions: regenerate makes the directions again from their recipe, but "
+                "directions.store is full; set directions.store: recipe (or auto), or hold_directions: device or host"
+            )
+        if "hessian" in self.metrics and self.runtime.precision == "bf16":
+            raise JobError(
+                "metrics: [hessian] needs runtime.precision fp32 or tf32: bfloat16 loses the small eigenvalues "
+                "that make the eigen-ratio"
+            )
+        if "hessian" in self.metrics and (self.loss.factory is not None or self.loss.name != "crossentropy"):
+            raise JobError(
+                "metrics: [hessian] differentiates the mean cross-entropy of a classifier: use loss.name: "
+                "crossentropy without loss.factory, or drop metrics: [hessian]"
+            )
+        if self.runtime.fold is True and (self.evaluation.bn == "recalibrate" or self.loss.factory is not None):
+            why = (
+                "evaluation.bn: recalibrate runs BatchNorm in train mode"
+                if self.evaluation.bn == "recalibrate"
+                else "a loss.factory gets your network itself, BatchNorm and all"
+            )
+            raise JobError(
+                f"runtime.fold: true folds eval-mode BatchNorm into the layer before it, but {why}; "
+                f"set runtime.fold: auto (or false)"
+            )
+        self._check_kind()
+
+    def _check_kind(self) -> None:
+        """What each directions.kind needs of the other sections (cross-section rules, one message each)."""
+        kind, m = self.directions.kind, self.model
+        needs = {"random": (), "pca": (), "interpolate": ("checkpoint2",), "plane": ("checkpoint2", "checkpoint3")}
+        for key in ("checkpoint2", "checkpoint3"):
+            if key in needs[kind] and getattr(m, key) is None:
+                raise JobError(f"directions.kind: {kind} needs model.{key} (the model at {_CORNER[key]})")
+            if key not in needs[kind] and getattr(m, key) is not None:
+                raise JobError(f"model.{key} is only used by directions.kind {_USED_BY[key]}, not {kind}; drop it")
+        if kind == "interpolate" and self.grid.y is not None:
+            raise JobError(
+                "directions.kind: interpolate is a 1D line from model.checkpoint (α = 0) to model.checkpoint2 "
+                "(α = 1): drop grid.y (e.g. grid.x: [-0.5, 1.5, 401])"
+            )
+        if kind in ("plane", "pca") and self.grid.y is None:
+            raise JobError(f"directions.kind: {kind} spans a plane: give grid.y too (e.g. grid.y: [-0.5, 1.5, 41])")
+
+    @property
+    def cautions(self) -> list[str]:
+        """What the job allows but probably does not mean, one line each (the sweep prints them as warnings).
+
+        ``type: states`` mixes the checkpoints' BatchNorm running variances with the weights (1 - α, α) of an
+        interpolation, (1 - α - β, α, β) of a plane. Within the segment (the triangle) that is an average of
+        variances, positive; beyond it a weight is negative and the variance becomes negative wherever the
+        networks' variances differ enough -- NaN losses there.
+        """
+        kind, x, y = self.directions.kind, self.grid.x, self.grid.y
+        if self.directions.type != "states" or kind not in ("interpolate", "plane"):
+            return []
+        if kind == "interpolate" and (x[0] < 0 or x[1] > 1):
+            where = f"grid.x [{x[0]:g}, {x[1]:g}] leaves [0, 1]"
+        elif kind == "plane" and y is not None and (x[0] < 0 or y[0] < 0 or x[1] + y[1] > 1):
+            where = "the grid leaves the triangle of the three models (α, β >= 0, α + β <= 1)"
+        else:
+            return []
+        return [
+            f"directions.type: states with directions.kind: {kind}, and {where}: the BatchNorm running variances "
+            "are extrapolated there and turn negative where the networks' variances differ enough (NaN losses). "
+            "Beyond the models use directions.type: weights with evaluation.bn: recalibrate (statistics "
+            "recomputed at every point), or keep the grid within the models"
+        ]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The data splits the sweep evaluates: ('train',), ('test',) or both."""
+        return ("train", "test") if self.data.split == "both" else (self.data.split,)
+
+    def value_names(self, accuracy: bool = True) -> list[str]:
+        """The grid-shaped datasets of the surface file, in the order a point's values are computed: loss and
+        accuracy per split (loss only when a loss factory counts no correct predictions), then the Hessian's
+        (``HESSIAN_VALUES``)."""
+        names = [f"{split}_{what}" for split in self.splits for what in ("loss", "acc")[: 2 if accuracy else 1]]
+        if "hessian" in self.metrics:
+            names += HESSIAN_VALUES
+        return names
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output)
+
+
+_CORNER = {"checkpoint2": "α = 1", "checkpoint3": "β = 1"}
+_USED_BY = {"checkpoint2": "interpolate and plane", "checkpoint3": "plane"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generic loading: raw YAML mapping -> dataclass tree, with messages that name the key and suggest the fix.
+
+
+# Keys that existed once: a job file that still has one gets told what became of it, not "unknown key".
+REMOVED = {
+    "runtime.points_per_pass": "runtime.points_per_pass is gone: several points per forward pass never measured "
+    "faster than one (bench/README.md), and every sweep now runs one point per pass; delete the key from the job "
+    "file",
+}
+
+
+def _nearest(word: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{hint}valid: {', '.join(choices)}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "[" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
+    if origin in (dict, Mapping):
+        return "a mapping"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it in its canonical Python form."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        raise JobError(f"{path}: {value!r} is not allowed; {_nearest(str(value), [str(c) for c in choices])}")
+    if origin in (Union, types.UnionType):
+        for alternative in typing.get_args(tp):
+            try:
+                return _coerce(value, alternative, path)
+            except JobError:
+                continue
+        if isinstance(value, str):
+            literals = [
+                str(c) for a in typing.get_args(tp) if typing.get_origin(a) is Literal for c in typing.get_args(a)
+            ]
+            if literals:
+                raise JobError(f"{path}: {value!r} is not allowed; {_nearest(value, literals)} or {_type_name(tp)}")
+        raise JobError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        items = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise JobError(f"{path}: expected a list {_type_name(tp)}, got {value!r}")
+        return tuple(_coerce(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise JobError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise JobError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+    else:
+        raise AssertionError(f"unsupported annotation {tp!r} at {path}")
+    raise JobError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, raw: Any, path: str = "") -> Any:
+    """Build the dataclass ``cls`` from a raw mapping, rejecting unknown and missing keys by name."""
+    where = path or "the job"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise JobError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            full = f"{path}.{key}" if path else str(key)
+            if full in REMOVED:
+                raise JobError(REMOVED[full])
+            raise JobError(f"unknown key '{full}'; {_nearest(str(key), names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        full = f"{path}.{f.name}" if path else f.name
+        if f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], full)
+        elif f.metadata.get("required"):
+            raise JobError(f"missing required key '{full}' ({f.metadata['why']})")
+        elif dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = from_dict(hints[f.name], {}, full)
+    built = cls(**kwargs)
+    for f in dataclasses.fields(cls):  # after every other check: a missing key is the last thing to fix
+        for key, reason in f.metadata.get("requires", {}).items():
+            if getattr(getattr(built, f.name), key) is None:
+                raise JobError(f"{path + '.' if path else ''}{f.name}.{key} is required: {reason}")
+    return built
+
+
+def to_dict(obj: Any) -> Any:
+    """The dataclass tree as plain YAML-able Python (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def to_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
+
+
+def _schema_child(cls: type, key: str, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    if key not in hints:
+        if path in REMOVED:
+            raise JobError(f"--set: {REMOVED[path]}")
+        raise JobError(f"--set: unknown key '{path}'; {_nearest(key, list(hints))}")
+    return hints[key]
+
+
+def apply_override(raw: dict, cls: type, assignment: str) -> None:
+    """Apply one ``--set a.b=value`` (value parsed as YAML) to the raw mapping, checking the key exists."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise JobError(f"--set expects key=value, e.g. --set grid.x=[-0.5,0.5,21]; got {assignment!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise JobError(f"--set {key}: the value {text!r} is not valid YAML ({e})") from None
+    parts = key.split(".")
+    node, tp = raw, cls
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        tp = _schema_child(tp, part, here)
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
+        if not dataclasses.is_dataclass(tp):
+            raise JobError(f"--set: '{here}' is a value, not a section; use --set {here}=...")
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise JobError(f"--set: '{here}' in the job file is not a mapping")
+        node = child
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, turning every way it can be unreadable into a one-line message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise JobError(f"job file {path} does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise JobError(f"job file {path} cannot be read: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise JobError(f"job file {path} is not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JobError(f"job file {path} must be a mapping of keys (name:, model:, ...), not {type(raw).__name__}")
+    return raw
+
+
+def load(cls: type, path: str | Path, overrides: Iterable[str] = ()) -> Any:
+    """Load a job of type ``cls`` from a YAML file with ``--set`` overrides applied in order."""
+    raw = read_yaml(path)
+    for assignment in overrides:
+        apply_override(raw, cls, assignment)
+    return from_dict(cls, raw)
+
+
+def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
+    return load(Job, path, overrides)
+
+
+def load_jobs(paths: Sequence[str], overrides: Sequence[str]) -> list[Job]:
+    """The jobs of one run, validated together: distinct outputs, and one device and thread count per rank."""
+    jobs = [load_job(path, overrides) for path in paths]
+    outputs: dict[str, str] = {}
+    for path, job in zip(paths, jobs):
+        key = os.path.realpath(job.output)
+        if key in outputs:
+            hint = (
+                " (--set output=... gives every job the same output)" if any("output=" in o for o in overrides) else ""
+            )
+            raise JobError(f"{outputs[key]} and {path} both write {job.output}{hint}: give each job its own output")
+        outputs[key] = path
+    for key in ("device", "threads", "kernels"):
+        seen = {getattr(job.runtime, key) for job in jobs}
+        if len(seen) > 1:
+            raise JobError(
+                f"the jobs ask for different runtime.{key} ({', '.join(sorted(map(str, seen)))}): the ranks of one "
+                f"run share one; make them agree (e.g. --set runtime.{key}=...) or run the jobs separately"
+            )
+    return jobs

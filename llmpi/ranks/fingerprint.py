@@ -1,0 +1,119 @@
+"""Whether a surface file may be resumed: the fingerprint of everything that determines its values.
+
+    fields = fingerprint(job, Identity(checkpoint_sha256, {"train": info}, bn=None))
+    SurfaceStore.open(path, grid, names, fields, ...)       # refuses a file whose fields differ, naming them
+
+The fingerprint holds what changes the stored values and nothing that does not. In: the network (arch, or a
+factory's import path with the SHA-256 of its module's source and its kwargs), θ*'s bytes, the data's identity
+(SHA-256 of the selected samples of each split), the loss, the BatchNorm handling, the precision (tf32 and bf16
+change values by far more than rounding), the directions' spec, the grid, and what a direction kind or a metric
+adds (the other checkpoints' and the trajectory's bytes, the Hessian settings). Out: the rank count, batch size,
+the forward path chosen (eager, compiled, folded), the output path -- these change per-image losses in their last
+bits at most, or nothing.
+
+A file written by an older llmpi whose fingerprint lacks a field added since is refused with the field named;
+``--restart`` starts it anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..compute.data import DatasetInfo
+from ..job.config import Job, to_dict
+from ..job.errors import JobError
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The bytes a job's values come from, as rank 0 found them: θ*'s file, each evaluated split's selected
+    samples, and the training samples BatchNorm is recalibrated on (None unless ``evaluation.bn: recalibrate``)."""
+
+    checkpoint_sha256: str
+    splits: Mapping[str, DatasetInfo]
+    bn: DatasetInfo | None = None
+
+
+def fingerprint(job: Job, identity: Identity, store: str = "full") -> dict:
+    """The fingerprint fields of ``job`` (JSON-able; the store keeps them and their hash in the file); ``store``:
+    how the file keeps its directions (``llmpi.space.plan.store_mode``), full or recipe."""
+    from ..job.factories import identity as source_identity
+
+    model, data, loss = job.model, job.data, job.loss
+    infos = list(identity.splits.values())
+    images = infos[0].sha256 if len(infos) == 1 else {split: info.sha256 for split, info in identity.splits.items()}
+    fields = {
+        "format": FORMAT,
+        "arch": model.arch,
+        "model": {"factory": model.factory and source_identity(model.factory), "kwargs": model.kwargs},
+        "data_factory": {"factory": data.factory and source_identity(data.factory), "kwargs": data.kwargs},
+        "loss": {
+            "name": None if loss.factory else loss.name,
+            "factory": loss.factory and source_identity(loss.factory),
+        },
+        "evaluation": _evaluation(job, identity.bn),
+        "precision": job.runtime.precision,
+        "checkpoint_sha256": identity.checkpoint_sha256,
+        "data": {
+            "dataset": None if data.factory else data.dataset,
+            "split": data.split,
+            "subset": data.subset,
+            "seed": data.seed,
+            "images_sha256": images,
+        },
+        "directions": directions_fields(job, store),
+        "grid": {"x": list(job.grid.x), "y": None if job.grid.y is None else list(job.grid.y)},
+    }
+    fields.update(_kind_and_metrics(job))
+    return fields
+
+
+def directions_fields(job: Job, store: str) -> dict:
+    """The directions section: the job's keys, without ``store`` for full files (as before the key existed, so
+    their files resume) and with ``store: recipe`` for a recipe, whose generator makes other numbers than the full
+    directions' one."""
+    fields = to_dict(job.directions)
+    del fields["store"]
+    if store == "recipe":
+        fields["store"] = "recipe"
+    return fields
+
+
+def _evaluation(job: Job, bn: DatasetInfo | None) -> dict:
+    ev = job.evaluation
+    if ev.bn == "eval":
+        return {"bn": ev.bn}
+    assert bn is not None, "recalibration needs the identity of its samples"
+    return {"bn": ev.bn, "bn_batches": ev.bn_batches, "bn_batch_size": ev.bn_batch_size, "bn_sha256": bn.sha256}
+
+
+def _kind_and_metrics(job: Job) -> dict:
+    """What the direction kind and the metrics add (nothing for a random-direction loss sweep, so that files of
+    that kind written before the other kinds existed still resume): the other checkpoints' and the trajectory's
+    bytes, the metrics and the Hessian's settings."""
+    from ..space.checkpoint import sha256_file
+
+    out: dict = {}
+    for key in ("checkpoint2", "checkpoint3"):
+        path = getattr(job.model, key)
+        if path is not None:
+            out[f"{key}_sha256"] = sha256_file(path)
+    if job.directions.kind == "pca":
+        from ..space.pca import snapshot_files
+
+        try:
+            files = snapshot_files(job.directions.trajectory)
+        except ValueError as e:
+            raise JobError(f"directions.trajectory: {e}") from None
+        h = hashlib.sha256()
+        for path in files:
+            h.update(f"{path.name}:{sha256_file(path)}\n".encode())
+        out["trajectory"] = {"snapshots": len(files), "sha256": h.hexdigest()}
+    if job.metrics:
+        out["metrics"] = list(job.metrics)
+        out["hessian"] = to_dict(job.hessian)
+    return out

@@ -1,0 +1,207 @@
+"""What rank 0 decides once per surface file, for each ``directions.kind``: the directions, and the datasets that
+describe them (written with them, read back by plots and status).
+
+    planned = plan_directions(job, model, ndim=2)        # model holds θ* (model.checkpoint), on the CPU
+    planned.directions, planned.extras, planned.extra_attrs
+
+- ``random``: Gaussian directions, normalised (``llmpi.space.directions``); nothing else to store.
+- With ``directions.store: recipe`` (the default above ``LEAN_PARAMETERS``) the file gets how to make the
+  directions instead (``llmpi.space.recipe``: a few MB whatever the network's size) and every rank makes them itself:
+  random ones from the seed, those of ``interpolate`` and ``plane`` from the other checkpoints, which every rank
+  reads (memory-mapped). ``pca`` stores its components in full.
+- ``interpolate``: δ = θ2 − θ1 (``llmpi.space.between.interpolation``); with ``type: states`` BatchNorm running
+  statistics move too, so α = 1 is checkpoint2 itself. No normalisation.
+- ``plane``: origin θ1, axes θ2 − θ1 and θ3 − θ1 (``llmpi.space.between.plane_through``); stores ``model_coordinates``
+  (3, 2), the three models' (α, β), with the checkpoint paths in its attribute ``names``.
+- ``pca``: the top two principal components of the trajectory's snapshots minus θ* (``llmpi.space.pca``, never a dense
+  snapshots × parameters matrix); stores ``explained_variance_ratio`` (2,) and the trajectory in the plane,
+  ``trajectory/x`` and ``trajectory/y`` (snapshots,), in training order, with the snapshot file names in the
+  attribute ``snapshots`` of ``trajectory/x``.
+
+Errors a job can cause (checkpoints of another architecture, three models on a line, too few snapshots) come back
+as ``JobError`` naming the key to change.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..file.store import Planned
+from ..job.errors import JobError
+
+
+def _numpy(direction: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().float().numpy() for k, v in direction.items()}
+
+
+def _entries(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
+    from .directions import perturbed_entries
+
+    return {k: v.detach().cpu() for k, v in perturbed_entries(model, kind).items()}
+
+
+def _other(job: Any, model: nn.Module, key: str) -> dict[str, torch.Tensor]:
+    """The entries the directions move, of the checkpoint at ``model.<key>`` loaded into a copy of θ*'s network
+    (so it fits however the network was built; a mismatch names the keys and the arch that would fit)."""
+    from .checkpoint import load_into, read_state_dict
+
+    path = getattr(job.model, key)
+    other = copy.deepcopy(model).cpu()
+    try:
+        load_into(other, read_state_dict(path), job.model.label, path)
+    except JobError as e:
+        raise JobError(f"model.{key}: {e}") from None
+    return _entries(other, job.directions.type)
+
+
+def store_mode(job: Any, model: nn.Module) -> str:
+    """``directions.store`` resolved: ``auto`` is a recipe for random directions of networks above
+    ``weights.LEAN_PARAMETERS`` (100 M) -- where full directions would cost 0.4 GB per direction and more -- and full
+    below, where they are small and any script can read them from the file."""
+    from .directions import perturbed_entries
+    from .theta import LEAN_PARAMETERS
+
+    spec = job.directions
+    if spec.store != "auto":
+        return spec.store
+    if spec.kind == "pca":  # components of a trajectory: nothing to make them from but the trajectory itself
+        return "full"
+    parameters = sum(t.numel() for t in perturbed_entries(model, spec.type).values())
+    return "recipe" if parameters > LEAN_PARAMETERS else "full"
+
+
+def plan_directions(job: Any, model: nn.Module, ndim: int, store: str = "full", device: Any = "cpu") -> Planned:
+    """The directions of ``job.directions.kind`` around θ* (``model``), with what describes them; with ``store``
+    "recipe", the recipe of random directions, made entry by entry on ``device`` (rank 0's)."""
+    from . import between as paths
+    from . import directions, pca
+
+    spec = job.directions
+    if store == "recipe":
+        return _plan_recipe(job, model, ndim, device)
+    base = _entries(model, spec.type)
+    try:
+        if spec.kind == "random":
+            dirs = directions.random_directions(base, spec.seed, spec.norm, spec.ignore, count=ndim)
+            return Planned([_numpy(d) for d in dirs])
+        if spec.kind == "interpolate":
+            return Planned([_numpy(paths.interpolation(base, _other(job, model, "checkpoint2")))])
+        if spec.kind == "plane":
+            plane = paths.plane_through(base, _other(job, model, "checkpoint2"), _other(job, model, "checkpoint3"))
+            names = [job.model.checkpoint, job.model.checkpoint2, job.model.checkpoint3]
+            return Planned(
+                [_numpy(d) for d in plane.directions],
+                {"model_coordinates": np.asarray(plane.coordinates, dtype=np.float64)},
+                {"model_coordinates": {"names": names}},
+            )
+        if spec.kind == "pca":
+            files = pca.snapshot_files(spec.trajectory)
+            loaders = [lambda p=p: pca.load_snapshot(p) for p in files]
+            result = pca.pca_directions(base, loaders, k=2, ignore=spec.ignore, rescale=spec.rescale)
+            return Planned(
+                [_numpy(d) for d in result.components],
+                {
+                    "explained_variance_ratio": np.asarray(result.explained_variance_ratio, dtype=np.float64),
+                    "trajectory/x": np.asarray(result.coordinates[:, 0], dtype=np.float64),
+                    "trajectory/y": np.asarray(result.coordinates[:, 1], dtype=np.float64),
+                },
+                {"trajectory/x": {"snapshots": [p.name for p in files]}},
+            )
+    except JobError:
+        raise
+    except ValueError as e:  # paths and pca refuse what does not fit by ValueError: the job's doing
+        raise JobError(f"directions.kind {spec.kind}: {e}") from None
+    raise AssertionError(f"unknown directions.kind {spec.kind!r} passed validation")
+
+
+def stored_directions(store: Any) -> Any:
+    """What an opened surface file gives every rank: its directions (a list of ``{entry: array}``) or its recipe
+    (a ``llmpi.space.recipe.Recipe``)."""
+    arrays = store.recipe()
+    if arrays is None:
+        return store.directions()
+    from .recipe import Recipe
+
+    try:
+        return Recipe.from_arrays(arrays)
+    except (ValueError, KeyError) as e:
+        raise JobError(f"output {store.path}: its directions' recipe cannot be read ({e}); pass --restart") from None
+
+
+def planned_directions(planned: Planned) -> Any:
+    """What a just-planned file will give every rank: the same as ``stored_directions`` of the file made from it."""
+    if planned.recipe is None:
+        return list(planned.directions)
+    from .recipe import Recipe
+
+    return Recipe.from_arrays(planned.recipe)
+
+
+def is_recipe(directions: Any) -> bool:
+    from .recipe import Recipe
+
+    return isinstance(directions, Recipe)
+
+
+def check_recipe(recipe: Any, model: nn.Module, device: Any, job: Any) -> None:
+    """On every rank, before its first point: the recipe fits this network and this device makes its numbers
+    (a difference recipe first attaches the other checkpoints, read here)."""
+    from .directions import perturbed_entries
+
+    if recipe.kind != "random":
+        recipe.others = dict(recipe_sources(job))
+    entries = perturbed_entries(model, recipe.type)
+    try:
+        recipe.check_entries(entries)
+        recipe.verify(device, {k: v.detach() for k, v in entries.items()})
+    except ValueError as e:
+        raise JobError(f"directions: {e}") from None
+
+
+SOURCES = {"interpolate": ("checkpoint2",), "plane": ("checkpoint2", "checkpoint3")}
+
+
+def recipe_sources(job: Any) -> list[tuple[str, dict]]:
+    """The other checkpoints a difference recipe reads, (job key, state_dict), memory-mapped: every rank reads
+    them itself (the page cache is shared by the ranks of a node), so no direction is ever sent."""
+    from .checkpoint import read_state_dict
+
+    out = []
+    for key in SOURCES.get(job.directions.kind, ()):
+        try:
+            out.append((key, read_state_dict(getattr(job.model, key))))
+        except JobError as e:
+            raise JobError(f"model.{key}: {e}") from None
+    return out
+
+
+def _plan_recipe(job: Any, model: nn.Module, ndim: int, device: Any) -> Planned:
+    """The recipe of the job's directions (random, or differences of checkpoints), made on ``device``."""
+    from . import between as paths
+    from .directions import perturbed_entries
+    from .recipe import plan_difference, plan_random
+
+    spec = job.directions
+    entries = {k: v.detach() for k, v in perturbed_entries(model, spec.type).items()}
+    if spec.kind == "random":
+        recipe = plan_random(entries, spec.seed, spec.norm, spec.ignore, spec.type, ndim, device=device)
+        return Planned([], recipe=recipe.to_arrays())
+    assert spec.kind in SOURCES, "config refuses a recipe for pca"
+    try:
+        recipe, gram = plan_difference(entries, recipe_sources(job), spec.kind, spec.type, device=device)
+        if spec.kind == "plane":
+            paths.check_plane(gram)
+    except ValueError as e:
+        raise JobError(f"directions.kind {spec.kind}: {e}") from None
+    if spec.kind == "interpolate":
+        return Planned([], recipe=recipe.to_arrays())
+    names = [job.model.checkpoint, job.model.checkpoint2, job.model.checkpoint3]
+    coordinates = np.asarray(paths.Plane([]).coordinates, dtype=np.float64)
+    return Planned(
+        [], {"model_coordinates": coordinates}, {"model_coordinates": {"names": names}}, recipe=recipe.to_arrays()
+    )
