@@ -163,3 +163,47 @@ def test_no_checked_in_job_is_cautioned():
 
     for path in sorted((REPO / "jobs").glob("*.yaml")):
         assert load_job(path).cautions == [], path.name
+
+
+@pytest.mark.parametrize("text", ["1e-8", "1E-8", "+1e-08", "1.e-8", "0.00000001"])
+def test_float_keys_take_exponents_without_a_dot(tmp_path, text):
+    """PyYAML (YAML 1.1) reads 1e-8 as a string; a float key takes it as the number, in the file and in --set."""
+    assert isinstance(yaml.safe_load(f"tol: {text}")["tol"], (str, float))  # 1e-8 and 1E-8 are strings there
+    in_file = load_text(tmp_path, FULL + f"metrics: [hessian]\nhessian:\n  tol: {text}\n")
+    assert in_file.hessian.tol == 1e-8 and type(in_file.hessian.tol) is float
+    assert load_text(tmp_path, FULL, f"hessian.tol={text}").hessian.tol == 1e-8
+
+
+@pytest.mark.parametrize("text", ["1e-8x", "e-8", "tiny", "1e", "1e-8 1"])
+def test_a_float_key_still_refuses_what_is_no_number(tmp_path, text):
+    with pytest.raises(JobError, match=r"hessian.tol: expected float, got"):
+        load_text(tmp_path, FULL, f"hessian.tol={text}")
+
+
+def test_an_integer_key_does_not_take_a_float_string(tmp_path):
+    with pytest.raises(JobError, match=r"hessian.max_hvps: expected int, got '1e3'"):
+        load_text(tmp_path, FULL, "hessian.max_hvps=1e3")
+
+
+def test_the_hessians_parameter_set_follows_the_directions_unless_it_has_its_own(tmp_path):
+    job = load_text(tmp_path, FULL)
+    assert job.hessian.ignore is None and job.hessian.parameters(job.directions) == "biasbn"
+    own = load_text(tmp_path, FULL, "hessian.ignore=none")
+    assert own.hessian.parameters(own.directions) == "none"
+    with pytest.raises(JobError, match=r"hessian.ignore: 'al' is not allowed"):
+        load_text(tmp_path, FULL, "hessian.ignore=al")
+
+
+def test_the_hessians_own_parameter_set_is_in_the_fingerprint_only_when_it_differs(tmp_path):
+    """A Hessian job written before hessian.ignore existed keeps its fingerprint (and resumes): the key is
+    recorded only when it names another set than directions.ignore, which the fingerprint holds already."""
+    from llmpi.compute.data import DatasetInfo
+    from llmpi.ranks.fingerprint import Identity, fingerprint
+
+    identity = Identity("0" * 64, {"train": DatasetInfo("cifar10", "train", 50000, 64, "1" * 64)})
+    hessian = FULL + "metrics: [hessian]\n"
+    before = fingerprint(load_text(tmp_path, hessian), identity)["hessian"]
+    assert set(before) == {"tol", "max_hvps", "basis", "images", "seed", "batch_size"}  # as the last release's
+    assert fingerprint(load_text(tmp_path, hessian, "hessian.ignore=biasbn"), identity)["hessian"] == before
+    own = fingerprint(load_text(tmp_path, hessian, "hessian.ignore=none"), identity)["hessian"]
+    assert own == {**before, "ignore": "none"}

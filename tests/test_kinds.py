@@ -64,7 +64,7 @@ def test_value_names_follow_the_split_and_metrics(fixture_data, tmp_path):
     loaded = load_job(write_job(tmp_path / "job.yaml", job))
     assert loaded.value_names() == [
         "train_loss", "train_acc", "test_loss", "test_acc", "max_eig", "min_eig", "eig_ratio", "eig_converged",
-        "eig_residual",
+        "eig_residual", "eig_hvps",
     ]  # fmt: skip
 
 
@@ -255,10 +255,10 @@ def dense_extremes(fx: Fixture, directions, point, images: int) -> tuple[float, 
     return float(eig[0]), float(eig[-1])
 
 
-def dense_hessian(fx: Fixture, directions, point, images: int) -> np.ndarray:
+def dense_hessian(fx: Fixture, directions, point, images: int, ignore: str = "biasbn") -> np.ndarray:
     """The dense Hessian (float64, ``torch.func.hessian``: forward over reverse) of the mean cross-entropy over the
-    first ``images`` selected images, with respect to the tensors of two or more dimensions in the order of
-    ``named_parameters``, at θ* + Σ point·direction."""
+    first ``images`` selected images, with respect to the tensors of two or more dimensions (``ignore: none``: every
+    parameter) in the order of ``named_parameters``, at θ* + Σ point·direction."""
     import tinynet
 
     state = checkpoint.read_state_dict(fx.checkpoint)
@@ -274,7 +274,7 @@ def dense_hessian(fx: Fixture, directions, point, images: int) -> np.ndarray:
     model.eval()
     raw, lab, _ = data.load_images("cifar10", fx.root, "train", 64, 0)
     x, y = data.normalize(raw[:images]).double(), torch.as_tensor(lab[:images])
-    names = [n for n, p in model.named_parameters() if p.dim() > 1]
+    names = [n for n, p in model.named_parameters() if p.dim() > 1 or ignore == "none"]
     shapes = [dict(model.named_parameters())[n].shape for n in names]
     sizes = [math.prod(s) for s in shapes]
     fixed = {n: p.detach() for n, p in model.named_parameters() if n not in names}
@@ -306,6 +306,30 @@ def test_hessian_extremes_at_every_point_match_a_dense_hessian(tiny):
     assert s.values["train_loss"][2, 3] == pytest.approx(loss, rel=2e-5)
 
 
+def test_the_hessian_takes_its_own_parameter_set_when_the_job_gives_one(tiny, tmp_path):
+    """hessian.ignore: none takes the Hessian over every parameter (biases and BatchNorm's too) while the directions
+    keep ignore: biasbn; the extremes are the dense Hessian's over all parameters, not over the matrices only."""
+    from llmpi.ranks.worker import DataCache, PointValues, load
+
+    fx, d, _, _ = tiny
+    raw = job_dict(
+        fx, tmp_path / "all.h5", metrics=["hessian"], hessian={"tol": 1e-7, "max_hvps": 400, "images": 16,
+        "ignore": "none"}, grid={"x": [-1.0, 1.0, 3], "y": [-1.0, 1.0, 3]},
+    )  # fmt: skip
+    job = load_job(write_job(tmp_path / "job.yaml", raw))
+    dirs = read_directions(d / "eig.h5")  # directions ignore biasbn: zero on biases and BatchNorm
+    values = PointValues.build(job, load(job, torch.device("cpu"), DataCache()), dirs)
+    values.hessian_batch = 16
+    hi, lo, *_ = values.eigenvalues((0.5, -0.5), lambda: None)
+    everything = np.linalg.eigvalsh(dense_hessian(fx, dirs, (0.5, -0.5), 16, ignore="none"))
+    matrices = np.linalg.eigvalsh(dense_hessian(fx, dirs, (0.5, -0.5), 16))
+    scale = max(abs(everything[0]), abs(everything[-1]))
+    assert hi == pytest.approx(everything[-1], abs=2e-4 * scale) and lo == pytest.approx(
+        everything[0], abs=2e-4 * scale
+    )
+    assert abs(hi - matrices[-1]) > 1e-2 * scale or abs(lo - matrices[0]) > 1e-2 * scale  # another operator
+
+
 def test_hessian_values_do_not_depend_on_the_rank_count(tiny, tmp_path):
     _, d, _, env = tiny
     text = (d / "job.yaml").read_text().replace(str(d / "eig.h5"), str(tmp_path / "one.h5"))
@@ -316,10 +340,10 @@ def test_hessian_values_do_not_depend_on_the_rank_count(tiny, tmp_path):
         assert np.array_equal(one.values[name], three.values[name]), name
 
 
-def plain_lanczos(H: np.ndarray, start: np.ndarray, steps: int, tol: float) -> tuple[float, float, float, bool]:
+def plain_lanczos(H: np.ndarray, start: np.ndarray, steps: int, tol: float) -> tuple[float, float, float, bool, int]:
     """Textbook Lanczos with full reorthogonalisation on a dense symmetric matrix, stopped when both extreme Ritz
     pairs have residual <= tol * max|Ritz value| or after ``steps`` products: (θmax, θmin, larger relative
-    residual, converged)."""
+    residual, converged, products)."""
     V = [start / np.linalg.norm(start)]
     alphas, betas = [], []
     for k in range(1, steps + 1):
@@ -334,7 +358,7 @@ def plain_lanczos(H: np.ndarray, start: np.ndarray, steps: int, tol: float) -> t
         scale = max(abs(theta[0]), abs(theta[-1]))
         worst = max(residual[0], residual[-1]) / scale
         if worst <= tol or k == steps:
-            return float(theta[-1]), float(theta[0]), float(worst), bool(worst <= tol)
+            return float(theta[-1]), float(theta[0]), float(worst), bool(worst <= tol), k
         betas.append(beta)
         V.append(w / beta)
     raise AssertionError("unreachable")
@@ -359,7 +383,7 @@ def test_points_that_stop_at_max_hvps_are_marked_unconverged(tiny, tmp_path):
     for j, i in np.ndindex(s.done.shape):
         H = dense_hessian(fx, dirs, (s.x[i], s.y[j]), images)
         start = torch.randn(len(H), generator=torch.Generator().manual_seed(5), dtype=torch.float64).numpy()
-        hi, lo, residual, converged = plain_lanczos(H, start, steps, tol)
+        hi, lo, residual, converged, products = plain_lanczos(H, start, steps, tol)
         scale = max(abs(hi), abs(lo))
         assert s.values["max_eig"][j, i] == pytest.approx(hi, abs=1e-4 * scale), (i, j)
         assert s.values["min_eig"][j, i] == pytest.approx(lo, abs=1e-4 * scale), (i, j)
@@ -369,6 +393,7 @@ def test_points_that_stop_at_max_hvps_are_marked_unconverged(tiny, tmp_path):
         if abs(residual / tol - 1) > 0.02:
             decided += 1
             assert s.values["eig_converged"][j, i] == float(converged), (i, j, residual)
+            assert s.values["eig_hvps"][j, i] == products, (i, j, residual)  # what the point cost
     assert decided >= 7 and 0 < expected.sum() < expected.size  # some points converge within the budget, some not
     flags = s.values["eig_converged"]
     unconverged = int((flags == 0).sum())

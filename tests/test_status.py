@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from test_plot_surfaces import line_file
 
 from llmpi.report.summary import describe_directions, render, summarize
@@ -34,3 +37,63 @@ def test_status_prints_the_description(tmp_path):
     info = summarize(line_file(tmp_path / "l.h5"))
     assert info["directions_described"].startswith("random (seed 0), filter norm")
     assert "  directions: random (seed 0), filter norm" in render(info)
+
+
+def test_hessian_line_of_a_file_with_nothing_computed_says_so():
+    from llmpi.report.summary import describe_convergence
+
+    empty = {"points": 0, "unconverged": 0, "max_residual": None, "tol": 1e-3, "max_hvps": 300, "hvps": None}
+    assert describe_convergence(empty) == "no point computed yet (hessian.tol 0.001, max_hvps 300)"
+    done = {**empty, "points": 4, "hvps": {"mean": 19.5, "max": 23, "total": 78}}
+    assert describe_convergence(done) == (
+        "all 4 computed points converged (hessian.tol 0.001, max_hvps 300; 19.5 Hessian-vector products per point, "
+        "at most 23)"
+    )
+
+
+@pytest.mark.mpi
+def test_the_run_record_follows_a_long_point(fixture_data, tmp_path):
+    """A point that takes seconds (a Hessian's can take minutes): the record is rewritten every 2 s meanwhile and
+    says which rank computes which points since when; status shows it."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from conftest import job_dict, write_job
+    from mpilaunch import REPO, env, mpirun
+
+    out = tmp_path / "slow.h5"
+    job = write_job(tmp_path / "job.yaml", job_dict(fixture_data, out, grid={"x": [-1.0, 1.0, 2], "block": 1}))
+    proc = subprocess.Popen(
+        [*mpirun(1), sys.executable, "-m", "llmpi.sweep", str(job)],
+        cwd=REPO,
+        env=env({"LLMPI_FAULT": "slow:seconds=7"}),  # each point 7 s longer: a long point to watch
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    record = Path(f"{out}.run.json")
+    seen: list[dict] = []
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if record.exists():
+                info = json.loads(record.read_text())
+                if info["state"] == "running" and info["points_done"] == 0 and info.get("running"):
+                    seen.append(info)
+                    if info["running"][0]["seconds"] >= 4:
+                        status = subprocess.run(
+                            [sys.executable, "-m", "llmpi.status", str(out)], capture_output=True, text=True,
+                            env=env(), cwd=REPO, timeout=60,
+                        )  # fmt: skip
+                        break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"no record of a running point within the time limit: {seen[-1:]}")
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert len({s["updated"] for s in seen}) >= 2  # rewritten while no point finished
+    assert seen[-1]["running"] == [{"rank": 0, "points": [0, 1], "seconds": seen[-1]["running"][0]["seconds"]}]
+    assert "    rank 0 computing point 0 for 0m0" in status.stdout, status.stdout

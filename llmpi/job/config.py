@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -251,8 +252,9 @@ class EvaluationSpec:
 
 # What ``metrics: [hessian]`` stores at every point, in this order: λmax and λmin (the extreme Ritz values),
 # |λmin/λmax|, whether Lanczos met hessian.tol within hessian.max_hvps (1.0, else 0.0: the values then lie inside
-# the spectrum but may fall short of its ends), and the larger relative residual of the two extreme Ritz pairs.
-HESSIAN_VALUES = ["max_eig", "min_eig", "eig_ratio", "eig_converged", "eig_residual"]
+# the spectrum but may fall short of its ends), the larger relative residual of the two extreme Ritz pairs, and the
+# Hessian-vector products the point cost.
+HESSIAN_VALUES = ["max_eig", "min_eig", "eig_ratio", "eig_converged", "eig_residual", "eig_hvps"]
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,15 @@ class HessianSpec:
     batch_size: int | Auto = _why(
         "auto", "the loss's batch, at most 512: a double backward keeps the graph, several times a forward's memory"
     )
+    ignore: Literal["biasbn", "none"] | None = _why(
+        None,
+        "null: the parameters the directions move (directions.ignore; the paper's Hessian); biasbn: tensors of two "
+        "or more dimensions only; none: every parameter, biases and BatchNorm's included",
+    )
+
+    def parameters(self, directions: DirectionsSpec) -> str:
+        """The ``ignore`` rule the Hessian's parameter set follows: its own, else the directions'."""
+        return self.ignore if self.ignore is not None else directions.ignore
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, int) and self.batch_size < 1:
@@ -300,8 +311,8 @@ class Job:
     evaluation: EvaluationSpec = _why(EvaluationSpec, "how BatchNorm statistics are treated at every point")
     metrics: list[Literal["hessian"]] = _why(
         [],
-        "loss and accuracy only; hessian adds max_eig, min_eig, eig_ratio = |min/max|, eig_converged and "
-        "eig_residual at every point",
+        "loss and accuracy only; hessian adds max_eig, min_eig, eig_ratio = |min/max|, eig_converged, "
+        "eig_residual and eig_hvps at every point",
     )
     hessian: HessianSpec = _why(HessianSpec, "how metrics: [hessian] computes the extreme eigenvalues")
     output: str | None = _why(None, "null: surfaces/<name>.h5")
@@ -440,6 +451,11 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+# A number in exponent notation without a dot (1e-8) is a string to YAML 1.1, which PyYAML reads, and a number to
+# YAML 1.2, JSON and people: a float key takes it as the number it means.
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it in its canonical Python form."""
     origin = typing.get_origin(tp)
@@ -484,6 +500,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return None
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # 1e-8: a string to YAML 1.1, a number to us
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -115,5 +115,12 @@ def _kind_and_metrics(job: Job) -> dict:
         out["trajectory"] = {"snapshots": len(files), "sha256": h.hexdigest()}
     if job.metrics:
         out["metrics"] = list(job.metrics)
-        out["hessian"] = to_dict(job.hessian)
+        hessian = to_dict(job.hessian)
+        # The parameter set follows directions.ignore (in the fingerprint already) unless the job says otherwise:
+        # only a rule of its own is recorded, so files made before the key existed resume.
+        if job.hessian.parameters(job.directions) == job.directions.ignore:
+            del hessian["ignore"]
+        else:
+            hessian["ignore"] = job.hessian.parameters(job.directions)
+        out["hessian"] = hessian
     return out

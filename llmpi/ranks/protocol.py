@@ -335,6 +335,8 @@ class Coordinator:
         interrupts: Interrupts,
         progress: Callable[[Outcome], None] | None = None,
         halt_on: tuple[type[BaseException], ...] = (),
+        tick: Callable[[dict[int, tuple[Any, float]]], None] | None = None,
+        tick_seconds: float = 2.0,
         depth: int = 2,
         straggler_factor: float = 3.0,
         min_straggler_seconds: float = 1.0,
@@ -353,6 +355,7 @@ class Coordinator:
         self.commit, self.progress, self.interrupts, self.halt_on = commit, progress, interrupts, halt_on
         self.depth, self.factor, self.min_timeout = depth, straggler_factor, min_straggler_seconds
         self.bye_seconds = bye_seconds
+        self.tick, self.tick_seconds, self.last_tick = tick, tick_seconds, time.monotonic()
         self.queue: dict[int, list[int]] = {r: [] for r in range(self.size)}
         self.started: dict[int, float] = {}
         self.holders: dict[int, set[int]] = {bid: set() for bid in self.payload}
@@ -466,6 +469,17 @@ class Coordinator:
                 self.progress(self.outcome)
         return got
 
+    def running(self) -> dict[int, tuple[Any, float]]:
+        """What every busy rank computes now: its first queued block's payload and the seconds it has been at it."""
+        now = time.monotonic()
+        return {r: (self.payload[q[0]], now - self.started[r]) for r, q in self.queue.items() if q}
+
+    def _tick(self) -> None:
+        """Every ``tick_seconds``, tell ``tick`` what runs, even while no result arrives (a long point)."""
+        if self.tick is not None and time.monotonic() - self.last_tick >= self.tick_seconds:
+            self.last_tick = time.monotonic()
+            self.tick(self.running())
+
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> Outcome:
@@ -491,6 +505,7 @@ class Coordinator:
                 else:
                     self._refill()  # a straggler may have become overdue
                     backoff.wait()
+                self._tick()
         except BaseException:
             if self.outcome.state != FAILED:
                 self.outcome.state = FAILED
@@ -528,12 +543,15 @@ def run(
     interrupts: Interrupts,
     progress: Callable[[Outcome], None] | None = None,
     halt_on: tuple[type[BaseException], ...] = (),
+    tick: Callable[[dict[int, tuple[Any, float]]], None] | None = None,
     **tuning: float,
 ) -> Outcome:
     """Run the job on every rank of ``comm`` (collective). Rank 0 returns the full outcome, others their reason.
 
-    ``tasks``, ``commit`` and ``halt_on`` matter on rank 0 only. Every rank must call this, with the same ``comm``.
-    MpiError (on every rank alike) where MPI granted less than THREAD_SERIALIZED.
+    ``tasks``, ``commit``, ``halt_on`` and ``tick`` matter on rank 0 only: ``tick`` is called from the coordinator's
+    thread about every 2 s with what runs (``{rank: (payload, seconds at it)}``), also while no result arrives.
+    Every rank must call this, with the same ``comm``. MpiError (on every rank alike) where MPI granted less than
+    THREAD_SERIALIZED.
     """
     lock = mpi_lock()
     # Two duplicates keep the directions apart: on rank 0 the worker (main thread) listens only on ``down``
@@ -542,7 +560,7 @@ def run(
     up, down = comm.Dup(), comm.Dup()
     if comm.Get_rank() != COORDINATOR:
         return Outcome(work(up, down, compute, interrupts, lock=lock))
-    coordinator = Coordinator(up, down, tasks, commit, interrupts, progress, halt_on, lock=lock, **tuning)
+    coordinator = Coordinator(up, down, tasks, commit, interrupts, progress, halt_on, tick, lock=lock, **tuning)
     box: list[Outcome] = []
     thread = threading.Thread(target=lambda: box.append(coordinator.run()), name="llmpi-coordinator", daemon=True)
     thread.start()

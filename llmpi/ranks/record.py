@@ -3,7 +3,8 @@
     progress = Progress(total=2601 * 3, done=120)        # one bar (or a line every 10 s) over every surface
     record = RunRecord(job, points_total=2601, points_done=40, images=50000, places=places, setup={...})
     record.advance(points=8, rank=2, seconds=1.9)         # as blocks are committed
-    record.write("running")                               # atomically, at most every 2 s while running
+    record.write("running")                               # atomically, every 2 s while running (the coordinator's
+                                                          # tick: also during a long point, with what is running)
     record.write("complete", reason=None, error=None)
 
 The record is what ``python -m llmpi.status`` shows, and what the benchmark and the tests read instead of the
@@ -83,6 +84,7 @@ class RunRecord:
         self.first_block: float | None = None
         self.last_block: float | None = None
         self.per_rank = {i: {"blocks": 0, "points": 0, "seconds": 0.0} for i in range(len(places))}
+        self.running: list[dict] = []  # the blocks being computed: rank, points [start, stop), seconds at it
         self.warned = False
 
     def advance(self, points: int, rank: int, seconds: float, compiled: float = 0.0) -> None:
@@ -138,6 +140,7 @@ class RunRecord:
                 "wall": round(time.monotonic() - PROCESS_START, 3),
             },
             "setup": self.setup,
+            "running": self.running if state == "running" else [],
             "per_rank": [
                 {
                     "rank": i,

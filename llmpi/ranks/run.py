@@ -360,6 +360,19 @@ class Run:
             if record.done == record.total:
                 self._finish(index)
 
+    def tick(self, running: dict[int, tuple[tuple, float]]) -> None:
+        """The coordinator's heartbeat (about every 2 s): each unfinished surface's record rewritten with the blocks
+        being computed and for how long, so a long point (a Hessian's) shows as work, not as a stalled run."""
+        for index, record in enumerate(self.records):
+            if index in self.finished:
+                continue
+            record.running = [
+                {"rank": rank, "points": [start, stop], "seconds": round(seconds, 1)}
+                for rank, ((surface, start, stop, _), seconds) in sorted(running.items())
+                if surface == index
+            ]
+            record.write("running")
+
     def commit(self, results: list[tuple[int, Reply]]) -> None:
         by_surface: dict[int, list[Reply]] = defaultdict(list)
         for _, reply in results:
@@ -518,7 +531,7 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
         run.start()
         # a failing disk (a DiskError from a store) stops the run like an interruption; every rank exits 74
         tasks = tasks_of(prepared, size)
-        outcome = protocol.run(comm, tasks, compute, run.commit, interrupts, halt_on=(DiskError,))
+        outcome = protocol.run(comm, tasks, compute, run.commit, interrupts, halt_on=(DiskError,), tick=run.tick)
         return run.end(outcome, comm)
     except SetupFailed as e:
         if rank == 0:

@@ -158,7 +158,8 @@ def make_evaluator(job: Job, loaded: Loaded, samples: Samples, directions: Any) 
 class PointValues:
     """The values of a group of points, in ``job.value_names()`` order: (loss, acc) per split -- loss only where
     the loss counts no correct predictions -- then, with ``metrics: [hessian]``, the Hessian's
-    (``config.HESSIAN_VALUES``: λmax, λmin, |λmin/λmax|, whether Lanczos converged, its relative residual)."""
+    (``config.HESSIAN_VALUES``: λmax, λmin, |λmin/λmax|, whether Lanczos converged, its relative residual, the
+    products it cost)."""
 
     def __init__(self, job: Job, loaded: Loaded, evaluators: dict[str, Any]) -> None:
         self.job, self.loaded, self.evaluators = job, loaded, evaluators
@@ -219,7 +220,7 @@ class PointValues:
         ev.move_to(point)  # the loss of another split may have moved the weights since
         n = len(ev.labels) if spec.images is None else min(spec.images, len(ev.labels))
         auto = spec.batch_size == "auto"  # a batch the user set is kept; an automatic one halves on out-of-memory
-        ignore = self.job.directions.ignore
+        ignore = spec.parameters(self.job.directions)
         x, y = ev.images[:n].to(ev.device), ev.labels[:n].to(ev.device)  # a copy only with data.placement host
         op = HessianOperator(ev.model, x, y, self.hessian_batch, ignore, auto)
         result = extreme_eigenvalues(
@@ -227,7 +228,14 @@ class PointValues:
         )
         self.hessian_batch = op.batch_size  # an out-of-memory retry may have halved it: keep it for the next point
         # in the order of config.HESSIAN_VALUES
-        return [result.max_eig, result.min_eig, result.ratio, float(result.converged), result.relative_residual]
+        return [
+            result.max_eig,
+            result.min_eig,
+            result.ratio,
+            float(result.converged),
+            result.relative_residual,
+            float(result.hvps),
+        ]
 
 
 def tune(job: Job, values: PointValues, todo_points: int, ranks: int) -> Tuning:

@@ -15,8 +15,8 @@ Hessian maps (``max_eig``, ``min_eig``, ``eig_ratio`` = |λmin/λmax|) are value
 map keeps the paper's colour scale, viridis from 0 to 0.5 (higher ratios clipped to the top colour), unless
 ``--vmin``/``--vmax`` say otherwise. Points whose Lanczos run stopped at ``hessian.max_hvps`` before converging
 (``eig_converged`` 0) are marked on every Hessian picture and counted in its title: their values are inner bounds
-of the spectrum's ends. ``eig_converged`` and ``eig_residual`` themselves are drawn only when asked for
-(``--value eig_residual``).
+of the spectrum's ends. ``eig_converged``, ``eig_residual`` and ``eig_hvps`` themselves are drawn only when asked
+for (``--value eig_residual``).
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ DEFAULT_LEVELS = 20  # contour levels when --levels is not given: enough to read
 LOSS_SPAN = 10.0  # default contour ceiling above the lowest loss, the paper's vmax=10 for CIFAR losses
 MAX_LEVELS = 1000  # a --levels step finer than this is a typo, not a picture
 EIG_NAMES = ("eig_ratio", "max_eig", "min_eig")  # metrics: [hessian]; drawn as heat maps by default
-EIG_DIAGNOSTICS = ("eig_converged", "eig_residual")  # how Lanczos ended at each point: drawn only when asked for
+EIG_DIAGNOSTICS = ("eig_converged", "eig_residual", "eig_hvps")  # how Lanczos ended at each point: drawn when asked
 EIG_WORDS = {
     "max_eig": "Hessian λmax",
     "min_eig": "Hessian λmin",
     "eig_ratio": "eigen-ratio |λmin/λmax|",
     "eig_converged": "Lanczos converged (1) or not (0)",
     "eig_residual": "Lanczos relative residual",
+    "eig_hvps": "Hessian-vector products",
 }
 UNCONVERGED_COLOUR = "#ff2d95"  # marks unconverged Hessian points: a colour viridis never takes
 EIG_RATIO_SPAN = (0.0, 0.5)  # the paper's colour scale for |λmin/λmax| (its plot_2d_eig_ratio: vmin 0, vmax .5)

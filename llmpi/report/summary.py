@@ -81,18 +81,24 @@ def convergence(values: dict[str, np.ndarray], done: np.ndarray, spec: dict) -> 
     flags = values["eig_converged"][done]
     residual = values["eig_residual"][done] if "eig_residual" in values else np.array([])
     finite = residual[np.isfinite(residual)]
+    hvps = values["eig_hvps"][done] if "eig_hvps" in values else np.array([])  # files before it have none
     return {
         "points": int(flags.size),
         "unconverged": int((flags != 1.0).sum()),
         "max_residual": float(finite.max()) if finite.size else None,
         "tol": spec.get("tol"),
         "max_hvps": spec.get("max_hvps"),
+        "hvps": {"mean": float(hvps.mean()), "max": int(hvps.max()), "total": int(hvps.sum())} if hvps.size else None,
     }
 
 
 def describe_convergence(h: dict) -> str:
     """One line on the Hessian's convergence, saying what unconverged points mean and what to do."""
     limits = f"hessian.tol {h['tol']:g}, max_hvps {h['max_hvps']}" if h["tol"] is not None else "its settings"
+    if not h["points"]:
+        return f"no point computed yet ({limits})"
+    cost = h.get("hvps")
+    limits += f"; {cost['mean']:.1f} Hessian-vector products per point, at most {cost['max']}" if cost else ""
     if not h["unconverged"]:
         return f"all {h['points']} computed points converged ({limits})"
     worst = f", relative residual up to {h['max_residual']:.3g}" if h["max_residual"] is not None else ""
@@ -280,6 +286,11 @@ def render(info: dict) -> str:
             f"{run['ranks']} rank(s), {run['points_this_run']} points at {run['points_per_second']:.2f} "
             f"points/s" + (f", ETA {duration(eta)}" if eta is not None and info["live"] else "")
         )
+        if info["live"]:  # what the ranks are at right now (the record is rewritten every 2 s while running)
+            for r in run.get("running", []):
+                start, stop = r["points"]
+                what = f"point {start}" if stop - start == 1 else f"points {start}-{stop - 1}"
+                lines.append(f"    rank {r['rank']} computing {what} for {duration(r['seconds'])}")
         for r in run.get("per_rank", []):
             rate = r["points"] / r["seconds"] if r["seconds"] else 0.0
             device = r["device"] + (f" {r['gpu']}" if r.get("gpu") else "")  # the GPU's UUID, from newer runs
