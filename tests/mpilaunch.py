@@ -20,6 +20,8 @@ Open MPI's differences, found by running it here (a container, as root, two core
   flight, as with kill -9. SIGUSR1 (and SIGUSR2) it forwards, and then exits with the ranks' 75. MPICH's mpirun
   forwards all three and waits;
 - a rank killed by SIGKILL: Open MPI's mpirun kills the others at once and exits 137; MPICH's exits 9;
+- a variable for one rank alone (MPMD, ``mpmd()``): Hydra's ``-env NAME VALUE``, Open MPI's ``-x NAME=VALUE``, each
+  in its own app context;
 - MPICH's ``mpiexec -launcher fork -hosts a:2,b:2`` runs two "nodes" on this one machine (MPI's node split then
   finds two); Open MPI has no such launcher, so ``nodes()`` is None for it;
 - under srun, PyPI's MPICH speaks ``--mpi=pmi2``, Open MPI 5 only ``--mpi=pmix`` (with pmi2 each of its ranks
@@ -96,6 +98,19 @@ GRACEFUL = next(s for s in ("SIGTERM", "SIGUSR1") if MPIRUN_ON_SIGNAL[s] == "for
 def mpirun(ranks: int) -> list[str]:
     """The launcher's command line for ``ranks`` ranks on this machine (oversubscribed: CI has two cores)."""
     return [MPIRUN, "-n", str(ranks)]
+
+
+def mpmd(parts: Sequence[tuple[dict[str, str], list[str]]]) -> list[str]:
+    """One rank per part, each with environment variables of its own added to ``env()``'s: ``[(extra env,
+    command), ...]`` (MPMD: Hydra's ``-env NAME VALUE``, Open MPI's ``-x NAME=VALUE``, per app context)."""
+    cmd = [MPIRUN]
+    for k, (extra, command) in enumerate(parts):
+        cmd += [":"] if k else []
+        cmd += ["-n", "1"]
+        for name, value in extra.items():
+            cmd += ["-env", name, value] if FLAVOUR == "mpich" else ["-x", f"{name}={value}"]
+        cmd += command
+    return cmd
 
 
 def nodes(per_node: Sequence[int]) -> list[str] | None:

@@ -1,5 +1,6 @@
 """A network small enough for a dense Hessian (268 weights in tensors of two or more dimensions), registered as
-arch ``tinynet``, and the sweep's command line with it registered:
+arch ``tinynet`` (and ``refusednet``, the same network through an operator torch.compile cannot trace), and the
+sweep's command line with them registered:
 
     mpirun -n 3 python -m tinynet job.yaml          # = python -m llmpi.sweep job.yaml, with arch tinynet known
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from torch import nn
 
 
@@ -27,10 +29,25 @@ class TinyNet(nn.Module):
         return self.linear(self.pool(self.bn1(self.conv1(x)).relu()).flatten(1))
 
 
+@torch.library.custom_op("llmpitests::halve", mutates_args=())
+def halve(x: torch.Tensor) -> torch.Tensor:
+    """An operator of the user's own without a fake kernel: eager runs it, dynamo cannot trace it (no
+    ``register_fake``), so torch.compile of a network that calls it fails -- as it does for many custom CUDA ops."""
+    return x * 0.5
+
+
+class RefusedNet(TinyNet):
+    """TinyNet with its logits through ``halve``: the same parameters, a network dynamo refuses to compile."""
+
+    def forward(self, x):
+        return halve(super().forward(x))
+
+
 def register() -> None:
     from llmpi import models
 
     models.REGISTRY.setdefault("tinynet", TinyNet)
+    models.REGISTRY.setdefault("refusednet", RefusedNet)
 
 
 register()

@@ -46,12 +46,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..job.errors import JobError
 from ..space.directions import Direction, perturbed_entries
 from ..space.recipe import Recipe
 from ..space.theta import HeldWeights, Weights, make_weights
 from . import losses, runtime
 from .batches import make_source
-from .forward import EAGER, ForwardPath, Network, can_fold
+from .forward import EAGER, ForwardPath, Network, PathFailed, can_fold
 from .oom import fits, retry_halving
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -391,6 +392,17 @@ class Tuning:
     paths: list[tuple[str, float]] = field(default_factory=list)  # (path, images/s) at the chosen batch
     compile_seconds: float | None = None  # rank 0's compilation in the probe
     note: str = ""  # why the path is what it is
+    compile_guess: float | None = None  # what compiling was expected to cost here (runtime.compile_guess)
+    failed: dict[str, str] = field(default_factory=dict)  # paths that failed here: {"compile"|"fold": reason}
+
+    @property
+    def fallback(self) -> str | None:
+        """The line the banner and the run record give a path that failed and what runs instead, e.g.
+        ``compile: failed (No working C++ compiler found ...); running folded``; None when nothing failed."""
+        if not self.failed:
+            return None
+        failed = "; ".join(f"{key}: failed ({reason})" for key, reason in self.failed.items())
+        return f"{failed}; running {self.forward.describe()}"
 
     def describe(self) -> str:
         head = f"batch {self.batch_size}, {self.forward.describe()}"
@@ -404,7 +416,19 @@ class Tuning:
             text += "; " + ", ".join(f"{p}: {r:.0f}" for p, r in self.paths)
         if self.compile_seconds is not None:
             text += f"; compiled in {self.compile_seconds:.1f} s"
+        if self.fallback:
+            text += f"; {self.fallback}"
         return text + (f"; {self.note}" if self.note else "") + ")"
+
+
+def refused(key: str, error: PathFailed) -> JobError:
+    """The one message for a path the job insists on (``runtime.fold`` or ``runtime.compile``: true) that does not
+    work here."""
+    return JobError(
+        f"runtime.{key}: true, but {error.stage} the {error.path.describe()} forward pass failed here: "
+        f"{error.reason}. Set runtime.{key}: auto (llmpi then runs the fastest path that works here and says which) "
+        f"or false; --debug shows the traceback"
+    )
 
 
 def balanced(images: int, batch: int) -> int:
@@ -451,6 +475,10 @@ def autotune(
     least ``COMPILE_PAYS_AFTER`` times the compile time expected, and kept if compile time (on the other ranks,
     which compile after this choice) plus the compiled sweep is shorter than the eager sweep.
     A job too small to probe runs eager (folded only where ``fold`` is True): no choice would pay there.
+
+    A path that fails here (``PathFailed``: no working compiler, a network dynamo refuses, a folding that fails)
+    is dropped where the job leaves it to llmpi ("auto": ``Tuning.failed`` and ``fallback`` say so, and the best
+    path that works runs) and is a ``JobError`` saying what to set where the job insists on it (True).
     """
     n = len(ev.labels)
     limit = max_batch or runtime.max_batch(ev.device)
@@ -462,9 +490,16 @@ def autotune(
         # fold it costs each rank half a second, more than such a sweep could gain).
         ev.batch_size = balanced(n, first) if tune_batch else first
         path = ForwardPath(fold=fold is True, compile=compile is True)
-        ev.use(path)
+        try:
+            ev.use(path)  # compiles later, in prepare(), where PathFailed is the sweep's to tell
+        except PathFailed as e:
+            raise refused("fold", e) from e
         return Tuning(ev.batch_size, path, note="not probed: too little work to pay for probing")
-    want_fold = fold is True or (fold == "auto" and ev.foldable)
+    failed: dict[str, str] = {}
+    try:
+        want_fold = fold is True or (fold == "auto" and ev.foldable)
+    except PathFailed as e:  # folding it failed although torch.fx traced it
+        want_fold, failed["fold"] = False, e.reason
     ev.use(EAGER)
 
     def halve_first() -> str | None:
@@ -511,23 +546,37 @@ def autotune(
     seconds = runtime.probe_seconds(ev.device)
     paths = [(EAGER.describe(), best[1] if batch == best[0] else _timed(ev, batch, seconds))]
     chosen, rate, notes = EAGER, paths[0][1], []
-    if want_fold:
-        ev.use(ForwardPath(fold=True))
-        folded_rate = _timed(ev, batch, seconds)
+    compile_seconds: float | None = None
+
+    def attempt(path: ForwardPath, key: str, forced: bool) -> float | None:
+        """Images/s along ``path`` at the chosen batch (compiled first where it compiles), or None where the path
+        fails here: dropped and noted in ``failed``, or a JobError where the job insists on it."""
+        nonlocal compile_seconds
+        try:
+            ev.use(path)
+            ev.batch_size = batch
+            if path.compile:
+                compile_seconds = ev.prepare()
+            return _timed(ev, batch, seconds)
+        except PathFailed as e:
+            if forced:
+                raise refused(key, e) from e
+            failed[key] = e.reason
+            ev.use(chosen)
+            return None
+
+    if want_fold and (folded_rate := attempt(ForwardPath(fold=True), "fold", fold is True)) is not None:
         paths.append((ev.path.describe(), folded_rate))
         if fold is True or folded_rate > rate:
             chosen, rate = ev.path, folded_rate
-    compile_seconds = None
+    guess = None
     if compile is True or compile == "auto":
         eager_sweep = work_images / rate
         guess = runtime.compile_guess(ev.device, ev.model)
+        compiled = ForwardPath(fold=chosen.fold, compile=True)
         if compile == "auto" and eager_sweep < COMPILE_PAYS_AFTER * guess:
             notes.append(f"not compiled: the sweep needs ~{eager_sweep:.0f} s here, compiling ~{guess:.0f} s")
-        else:
-            ev.use(ForwardPath(fold=chosen.fold, compile=True))
-            ev.batch_size = batch
-            compile_seconds = ev.prepare()
-            compiled_rate = _timed(ev, batch, seconds)
+        elif (compiled_rate := attempt(compiled, "compile", compile is True)) is not None:
             paths.append((ev.path.describe(), compiled_rate))
             others = compile_seconds if ranks > 1 else 0.0  # rank 0 has compiled already; the others have not
             if compile is True or others + work_images / compiled_rate < eager_sweep:
@@ -536,4 +585,4 @@ def autotune(
                 notes.append(f"compiled ran at {compiled_rate:.0f} images/s: not worth {others:.0f} s of compiling")
     ev.batch_size = batch
     ev.use(chosen)
-    return Tuning(batch, chosen, rate, spent(), table, paths, compile_seconds, "; ".join(notes))
+    return Tuning(batch, chosen, rate, spent(), table, paths, compile_seconds, "; ".join(notes), guess, failed)

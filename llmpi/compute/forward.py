@@ -15,10 +15,17 @@ buffers into graph *inputs* (never constants: Inductor's ``freezing``, which wou
 CUDA graphs read them at fixed addresses, so one compilation serves every point of the sweep: tests/test_forward.py
 runs 100 points and checks dynamo's counters (one graph, no recompilation) and the values against eager ones.
 Batches have one static shape (the evaluator pads the last one), so there is no second graph either.
+
+A path that cannot be built here -- no working C++ compiler for Inductor, Triton or CUDA graphs failing, a network
+dynamo refuses (an operator without a fake kernel), a folding that fails, memory running out while compiling --
+raises ``PathFailed`` with what failed in one line (``reason``), where it is built (``Network.build``) or first run
+(``Network.warm_up``), and is forgotten: the eager network is untouched, so ``runtime.compile: auto`` falls back to
+the best path that works (``llmpi.compute.evaluate.autotune``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -29,6 +36,7 @@ from torch import nn
 
 from . import fold as folding
 from . import runtime
+from .oom import release
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,30 @@ class NotFoldable(ValueError):
     """The network cannot be traced by torch.fx (data-dependent control flow in its ``forward``)."""
 
 
+class PathFailed(RuntimeError):
+    """Building or first running a forward path failed: ``stage`` ("folding", "compiling"), the ``path``, and
+    ``reason``, the failure in one line (``failure``); the error itself is the cause (``--debug`` shows it)."""
+
+    def __init__(self, path: ForwardPath, stage: str, error: BaseException) -> None:
+        self.path, self.stage, self.reason = path, stage, failure(error)
+        super().__init__(f"{stage} the {path.describe()} forward pass failed: {self.reason}")
+
+
+def failure(error: BaseException, limit: int = 160) -> str:
+    """What went wrong, in one line: the error's first line without the exception-name prefix Inductor and dynamo
+    put on it ("InvalidCxxCompiler: No working C++ compiler found ..." -> "No working C++ compiler found ..."), for
+    a compiler that ran and failed the first line of what it printed, for dynamo what the traced code raised."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    head = re.sub(r"^(\w+\.)*[A-Z]\w*(Error|Exception|Failed|Compiler): ", "", lines[0])
+    if "Output:" in lines[:-1]:  # Inductor's CppCompileError: the compiler's own words follow
+        head += f": {lines[lines.index('Output:') + 1]}"
+    elif inner := re.search(r"\bgot \w+\((['\"])(.+?)\1\)", str(error)):  # dynamo: what the traced code raised
+        head += f": {inner.group(2).split('. ')[0]}"
+    return head if len(head) <= limit else head[: limit - 3] + "..."
+
+
 class Network:
     """``model`` along one forward path. The model is the evaluator's, already on its device, dtype and memory
     format, in eval mode; its weights are rewritten in place per point by the evaluator."""
@@ -67,7 +99,10 @@ class Network:
         self.folded: folding.Folded | None = None
         base: nn.Module = model
         if path.fold:
-            self.folded = folding.fold(model, example)
+            try:
+                self.folded = folding.fold(model, example)
+            except Exception as e:  # traced, but folding it failed: whatever the network raised
+                raise PathFailed(path, "folding", e) from e
             if self.folded is None:
                 raise NotFoldable("torch.fx cannot trace the network, so its BatchNorm cannot be folded")
             base = self.folded.network
@@ -79,11 +114,17 @@ class Network:
 
     @classmethod
     def build(cls, model: nn.Module, path: ForwardPath, example: torch.Tensor, device: torch.device) -> Network:
-        """The process's network for ``model`` along ``path`` (made on first use)."""
+        """The process's network for ``model`` along ``path`` (made on first use); NotFoldable or PathFailed."""
         per_model = _NETWORKS.setdefault(model, {})
         if path not in per_model:
             per_model[path] = cls(model, path, example, device)
         return per_model[path]
+
+    def forget(self) -> None:
+        """Drop this network from the process's cache (its path failed: a later build starts over)."""
+        per_model = _NETWORKS.get(self.model, {})
+        if per_model.get(self.path) is self:
+            del per_model[self.path]
 
     def describe(self) -> str:
         text = self.path.describe()
@@ -108,10 +149,15 @@ class Network:
             return 0.0
         runtime.synchronize(self.device)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            runtime.before_forward(self.device, True)
-            self.forward(batch)
-        runtime.synchronize(self.device)
+        try:
+            with torch.no_grad():
+                runtime.before_forward(self.device, True)
+                self.forward(batch)
+            runtime.synchronize(self.device)
+        except Exception as e:  # Inductor, Triton, CUDA graphs, dynamo, out of memory: the path does not work here
+            self.forget()
+            release(self.device)  # what the failed compilation held on a GPU
+            raise PathFailed(self.path, "compiling", e) from e
         seconds = time.perf_counter() - t0
         self.warm_shapes.add(shape)
         self.compile_seconds += seconds

@@ -190,13 +190,17 @@ def prepare(
     store.at_stage = faults.in_write  # the fault tests kill the writer inside a block write
     try:
         todo = store.todo()
+        followed = None  # the choice of the run that created the file, when this run follows it
         if "values" in made:
             directions, values, tuning = made["directions"], made["values"], made["tuning"]
         else:
             directions = planning.stored_directions(store)  # {entry: array} per axis, or a recipe
             values = PointValues.build(job, loaded, directions)
-            tuning = as_before(job, store.attr(COMPUTED)) or tune(job, values, len(todo), ranks)
-        values.compile_seconds = (tuning.compile_seconds or 0.0) + values.settle(tuning)
+            followed = as_before(job, store.attr(COMPUTED))
+            tuning = followed or tune(job, values, len(todo), ranks)
+        # a complete file compiles nothing: no point is left to compute along the path
+        settled = settle(values, tuning, job, None, store.path if followed is not None else None) if len(todo) else 0.0
+        values.compile_seconds = (tuning.compile_seconds or 0.0) + settled
     except BaseException:
         store.close()
         raise
@@ -210,6 +214,11 @@ def prepare(
         "probe_seconds": round(tuning.seconds, 3),
         "tune_seconds": round(time.monotonic() - t0, 3),
         "tuning": tuning.describe(),
+        # what compiling was expected to cost on rank 0 (what runtime.compile: auto decided by) beside what it cost
+        "compile_guess_seconds": None if tuning.compile_guess is None else round(tuning.compile_guess, 1),
+        "compile_probe_seconds": None if tuning.compile_seconds is None else round(tuning.compile_seconds, 3),
+        "failed": dict(tuning.failed),  # paths that failed here, with why: {"compile": "No working C++ ..."}
+        "fallback": tuning.fallback,  # the banner's line for them, e.g. "compile: failed (...); running folded"
     }
     plan = Plan(index, job, directions, tuning, len(todo))
     return Prepared(plan, grid, store, todo, loaded.infos, setup), values
@@ -292,13 +301,48 @@ def prepare_all(
     return prepared
 
 
-def build(plan: Plan, loaded: Loaded) -> PointValues:
-    """A surface's evaluators on this rank, with what rank 0 chose for every rank."""
+def build(plan: Plan, loaded: Loaded, who: str) -> PointValues:
+    """A surface's evaluators on this rank (``who``: "rank r of n on host"), with what rank 0 chose for every rank."""
     from .worker import PointValues
 
     values = PointValues.build(plan.job, loaded, plan.directions)
-    values.compile_seconds = values.settle(plan.tuning)
+    values.compile_seconds = settle(values, plan.tuning, plan.job, who, None)
     return values
+
+
+def settle(values: PointValues, tuning: Tuning, job: Job, who: str | None, resumed: Any) -> float:
+    """``values.settle(tuning)``: the chosen batch and forward path, compiled where it compiles (the seconds it
+    took). A path that fails here (``PathFailed``) is a ``JobError`` that says what to do, by whose choice it was:
+
+    * rank 0's, failing on another rank (``who``: "rank r of n on host"): every rank must run one path for one set
+      of bits, so the run stops naming the rank (rank 0 calls this with ``who`` None);
+    * the job's own (``runtime.compile`` or ``runtime.fold``: true): the message ``autotune`` gives too;
+    * the file's (``resumed``, its path: this run follows what the run that created it chose, so that the points
+      still to compute get the same bits): fix the path, or resume along another one knowingly, or restart.
+    """
+    from ..compute.evaluate import refused
+    from ..compute.forward import PathFailed
+    from ..job.errors import JobError
+
+    try:
+        return values.settle(tuning)
+    except PathFailed as e:
+        key = "compile" if e.stage == "compiling" else "fold"
+        if who is not None:
+            raise JobError(
+                f"{who}: {e.stage} the {e.path.describe()} forward pass failed: {e.reason}; rank 0 "
+                f"{'compiled' if key == 'compile' else 'folded'} it and chose it for every rank, and the ranks must "
+                f"run one path to compute the same bits. Make it work on this host, or set runtime.{key}: false"
+            ) from e
+        if getattr(job.runtime, key) is True or resumed is None:
+            raise refused(key, e) from e
+        raise JobError(
+            f"{resumed} was computed along the {e.path.describe()} forward pass (its root attribute "
+            f"{COMPUTED}), and a resumed sweep follows it so that the points still to compute get the same bits; "
+            f"but {e.stage} it failed here: {e.reason}. Make it work here, or resume along another path with "
+            f"--set runtime.{key}=false (the new points may then differ from an uninterrupted run's in their "
+            f"last bits), or start over with --restart"
+        ) from e
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -488,7 +532,8 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
         places = comm.gather(bound.place(rank, str(device), threads, os.getpid()))
         inputs = Inputs(jobs, device, cache, first)
         plans: dict[int, Plan] = {}  # every surface's, from rank 0
-        surfaces = Surfaces(lambda index: build(plans[index], inputs.take(index)))
+        me = protocol.where(comm)
+        surfaces = Surfaces(lambda index: build(plans[index], inputs.take(index), me))
         step = lambda: prepare_all(jobs, inputs, surfaces, restart, size, faults) if rank == 0 else []
         prepared = collective(comm, step, debug)
         plans.update(enumerate(comm.bcast([p.plan for p in prepared] if rank == 0 else None)))
@@ -517,6 +562,8 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
             print(f"llmpi: {p.setup['held']}", flush=True)
             if p.plan.tuning.table or p.plan.tuning.note:
                 print(f"llmpi: tuned on rank 0: {p.plan.tuning.describe()}", flush=True)
+            if p.plan.tuning.fallback:
+                print(f"llmpi: {p.plan.tuning.fallback}", flush=True)
             if "hessian" in p.plan.job.metrics:
                 h = p.plan.job.hessian
                 batch = hessian_batch(p.plan.job, p.plan.tuning)
