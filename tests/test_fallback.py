@@ -185,3 +185,18 @@ def test_failures_read_in_one_line():
     assert failure(KeyError()) == "KeyError" and len(failure(RuntimeError("x" * 500))) == 160
     error = PathFailed(ForwardPath(fold=True, compile=True), "compiling", cxx)
     assert str(error) == "compiling the folded+compiled forward pass failed: " + failure(cxx)
+
+
+def test_the_compile_guess_is_the_environments_where_it_gives_one(monkeypatch):
+    from llmpi.compute import runtime
+    from llmpi.job.errors import JobError
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    monkeypatch.delenv("LLMPI_COMPILE_GUESS_SECONDS", raising=False)
+    assert runtime.compile_guess(torch.device("cpu"), net) > 0
+    monkeypatch.setenv("LLMPI_COMPILE_GUESS_SECONDS", "2.5")
+    assert runtime.compile_guess(torch.device("cpu"), net) == 2.5
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("LLMPI_COMPILE_GUESS_SECONDS", bad)
+        with pytest.raises(JobError, match=rf"LLMPI_COMPILE_GUESS_SECONDS='{bad}': give seconds, a number >= 0"):
+            runtime.compile_guess(torch.device("cpu"), net)
