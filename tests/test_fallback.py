@@ -70,6 +70,11 @@ def run(fx: Fixture, tmp_path, name: str, *args: str, ranks: int = 1, arch: str 
     return result, out
 
 
+def said(stderr: str) -> list[str]:
+    """What llmpi said on stderr (Open MPI's mpirun adds a banner of its own when a rank exits non-zero)."""
+    return [line for line in stderr.splitlines() if line.startswith("llmpi:")]
+
+
 @pytest.fixture()
 def reference(tiny, tmp_path_factory):
     """The surface along the eager path, compiling never tried (made once per test run, for every worker)."""
@@ -100,13 +105,14 @@ def test_the_default_job_completes_and_says_how_it_fell_back(tiny, reference, tm
 def test_compile_true_on_a_machine_without_a_compiler_is_one_message(tiny, tmp_path, ranks):
     result, _ = run(tiny, tmp_path, "forced", ranks=ranks, compile=True)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert said(result.stderr) == [
         "llmpi: error: runtime.compile: true, but compiling the compiled forward pass failed here: No working C++ "
         "compiler found in torch._inductor.config.cpp.cxx: (None, '/nonexistent/g++'). Set runtime.compile: auto "
         "(llmpi then runs the fastest path that works here and says which) or false; --debug shows the traceback"
     ]
     debug, _ = run(tiny, tmp_path, "forced", "--debug", compile=True)
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "InvalidCxxCompiler" in debug.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_compiler_that_fails_to_compile_falls_back_too(tiny, reference, tmp_path):
@@ -146,7 +152,7 @@ def test_a_resumed_file_computed_compiled_is_not_resumed_along_another_path_unas
 
     again, _ = run(tiny, tmp_path, "resumed", env=environment(tmp_path, "again"))
     assert again.returncode == 2, again.stderr
-    message = again.stderr.strip()
+    (message,) = said(again.stderr)
     assert message.startswith(f"llmpi: error: {out} was computed along the compiled forward pass")
     assert "No working C++ compiler found" in message and "--set runtime.compile=false" in message
     assert "--restart" in message and int(read_surface(out).done.sum()) == done  # nothing computed, nothing lost
@@ -169,7 +175,7 @@ def test_a_rank_that_cannot_compile_what_rank_0_compiled_stops_the_run_naming_it
         capture_output=True, text=True, timeout=300, env=launch_env(rank0), cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+    (line,) = said(proc.stderr)
     assert line.startswith(f"llmpi: error: rank 1 of 2 on {socket.gethostname()} (pid ")
     assert "compiling the compiled forward pass failed: No working C++ compiler found" in line
     assert "rank 0 compiled it and chose it for every rank" in line and "set runtime.compile: false" in line
