@@ -134,6 +134,23 @@ def orphan(key: str, value: str) -> JobError:
     return JobError(f"{key}: {value!r} names a part given to llmpi.surface in memory, not a file; {HOW[key]}")
 
 
+def check(given: Given | None, raw: Mapping[str, Any]) -> None:
+    """Every label of the job (``raw``: ``config.to_dict``) has its object in ``given``, or the error for the first
+    that has none (a job copied from a surface file's attribute), in the order of ``LABELLED``."""
+    held = {
+        "model.factory": given and given.model,
+        "model.checkpoint": given and given.model,
+        "model.checkpoint2": given and given.others.get("model.checkpoint2"),
+        "model.checkpoint3": given and given.others.get("model.checkpoint3"),
+        "data.factory": given and given.data,
+        "loss.factory": given and given.loss,
+    }
+    for key in labelled(raw):
+        if held[key] is None:
+            section, name = key.split(".")
+            raise orphan(key, raw[section][name])
+
+
 def given_part(given: Given | None, key: str, value: object) -> Given | None:
     """``given`` when ``value`` (the job's ``key``) is a label; None for a file or factory; the error for a label
     without its object."""

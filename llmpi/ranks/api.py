@@ -185,6 +185,11 @@ def _job_of(
     elif job is None:
         raw["output"] = None  # a surface kept in memory
     apply_keywords(raw, keys)
+    if data is not None and not isinstance(data, Mapping) and (raw.get("data") or {}).get("split") == "both":
+        raise JobError(
+            "data.split: both evaluates a train and a test split, but one data set was given: pass "
+            "data={'train': ..., 'test': ...}"
+        )
     return given, raw
 
 
@@ -243,3 +248,19 @@ def _result(comm: Any, ended: Any, path: Path | None, memory: bool) -> Any:
         raise DiskError(0, halted or "the disk failed")
     text = (message or "the sweep failed").removeprefix("llmpi: error: ")
     raise SweepError(text.replace("rerun the same command", "call llmpi.surface again"))
+
+
+def _keys_section() -> str:
+    """The job's keys as ``--keys`` lists them, for ``surface``'s docstring (one source: the job's dataclasses)."""
+    from textwrap import indent
+
+    from ..job.schema import render_keys
+
+    listing = render_keys(Job, "llmpi sweep job").split("\n", 2)[2]  # without --keys' heading
+    return (
+        "\n\n    The job's keys (``python -m llmpi.sweep --keys`` lists the same), each a keyword as above; a section's"
+        "\n    key as ``<section>_<key>=`` or in the section's mapping:\n\n" + indent(listing, "        ")
+    )
+
+
+surface.__doc__ = (surface.__doc__ or "").rstrip() + _keys_section()

@@ -35,11 +35,17 @@ class Progress:
         self.bar = None
         if (sys.stderr.isatty() if bar is None else bar) and done < total:
             if bar:
-                from tqdm.auto import tqdm
+                from tqdm.auto import tqdm as auto
+
+                class tqdm(auto):  # type: ignore[no-redef]
+                    monitor_interval = 0  # no monitor thread, which tqdm never stops: the process goes on
+
+                extra = {"miniters": 1}  # refreshed at every commit (the monitor is what refreshes a stalled bar)
             else:
                 from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="pt", desc="llmpi", dynamic_ncols=True)
+                extra = {}
+            self.bar = tqdm(total=total, initial=done, unit="pt", desc="llmpi", dynamic_ncols=True, **extra)
 
     @property
     def rate(self) -> float:

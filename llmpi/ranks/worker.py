@@ -140,8 +140,11 @@ def load(job: Job, device: torch.device, cache: DataCache, given: Given | None =
     ``given``: the parts of the job held in memory (``llmpi.job.memory``); a network given in memory is copied
     (the caller's own is never changed) and identified by its hash."""
     from ..compute import losses
+    from ..job import memory
+    from ..job.config import to_dict
     from ..space import checkpoint
 
+    memory.check(given, to_dict(job))  # a part labelled in memory is there
     splits = {split: cache.samples(job.data, split, given=given) for split in job.splits}
     network = None
     if given_part(given, "model.checkpoint", job.model.checkpoint) is not None:

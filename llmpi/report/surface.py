@@ -89,11 +89,14 @@ class Surface(store.Surface):
 
     @property
     def job(self) -> Any:
-        """The job that made it, as a ``llmpi.Job`` (None for a file without one, from the paper's code)."""
+        """The job that made it, as a ``llmpi.Job`` (None for a file without one, from the paper's code). A surface
+        kept in memory had no output: its job's is the default, ``surfaces/<name>.h5``."""
         from ..job.config import Job
         from .landscape import _job_mapping
 
         raw = _job_mapping(self.attrs.get("job"))
+        if raw and self.memory:
+            raw["output"] = None
         return Job.from_dict(raw) if raw else None
 
     @property
