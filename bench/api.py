@@ -2,6 +2,7 @@
 
     python -m bench.api                              # resnet20, 512 images, 11x11 grid, 3 rounds (make bench-api)
     python -m bench.api --arch resnet8 --images 64 --grid 3 --rounds 1      # the test suite's size
+    python -m bench.api --threads 1 --grid 9         # a shared machine: one thread per run, ~2 min a round
 
 Three ways to run one job, each a fresh process timed from its start to its exit (imports, MPI, data, the sweep,
 the file), in rounds that alternate them so that a change of load on the machine hits all three alike:
@@ -13,8 +14,12 @@ the file), in rounds that alternate them so that a change of load on the machine
 3. api (job): ``llmpi.surface(job=job)``, the job of files called from Python.
 
 The batch size and the forward path are fixed (``data.batch_size``, ``runtime.fold``/``compile``), so every run
-does the same work and the timing of "auto" adds no noise; all three files must hold the same bits (checked). The
-figure is the median wall time of each, and the ratio of the API's to the command's (bench/README.md records it).
+does the same work and the timing of "auto" adds no noise; all three files must hold the same bits (checked).
+Reported, as medians: wall time, its sweep phase (from the run record), the rest ("outside": start-up, set-up,
+the ending), CPU time (user + system of the process), the ratios of wall and CPU time to the command's, and the
+overhead: what a run adds outside the sweep phase to the command's, as a share of the command's wall time. The
+sweep phase is the same code in all three, and it is what a shared machine stretches most; the overhead and the
+CPU ratio are the steady figures there (bench/README.md records them).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,18 +67,21 @@ def timed(kind: str, job: Path, output: Path, timeout: float) -> dict:
     else:
         cmd = [sys.executable, "-m", "bench.api", "--child", kind, str(job), str(output)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "LLMPI_OFFLINE": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the runs are sequential: the delta is this one's
     t0 = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if result.returncode != 0:
         raise RuntimeError(f"{kind} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     info = read_run_info(output)
     if info is None or info.get("state") != "complete":
         raise RuntimeError(f"{kind} left no complete run record next to {output}:\n{result.stdout}")
-    return {"wall_s": wall, "sweep_s": info["seconds"]["sweep"], "points": info["points_this_run"]}
+    return {"wall_s": wall, "cpu_s": cpu, "sweep_s": info["seconds"]["sweep"], "points": info["points_this_run"]}
 
 
-def measure(arch: str, images: int, grid: int, rounds: int, work: Path, timeout: float) -> dict:
+def measure(arch: str, images: int, grid: int, rounds: int, work: Path, timeout: float, threads: int | str) -> dict:
     import yaml
 
     from llmpi.file.store import read_surface
@@ -82,7 +91,7 @@ def measure(arch: str, images: int, grid: int, rounds: int, work: Path, timeout:
     root = fixtures.write_dataset(work / "data", max(images, 512))
     ckpt = fixtures.write_checkpoint(work / f"{arch}.pt", arch, root)
     job = fixtures.sweep_job(
-        work / "job.yaml", arch, ckpt, root, images, grid, work / "unused.h5", "cpu", "auto",
+        work / "job.yaml", arch, ckpt, root, images, grid, work / "unused.h5", "cpu", threads,
         forward={"fold": False, "compile": False},
     )  # fmt: skip
     raw = yaml.safe_load(job.read_text())
@@ -103,26 +112,44 @@ def measure(arch: str, images: int, grid: int, rounds: int, work: Path, timeout:
     )
     rows = {}
     for kind in RUNS:
-        wall = statistics.median(t["wall_s"] for t in times[kind])
-        sweep = statistics.median(t["sweep_s"] for t in times[kind])
-        rows[kind] = {"wall_s": wall, "sweep_s": sweep, "walls": [t["wall_s"] for t in times[kind]]}
-    base = rows["command"]["wall_s"]
-    for kind in RUNS:
-        rows[kind]["ratio"] = rows[kind]["wall_s"] / base
+        runs = times[kind]
+        rows[kind] = {
+            "wall_s": statistics.median(t["wall_s"] for t in runs),
+            "sweep_s": statistics.median(t["sweep_s"] for t in runs),
+            "outside_s": statistics.median(t["wall_s"] - t["sweep_s"] for t in runs),  # start-up, set-up, ending
+            "cpu_s": statistics.median(t["cpu_s"] for t in runs),
+            "walls": [t["wall_s"] for t in runs],
+        }
+    base = rows["command"]
+    for row in rows.values():
+        row["ratio"] = row["wall_s"] / base["wall_s"]
+        row["cpu_ratio"] = row["cpu_s"] / base["cpu_s"]
+        # the API's own cost: what it adds outside the sweep phase (the same code in all three), as a share of the
+        # command's wall time -- steadier than the ratio of walls, whose sweep phases a shared machine stretches
+        row["overhead"] = (row["outside_s"] - base["outside_s"]) / base["wall_s"]
     points = times["command"][0]["points"]
     return {"arch": arch, "images": images, "grid": grid, "points": points, "rounds": rounds, "runs": rows,
-            "same_bits": same, "threads": os.cpu_count()}  # fmt: skip
+            "same_bits": same, "threads": threads}  # fmt: skip
 
 
 def report(r: dict) -> str:
     lines = [
         f"bench.api: {r['arch']}, {r['images']} images, {r['grid']}x{r['grid']} grid ({r['points']} points), "
-        f"{r['rounds']} round(s) alternating, one rank on the CPU; each a fresh process, start to exit",
-        f"{'run':<14} {'wall s (median)':>16} {'sweep s':>9} {'/ command':>10}   every round's wall s",
+        f"{r['rounds']} round(s) alternating, one rank on the CPU ({r['threads']} thread(s)); each a fresh process, "
+        "start to exit; medians",
+        f"{'run':<14} {'wall s':>8} {'sweep s':>8} {'outside s':>10} {'cpu s':>8} {'wall/cmd':>9} {'cpu/cmd':>8} "
+        f"{'overhead':>9}   every round's wall s",
     ]
     for kind, row in r["runs"].items():
         walls = ", ".join(f"{w:.2f}" for w in row["walls"])
-        lines.append(f"{kind:<14} {row['wall_s']:>16.2f} {row['sweep_s']:>9.2f} {row['ratio']:>10.3f}   {walls}")
+        lines.append(
+            f"{kind:<14} {row['wall_s']:>8.2f} {row['sweep_s']:>8.2f} {row['outside_s']:>10.2f} {row['cpu_s']:>8.2f} "
+            f"{row['ratio']:>9.3f} {row['cpu_ratio']:>8.3f} {100 * row['overhead']:>+8.1f}%   {walls}"
+        )
+    lines.append(
+        "overhead: what the run adds outside the sweep phase (start-up, set-up, ending) to the command's, as a share "
+        "of the command's wall time"
+    )
     lines.append(f"the three files hold the same bits: {'yes' if r['same_bits'] else 'NO'}")
     return "\n".join(lines)
 
@@ -133,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--grid", type=int, default=11, help="grid x grid points over [-1, 1]^2")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--threads", default="auto", type=lambda v: v if v == "auto" else int(v),
+        help="runtime.threads of the job (auto: every core; 1 keeps the figure steady on a shared machine)",
+    )  # fmt: skip
     p.add_argument("--work", type=Path, help="keep data, checkpoint and surfaces here (default: a temp dir)")
     p.add_argument("--json", type=Path, help="write the figures to this file")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds any one run may take")
@@ -144,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="llmpi-bench-api-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        result = measure(args.arch, args.images, args.grid, args.rounds, work, args.timeout)
+        result = measure(args.arch, args.images, args.grid, args.rounds, work, args.timeout, args.threads)
     print(report(result), flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

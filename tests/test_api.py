@@ -378,3 +378,18 @@ def test_a_one_dimensional_surface_plots_its_curves():
     assert [t.type for t in shown.data] == ["scatter", "scatter"]
     with pytest.raises(llmpi.JobError, match="needs a 2D surface"):
         s.plot(kind="contour")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch sees no GPU here")
+def test_a_network_and_data_on_the_gpu_stay_there_untouched():
+    model = _mlp().cuda()
+    x, y = (t.cuda() for t in _pair())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    device = torch.cuda.current_device()
+    gpu = {"data_batch_size": 32, "runtime": {"device": "cuda", "threads": 1, "compile": False, "fold": False}}
+    s = llmpi.surface(model, (x, y), grid=(-1, 1, 5), **gpu)
+    on_cpu = llmpi.surface(_mlp(), _pair(), grid=(-1, 1, 5), **KW)
+    assert np.allclose(s["train_loss"], on_cpu["train_loss"], rtol=1e-5)  # fp32 without TF32 on both
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert next(model.parameters()).is_cuda and x.is_cuda and torch.cuda.current_device() == device

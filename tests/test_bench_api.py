@@ -13,7 +13,7 @@ from conftest import run_cli
 @pytest.mark.slow
 def test_the_api_bench_runs_the_three_side_by_side(tmp_path):
     out = tmp_path / "api.json"
-    args = ("--arch", "resnet8", "--images", "64", "--grid", "3", "--rounds", "1", "--json", str(out))
+    args = ("--arch", "resnet8", "--images", "64", "--grid", "3", "--rounds", "1", "--threads", "1", "--json", str(out))
     result = run_cli("bench.api", *args, "--work", str(tmp_path / "work"), timeout=600, cores=1)
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(out.read_text())
