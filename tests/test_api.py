@@ -393,3 +393,36 @@ def test_a_network_and_data_on_the_gpu_stay_there_untouched():
     assert np.allclose(s["train_loss"], on_cpu["train_loss"], rtol=1e-5)  # fp32 without TF32 on both
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert next(model.parameters()).is_cuda and x.is_cuda and torch.cuda.current_device() == device
+
+
+def test_a_dataset_and_a_shuffling_loader_give_the_pairs_bits():
+    """Items are selected and held as the command holds data: a Dataset's items in order, a DataLoader's dataset
+    (its shuffling and batching play no part), the same subset of each."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = _pair()
+    args = {"grid": (-1, 1, 5), "data_subset": 40, **KW}
+    pair = llmpi.surface(_mlp(), (x, y), **args)
+    dataset = llmpi.surface(_mlp(), TensorDataset(x, y), **args)
+    loader = llmpi.surface(_mlp(), DataLoader(TensorDataset(x, y), batch_size=7, shuffle=True), **args)
+    same_values(pair, dataset)
+    same_values(pair, loader)
+    assert "DataLoader of TensorDataset in memory" in loader.attrs["dataset"]
+
+
+def test_pca_directions_of_a_trajectory_around_a_network_in_memory(tmp_path):
+    """directions=llmpi.pca(folder): the trajectory's snapshots from files, θ* (its end) in memory."""
+    model = _mlp()
+    folder = tmp_path / "trajectory"
+    folder.mkdir()
+    x, y = _pair()
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+    for epoch in range(5):
+        torch.save({"state_dict": model.state_dict()}, folder / f"epoch_{epoch:03d}.pt")
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimiser.step()
+    torch.save({"state_dict": model.state_dict()}, folder / "epoch_005.pt")
+    s = llmpi.surface(model, (x, y), directions=llmpi.pca(folder), grid=((-1, 1, 3), (-1, 1, 3)), **KW)
+    assert s.complete and s.extras["trajectory/x"].shape == (6,) and s.job.directions.kind == "pca"
+    assert s.extras["explained_variance_ratio"].sum() <= 1 + 1e-9

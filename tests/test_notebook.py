@@ -86,7 +86,7 @@ import llmpi
 from llmpi.file.store import WriterLock, read_run_info
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(64, 384), nn.ReLU(), nn.Linear(384, 384), nn.ReLU(), nn.Linear(384, 10))
-x, y = torch.randn(4096, 64), torch.randint(0, 10, (4096,))
+x, y = torch.randn(2048, 64), torch.randint(0, 10, (2048,))
 args = dict(grid=((-1, 1, 15), (-1, 1, 15)), grid_block=2, data_batch_size=256, runtime={"compile": False})
 handler, threads = signal.getsignal(signal.SIGINT), set(threading.enumerate())
 """

@@ -287,7 +287,11 @@ class HessianSpec:
 
 @dataclass(frozen=True)
 class Job:
-    """A sweep: the loss at every grid point around ``model.checkpoint`` along two directions."""
+    """A sweep: the loss at every grid point around ``model.checkpoint`` along two directions.
+
+    The job file's tree, and ``llmpi.Job`` in Python: ``Job.from_yaml(path)``, ``Job.from_dict(mapping)``,
+    ``job.replace(**keys)``, ``job.to_yaml(path)``, and ``llmpi.surface(job=job)`` runs it. Every key, its type,
+    default and reason: ``python -m llmpi.sweep --keys`` or ``help(llmpi.surface)``."""
 
     name: str = _required("names the job in messages and in the default output path")
     model: ModelSpec = _why(
