@@ -78,6 +78,7 @@ def test_import_llmpi_loads_neither_torch_nor_mpi_nor_h5py_nor_matplotlib():
     assert out.stdout.split("\n")[:2] == ["[]", "[]"]  # the job tree needs yaml alone
 
 
+@pytest.mark.slow  # the command line in a subprocess, resnet8
 def test_api_on_a_job_of_files_writes_the_commands_file_byte_for_byte(cli_surface, tmp_path, monkeypatch):
     """The same job file run by llmpi.surface in this process and by python -m llmpi.sweep, each in its own folder:
     the same bytes (structure, attributes, fingerprint, directions, values)."""
@@ -88,6 +89,7 @@ def test_api_on_a_job_of_files_writes_the_commands_file_byte_for_byte(cli_surfac
     assert (tmp_path / "surface.h5").read_bytes() == path.read_bytes()
 
 
+@pytest.mark.slow  # the command line in a subprocess, resnet8
 def test_model_and_data_in_memory_give_the_commands_bits_and_leave_theta_untouched(
     fixture_data, cli_surface, tmp_path
 ):  # fmt: skip
@@ -120,6 +122,7 @@ def test_model_and_data_in_memory_give_the_commands_bits_and_leave_theta_untouch
     assert json.loads(s.attrs["fingerprint_fields"])["model"]["factory"]["structure_sha256"]
 
 
+@pytest.mark.slow  # the command line in a subprocess, resnet8
 def test_a_rerun_resumes_and_a_changed_model_is_refused(fixture_data, tmp_path, monkeypatch):
     model, pair = in_memory(fixture_data)
     kw = dict(grid=(-1, 1, 5), data_subset=32, output=tmp_path / "r.h5", **KW)
@@ -221,6 +224,7 @@ def test_an_output_another_job_wrote_is_refused_untouched(tmp_path):
     assert (tmp_path / "s.h5").read_bytes() == before
 
 
+@pytest.mark.slow  # the command line in a subprocess
 @pytest.mark.parametrize(
     "change", [{"grid": {"y": [1.0, -1.0, 3]}}, {"data": {"subset": 5000}}], ids=["in the job", "in the set-up"]
 )
