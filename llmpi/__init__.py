@@ -2,6 +2,16 @@
 
     mpirun -n 8 python -m llmpi.sweep jobs/vgg56.yaml
 
+From Python, on a network in memory (a notebook, or every rank of ``mpirun -n 8 python script.py``):
+
+    import llmpi
+    s = llmpi.surface(model, (inputs, targets), grid=((-1, 1, 21), (-1, 1, 21)), output="surfaces/mine.h5")
+    s.plot()                                   # also llmpi.open(path), llmpi.Job, llmpi.interpolate/plane/pca
+
+The API (``surface``, ``open``, ``Surface``, ``Job``, ``interpolate``, ``plane``, ``pca``, ``JobError``,
+``SweepError``, ``Interrupted``) is imported on first use: ``import llmpi`` alone loads neither torch, nor mpi4py,
+nor h5py, nor matplotlib (every command imports this package first).
+
 The map of the code. At the front door, the commands:
 
 * ``sweep`` -- ``python -m llmpi.sweep JOB.yaml ...``: the surfaces, on every rank;
@@ -16,11 +26,13 @@ Behind it, one room per concern; each imports only the rooms below it (``pyproje
 checked by ``make lint`` and ``make test``):
 
 * ``ranks/`` -- the sweep over MPI ranks: ``run`` (the set-up every rank takes together, rank 0's preparation of
-  each surface, the blocks computed, the results committed), ``protocol`` (how a block is handed out; MPI, never
+  each surface, the blocks computed, the results committed), ``api`` (``llmpi.surface``: the same sweep called
+  from Python, on parts given in memory), ``protocol`` (how a block is handed out; MPI, never
   torch), ``placement`` (which GPU and how many threads a rank takes), ``worker`` (what a rank loads and computes),
   ``record`` (progress and ``<file>.run.json``), ``fingerprint`` (what decides a resume), ``faults`` (fault
   injection for the tests);
-* ``report/`` -- what a surface file says for people: ``summary`` (what ``status`` reports), ``metrics``
+* ``report/`` -- what a surface file says for people: ``surface`` (the ``Surface`` that ``llmpi.surface`` and
+  ``llmpi.open`` return: values, pictures, metrics), ``summary`` (what ``status`` reports), ``metrics``
   (sharpness, curvature, basin), and its pictures: ``landscape`` (a surface read for drawing: values, labels,
   scales, marks), ``static`` (matplotlib: contours, heat maps, 3D, 1D curves), ``viewer`` (the offline HTML
   viewer), ``paraview`` (legacy VTK);
@@ -36,12 +48,44 @@ checked by ``make lint`` and ``make test``):
   order and blocks), ``atomic`` (writes that a crash cannot leave half done);
 * ``job/`` -- what a user asks and is told: ``config`` (a sweep's job tree), ``training`` (a training job's),
   ``schema`` (``--keys`` and the JSON Schemas), ``factories`` (your model, data and loss by import path),
+  ``memory`` (your model, data and loss given in memory: their labels in the job, the objects beside it),
   ``errors`` (what a user can fix, a failing disk included), ``exits`` (how every command ends), ``version``;
 * ``models/`` -- the paper's networks by name: ``resnet``, ``resnet_imagenet``, ``vgg``, ``densenet``.
 
 ``schemas/`` holds the shipped JSON Schemas (data, not code).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .job.version import __version__
 
-__all__ = ["__version__"]
+# The API, by where it lives; each imported on first use (PEP 562), so that ``import llmpi`` stays cheap.
+_API = {
+    "surface": "llmpi.ranks.api",
+    "open": "llmpi.report.surface",
+    "Surface": "llmpi.report.surface",
+    "Job": "llmpi.job.config",
+    "interpolate": "llmpi.job.memory",
+    "plane": "llmpi.job.memory",
+    "pca": "llmpi.job.memory",
+    "JobError": "llmpi.job.errors",
+    "SweepError": "llmpi.job.errors",
+    "Interrupted": "llmpi.job.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value  # found once
+        return value
+    raise AttributeError(f"module 'llmpi' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

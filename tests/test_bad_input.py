@@ -127,6 +127,17 @@ def tinylm_job(**evaluation):
     return edit
 
 
+def torch_module(factory: str, **kwargs):
+    """A network from torch.nn by import path (``model.factory: torch.nn:Linear``) with its own weights saved."""
+
+    def edit(job, d):
+        module = getattr(torch.nn, factory.split(":")[1])(**kwargs)
+        torch.save({"state_dict": module.state_dict()}, d / "net.pt")
+        job["model"] = {"factory": factory, "kwargs": kwargs, "checkpoint": str(d / "net.pt")}
+
+    return edit
+
+
 CASES = [
     Case("malformed YAML", "is not valid YAML at line", lambda j, d: "name: x\nmodel: {arch: resnet8\n"),
     Case(
@@ -215,6 +226,17 @@ CASES = [
         use_factory("loss", "operator:is_"),
     ),
     Case("built-in loss on a language model", "loss.name: crossentropy needs a classifier", tinylm_job()),
+    Case(
+        "a network that refuses the data",
+        "the network torch.nn:Linear cannot take the data: on 2 samples of a tensor of shape (2, 3, 32, 32) "
+        "(torch.float32) it raised RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+        torch_module("torch.nn:Linear", in_features=5, out_features=10),
+    ),
+    Case(
+        "a network without parameters",
+        "model: torch.nn:BatchNorm1d has no parameters: a loss landscape moves a network's weights",
+        torch_module("torch.nn:BatchNorm1d", num_features=4, affine=False),
+    ),
     Case("recalibrate without BatchNorm", "has no BatchNorm layer", tinylm_job(bn="recalibrate")),
     Case(
         "recalibration set larger than the split",

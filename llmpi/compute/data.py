@@ -34,6 +34,7 @@ import numpy as np
 
 from ..file.atomic import atomic_replace
 from ..job.errors import DataError
+from ..job.memory import MEMORY, Given, given_part, is_memory
 
 if TYPE_CHECKING:
     from ..job.config import DataSpec
@@ -68,7 +69,11 @@ class DatasetInfo:
 
     def describe(self) -> str:
         if self.factory:
-            label, unit = f"{self.name} (data.factory)", "samples"
+            given = is_memory(self.name)  # data given to llmpi.surface in memory: its label says so
+            label, unit = (
+                (self.name.removeprefix(MEMORY) + " in memory" if given else f"{self.name} (data.factory)"),
+                "samples",
+            )
         else:
             label, unit = ("SYNTHETIC data (not CIFAR-10)" if self.synthetic else "CIFAR-10"), "images"
         part = f"{self.count} of {self.total}" if self.count != self.total else f"all {self.total}"
@@ -293,18 +298,30 @@ class Samples:
 
 
 def load_samples(
-    spec: DataSpec, split: str | None = None, subset: int | None = None, too_many: str | None = None
+    spec: DataSpec,
+    split: str | None = None,
+    subset: int | None = None,
+    too_many: str | None = None,
+    given: Given | None = None,
 ) -> Samples:
     """The samples a job's ``data`` section selects; ``split``/``subset`` override the section's (for the
-    BatchNorm recalibration set), ``too_many`` is then the message for a subset larger than the split."""
+    BatchNorm recalibration set), ``too_many`` is then the message for a subset larger than the split. Data given
+    in memory (``data.factory`` a label, ``llmpi.job.memory``) comes from ``given`` and is selected exactly as a
+    factory's."""
     split = split or spec.split
     assert split in ("train", "test"), "data.split: both is loaded one split at a time"
     subset = spec.subset if subset is None else subset  # data.subset applies to each split of split: both
     if spec.factory is None:
         return Samples(*load_images(spec.dataset, spec.root, split, subset, spec.seed, too_many))
-    from ..job.factories import call
+    held = given_part(given, "data.factory", spec.factory)
+    if held is not None:
+        result = held.split(split, spec.factory)
+        if not hasattr(result, "__getitem__") and hasattr(result, "dataset"):  # a DataLoader: its items, in order
+            result = result.dataset
+    else:
+        from ..job.factories import call
 
-    result = call(spec.factory, "data.factory", split, **spec.kwargs)
+        result = call(spec.factory, "data.factory", split, **spec.kwargs)
     inputs, targets, total = _factory_tensors(spec.factory, result, subset, spec.seed, too_many)
     info = DatasetInfo(spec.factory, split, total, len(targets), tensor_identity(inputs, targets), factory=True)
     return Samples(inputs, targets, info)
@@ -314,13 +331,14 @@ def _factory_tensors(path: str, result: Any, subset: int | None, seed: int, too_
     """The selected (inputs, targets) of what a data factory returned, or a DataError naming the factory."""
     import torch
 
-    key = f"data.factory: {path!r}"
+    memory = is_memory(path)
+    key, gave = ("the data given in memory", "holds") if memory else (f"data.factory: {path!r}", "returned")
     arrays = (torch.Tensor, np.ndarray)
     if isinstance(result, (tuple, list)) and len(result) == 2 and all(isinstance(v, arrays) for v in result):
         inputs, targets = (torch.as_tensor(v) for v in result)
         if inputs.ndim == 0 or targets.ndim == 0 or len(inputs) != len(targets):
             raise DataError(
-                f"{key} returned inputs of shape {tuple(inputs.shape)} and targets of shape {tuple(targets.shape)}: "
+                f"{key} {gave} inputs of shape {tuple(inputs.shape)} and targets of shape {tuple(targets.shape)}: "
                 f"both need one row per sample, as many inputs as targets"
             )
         total = len(inputs)
@@ -348,11 +366,11 @@ def _factory_tensors(path: str, result: Any, subset: int | None, seed: int, too_
             ) from None
     else:
         raise DataError(
-            f"{key} returned a {type(result).__name__}, not a torch Dataset (len(d) and d[i] -> (input, target)) "
-            f"or a pair (inputs, targets) of tensors"
+            f"{key} {'is' if memory else 'returned'} a {type(result).__name__}, not a torch Dataset (len(d) and "
+            f"d[i] -> (input, target)) or a pair (inputs, targets) of tensors"
         )
     if total == 0:
-        raise DataError(f"{key} returned no samples for this split")
+        raise DataError(f"{key} {gave} no samples for this split")
     return inputs.contiguous(), targets.contiguous(), total
 
 

@@ -111,17 +111,31 @@ class FactoryLoss:
 
 
 def prepare(
-    spec: LossSpec, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    spec: LossSpec,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    function: LossFactory | None = None,
+    label: str | None = None,
 ) -> tuple[str | FactoryLoss, bool]:
     """The loss a job's ``loss`` section names, tried once at θ* on a few samples, so that a loss that does not
-    fit the model or the data is a clear error before the sweep starts; (loss, whether it has an accuracy)."""
+    fit the model or the data is a clear error before the sweep starts; (loss, whether it has an accuracy).
+    ``function``: the loss factory's function, given in memory (``spec.factory`` is then its label); ``label``:
+    how messages name the network."""
     model.eval()
     with torch.no_grad():
         if spec.factory is not None:
-            loss = FactoryLoss(spec.factory)
+            loss = FactoryLoss(spec.factory, function)
             _, _, correct = loss(model, (inputs, targets))
             return loss, correct is not None
-        outputs = model(inputs)
+        try:
+            outputs = model(inputs)
+        except Exception as e:  # the network refuses these inputs: the data does not fit it
+            raise JobError(
+                f"the network{f' {label}' if label else ''} cannot take the data: on {len(inputs)} samples of "
+                f"{_describe(inputs)} ({inputs.dtype}) it raised {type(e).__name__}: {e}. Give data whose inputs "
+                f"the network's forward takes (data.factory, or the data passed to llmpi.surface)"
+            ) from e
     classes = outputs.shape[-1] if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 else 0
     if (
         not classes

@@ -83,6 +83,51 @@ def configure(device: torch.device, threads: int, precision: str = "fp32", kerne
     set_precision(device, precision)
 
 
+def settings() -> dict:
+    """The process-wide switches ``configure`` sets (threads, kernels, precision, the current GPU), as they are
+    now: a library call (``llmpi.surface`` in a notebook) puts them back with ``restore`` when it is done."""
+    out = {
+        "threads": torch.get_num_threads(),
+        "cudnn.benchmark": torch.backends.cudnn.benchmark,
+        "cudnn.deterministic": torch.backends.cudnn.deterministic,
+        "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "kernels": _kernels,
+    }
+    if hasattr(torch.backends.mkldnn, "deterministic"):
+        out["mkldnn.deterministic"] = torch.backends.mkldnn.deterministic
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda.device"] = torch.cuda.current_device()
+    if "torch._inductor.config" in sys.modules:
+        import torch._inductor.config as inductor
+
+        if hasattr(inductor, "deterministic"):
+            out["inductor.deterministic"] = inductor.deterministic
+    return out
+
+
+def restore(saved: dict) -> None:
+    """Set the switches back to what ``settings`` returned."""
+    global _kernels
+    torch.set_num_threads(saved["threads"])
+    torch.backends.cudnn.benchmark = saved["cudnn.benchmark"]
+    torch.backends.cudnn.deterministic = saved["cudnn.deterministic"]
+    torch.backends.cudnn.allow_tf32 = saved["cudnn.allow_tf32"]
+    torch.backends.cuda.matmul.allow_tf32 = saved["matmul.allow_tf32"]
+    _kernels = saved["kernels"]
+    if "mkldnn.deterministic" in saved:
+        torch.backends.mkldnn.deterministic = saved["mkldnn.deterministic"]
+    if "cuda.device" in saved:
+        torch.cuda.set_device(saved["cuda.device"])
+    if "torch._inductor.config" in sys.modules:
+        import torch._inductor.config as inductor
+
+        if hasattr(inductor, "deterministic"):
+            inductor.deterministic = saved.get(
+                "inductor.deterministic", os.environ.get("TORCHINDUCTOR_DETERMINISTIC") == "1"
+            )
+
+
 def set_kernels(kernels: str) -> None:
     """``deterministic``: every algorithm a fixed function of the shapes, so 1 rank and N ranks compute the same
     bits -- cuDNN without its timing-based choice (``benchmark``, which can pick differently on each rank) and with

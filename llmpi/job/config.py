@@ -298,7 +298,11 @@ class HessianSpec:
 
 @dataclass(frozen=True)
 class Job:
-    """A sweep: the loss at every grid point around ``model.checkpoint`` along two directions."""
+    """A sweep: the loss at every grid point around ``model.checkpoint`` along two directions.
+
+    The job file's tree, and ``llmpi.Job`` in Python: ``Job.from_yaml(path)``, ``Job.from_dict(mapping)``,
+    ``job.replace(**keys)``, ``job.to_yaml(path)``, and ``llmpi.surface(job=job)`` runs it. Every key, its type,
+    default and reason: ``python -m llmpi.sweep --keys`` or ``help(llmpi.surface)``."""
 
     name: str = _required("names the job in messages and in the default output path")
     model: ModelSpec = _why(
@@ -409,6 +413,45 @@ class Job:
     @property
     def output_path(self) -> Path:
         return Path(self.output)
+
+    # -- in Python: ``llmpi.Job`` ----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> Job:
+        """The job file at ``path`` with ``--set``-style overrides (``"grid.x=[-0.5,0.5,21]"``), loaded and checked
+        as ``python -m llmpi.sweep path --set ...`` loads it."""
+        return load_job(path, overrides)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Job:
+        """A job from a mapping shaped like a job file (sections as nested mappings), checked as a file is."""
+        return from_dict(cls, raw)
+
+    def to_dict(self) -> dict:
+        """The job as a plain mapping, as a job file holds it (every key, defaults resolved)."""
+        return to_dict(self)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """The job file ``python -m llmpi.sweep`` and ``sbatch slurm/sweep.sbatch`` take, as text (also written to
+        ``path`` if given). A job with parts given to ``llmpi.surface`` in memory is refused: the message says how
+        to name each from files (save the checkpoint, name the factory)."""
+        from .memory import refuse_labels
+
+        raw = to_dict(self)
+        refuse_labels(raw, "a job file")
+        text = yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def replace(self, **keys: Any) -> Job:
+        """A copy with some keys changed, in the keyword forms of ``llmpi.surface`` (``runtime={"threads": 1}``,
+        ``data_subset=256``, ``**{"data.placement": "host"}``, ``grid=(-1, 1, 21)``), checked as a file is."""
+        raw = to_dict(self)
+        if "name" in keys and raw.get("output") == f"surfaces/{self.name}.h5":
+            raw["output"] = None  # the default output follows the new name
+        apply_keywords(raw, keys)
+        return from_dict(Job, raw)
 
 
 _CORNER = {"checkpoint2": "α = 1", "checkpoint3": "β = 1"}
@@ -559,6 +602,70 @@ def to_dict(obj: Any) -> Any:
 
 def to_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
+
+
+SHORT_SECTIONS = ("grid", "loss")  # sections a keyword may give as a short value instead of a mapping
+
+
+def apply_keywords(raw: dict, keys: Mapping[str, Any]) -> None:
+    """Apply ``llmpi.surface``'s (and ``Job.replace``'s) job keywords to the raw job mapping, in order. Each keyword
+    is one of: a top-level key (``name="vgg"``, ``output="s.h5"``, ``metrics=["hessian"]``); a section as a mapping
+    of its keys, merged into it (``runtime={"threads": 1}``); one key of a section as ``<section>_<key>``
+    (``data_subset=256``, ``runtime_hold_directions="host"``) or dotted (``**{"data.placement": "host"}``); and two
+    short forms: ``grid=(min, max, num)`` for a line, ``grid=((min, max, num), (min, max, num))`` for a plane, and
+    ``loss="mse"`` (a name; ``"package.module:function"`` a loss factory). Values are Python values, checked
+    when the job is built; an unknown keyword is an error naming the nearest valid one."""
+    hints = typing.get_type_hints(Job)
+    sections = {name: tp for name, tp in hints.items() if dataclasses.is_dataclass(tp)}
+    for keyword, value in keys.items():
+        path = _keyword_path(keyword, hints, sections)
+        section, _, key = path.partition(".")
+        if key:
+            node = raw.get(section)
+            if not isinstance(node, dict):
+                node = raw[section] = {}
+            node[key] = value
+        elif section in sections:
+            raw[section] = {**(raw.get(section) or {}), **_section_value(section, value)}
+        else:
+            raw[section] = value
+
+
+def _keyword_path(keyword: str, hints: Mapping[str, Any], sections: Mapping[str, type]) -> str:
+    """The job key a keyword names (``data_subset`` -> ``data.subset``), or a JobError naming the nearest."""
+    section, dot, key = keyword.partition(".")
+    if dot:
+        if section in sections and key in typing.get_type_hints(sections[section]):
+            return keyword
+    elif keyword in hints:
+        return keyword
+    else:
+        section, _, key = keyword.partition("_")
+        if section in sections and key in typing.get_type_hints(sections[section]):
+            return f"{section}.{key}"
+    valid = list(hints) + [f"{s}_{k}" for s, tp in sections.items() for k in typing.get_type_hints(tp)]
+    raise JobError(f"unknown job keyword '{keyword}'; {_nearest(keyword.replace('.', '_'), valid)}")
+
+
+def _section_value(section: str, value: Any) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if section == "grid" and isinstance(value, (list, tuple)) and value:
+        if all(isinstance(v, (list, tuple)) for v in value) and len(value) in (1, 2):
+            return {"x": list(value[0]), "y": list(value[1]) if len(value) == 2 else None}
+        if len(value) == 3 and not any(isinstance(v, (list, tuple)) for v in value):
+            return {"x": list(value), "y": None}
+    if section == "loss" and isinstance(value, str):
+        return {"factory": value} if ":" in value else {"name": value}
+    shorts = {
+        "grid": "(min, max, num) for a line or ((min, max, num), (min, max, num)) for a plane, or a mapping",
+        "loss": "a name ('crossentropy', 'mse'), 'package.module:function', a function, or a mapping",
+    }
+    given = f"{type(value).__name__} {value!r}"
+    raise JobError(
+        f"{section}: {shorts.get(section, 'a mapping of its keys')} expected, not {given}; e.g. "
+        + ("grid=(-1, 1, 21)" if section == "grid" else f"{section}={{...}} or {section}_<key>=...")
+    )
 
 
 def _schema_child(cls: type, key: str, path: str) -> Any:

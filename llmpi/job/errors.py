@@ -55,6 +55,21 @@ class DiskError(OSError):
         return self.message
 
 
+class SweepError(RuntimeError):
+    """A sweep called from Python (``llmpi.surface``) failed while computing: a rank's error, its traceback and
+    where it happened in the message. Every point finished before it is kept in the output file."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A sweep called from Python was stopped by SIGINT (Ctrl-C, Jupyter's stop button), SIGTERM or SIGUSR1: a
+    ``KeyboardInterrupt``, as Python code expects; the points finished are in the output file, and calling again
+    resumes. ``done`` and ``total``: points computed of all."""
+
+    def __init__(self, message: str, done: int = 0, total: int = 0) -> None:
+        super().__init__(message)
+        self.done, self.total = done, total
+
+
 class MpiError(JobError):
     """MPI cannot run a sweep as it is set up: too low a thread level, or an MPI that is not the launcher's."""
 

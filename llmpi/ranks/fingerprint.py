@@ -11,6 +11,12 @@ adds (the other checkpoints' and the trajectory's bytes, the Hessian settings). 
 the forward path chosen (eager, compiled, folded), the output path -- these change per-image losses in their last
 bits at most, or nothing.
 
+Parts given in memory (``llmpi.surface``, ``llmpi.job.memory``) take the place of the files and factories they
+replace: a network's ``model.factory`` identity is its label with the hash of its structure and code, its weights'
+hash stands for the checkpoint's SHA-256, a loss function's identity is its label with the hash of its code, data
+is identified by its selected samples (as a factory's), another model of an interpolation or a plane by its
+weights' hash. A job of files gets exactly the fields it always got, so its files keep resuming.
+
 A file written by an older llmpi whose fingerprint lacks a field added since is refused with the field named;
 ``--restart`` starts it anew.
 """
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..compute.data import DatasetInfo
 from ..job.config import Job, to_dict
@@ -36,6 +42,8 @@ class Identity:
     checkpoint_sha256: str
     splits: Mapping[str, DatasetInfo]
     bn: DatasetInfo | None = None
+    sources: Mapping[str, dict] = field(default_factory=dict)  # factory key -> identity, for parts in memory
+    others: Mapping[str, str] = field(default_factory=dict)  # checkpoint2/3 given in memory -> weights' hash
 
 
 def fingerprint(job: Job, identity: Identity, store: str = "full") -> dict:
@@ -46,14 +54,18 @@ def fingerprint(job: Job, identity: Identity, store: str = "full") -> dict:
     model, data, loss = job.model, job.data, job.loss
     infos = list(identity.splits.values())
     images = infos[0].sha256 if len(infos) == 1 else {split: info.sha256 for split, info in identity.splits.items()}
+
+    def source(key: str, spec: str | None) -> dict | None:
+        return spec and (identity.sources.get(key) or source_identity(spec))
+
     fields = {
         "format": FORMAT,
         "arch": model.arch,
-        "model": {"factory": model.factory and source_identity(model.factory), "kwargs": model.kwargs},
-        "data_factory": {"factory": data.factory and source_identity(data.factory), "kwargs": data.kwargs},
+        "model": {"factory": source("model.factory", model.factory), "kwargs": model.kwargs},
+        "data_factory": {"factory": source("data.factory", data.factory), "kwargs": data.kwargs},
         "loss": {
             "name": None if loss.factory else loss.name,
-            "factory": loss.factory and source_identity(loss.factory),
+            "factory": source("loss.factory", loss.factory),
         },
         "evaluation": _evaluation(job, identity.bn),
         "precision": job.runtime.precision,
@@ -68,7 +80,7 @@ def fingerprint(job: Job, identity: Identity, store: str = "full") -> dict:
         "directions": directions_fields(job, store),
         "grid": {"x": list(job.grid.x), "y": None if job.grid.y is None else list(job.grid.y)},
     }
-    fields.update(_kind_and_metrics(job))
+    fields.update(_kind_and_metrics(job, identity.others))
     return fields
 
 
@@ -91,17 +103,17 @@ def _evaluation(job: Job, bn: DatasetInfo | None) -> dict:
     return {"bn": ev.bn, "bn_batches": ev.bn_batches, "bn_batch_size": ev.bn_batch_size, "bn_sha256": bn.sha256}
 
 
-def _kind_and_metrics(job: Job) -> dict:
+def _kind_and_metrics(job: Job, others: Mapping[str, str]) -> dict:
     """What the direction kind and the metrics add (nothing for a random-direction loss sweep, so that files of
     that kind written before the other kinds existed still resume): the other checkpoints' and the trajectory's
-    bytes, the metrics and the Hessian's settings."""
+    bytes (``others``: the weights' hashes of those given in memory), the metrics and the Hessian's settings."""
     from ..space.checkpoint import sha256_file
 
     out: dict = {}
     for key in ("checkpoint2", "checkpoint3"):
         path = getattr(job.model, key)
         if path is not None:
-            out[f"{key}_sha256"] = sha256_file(path)
+            out[f"{key}_sha256"] = others[key] if key in others else sha256_file(path)
     if job.directions.kind == "pca":
         from ..space.pca import snapshot_files
 

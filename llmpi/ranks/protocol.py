@@ -87,12 +87,21 @@ class Interrupts:
     def __init__(self) -> None:
         self.requested: str | None = None
         self.at: float | None = None
+        self.previous: dict[int, Any] = {}
 
     def install(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
-                signal.signal(getattr(signal, name), self._handle)
+                number = getattr(signal, name)
+                self.previous[number] = signal.signal(number, self._handle)
         return self
+
+    def restore(self) -> None:
+        """Put back the handlers ``install`` replaced (a program that goes on after the sweep: a notebook's
+        kernel gets its own SIGINT handling back)."""
+        for number, handler in self.previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        self.previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested is None:
@@ -555,15 +564,28 @@ def run(
     """
     lock = mpi_lock()
     # Two duplicates keep the directions apart: on rank 0 the worker (main thread) listens only on ``down``
-    # and the coordinator thread only on ``up``, so neither can take the other's messages. They are not freed:
-    # MPI_Comm_free may wait for a rank that did not answer STOP, and the process ends soon after anyway.
+    # and the coordinator thread only on ``up``, so neither can take the other's messages. They are freed once
+    # every rank has said BYE (a process that sweeps again, a notebook's kernel, must not collect communicators:
+    # MPICH has a few thousand); after a rank that did not answer STOP they are left, since the sweep then aborts.
     up, down = comm.Dup(), comm.Dup()
     if comm.Get_rank() != COORDINATOR:
-        return Outcome(work(up, down, compute, interrupts, lock=lock))
+        outcome = Outcome(work(up, down, compute, interrupts, lock=lock))
+        _free(up, down)
+        return outcome
     coordinator = Coordinator(up, down, tasks, commit, interrupts, progress, halt_on, tick, lock=lock, **tuning)
     box: list[Outcome] = []
     thread = threading.Thread(target=lambda: box.append(coordinator.run()), name="llmpi-coordinator", daemon=True)
     thread.start()
     work(up, down, compute, interrupts, alive=thread.is_alive, lock=lock)
     thread.join()
-    return box[0] if box else Outcome(FAILED, error=f"{where(comm)}: the coordinator thread died")
+    outcome = box[0] if box else Outcome(FAILED, error=f"{where(comm)}: the coordinator thread died")
+    if box and not outcome.unresponsive:
+        _free(up, down)
+    return outcome
+
+
+def _free(*comms: MPI.Comm) -> None:
+    """Free the run's communicators; sends still pending on them (a worker's last BYE to a coordinator that gave up
+    waiting) complete or are dropped by MPI, which frees a communicator only when nothing uses it any more."""
+    for c in comms:
+        c.Free()

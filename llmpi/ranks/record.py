@@ -27,16 +27,26 @@ PROCESS_START = time.monotonic()  # imported first thing by the sweep: wall time
 
 
 class Progress:
-    """What a user watching the run sees: a tqdm bar on a terminal, else a line every ``every`` seconds."""
+    """What a user watching the run sees: a tqdm bar on a terminal, else a line every ``every`` seconds; ``bar``
+    True: a ``tqdm.auto`` bar wherever it runs (``llmpi.surface`` in a notebook: a widget where Jupyter has them)."""
 
-    def __init__(self, total: int, done: int, every: float = 10.0) -> None:
+    def __init__(self, total: int, done: int, every: float = 10.0, bar: bool | None = None) -> None:
         self.total, self.done, self.start_done, self.every = total, done, done, every
         self.t0 = self.last_line = time.monotonic()
         self.bar = None
-        if sys.stderr.isatty() and done < total:
-            from tqdm import tqdm
+        if (sys.stderr.isatty() if bar is None else bar) and done < total:
+            if bar:
+                from tqdm.auto import tqdm as auto
 
-            self.bar = tqdm(total=total, initial=done, unit="pt", desc="llmpi", dynamic_ncols=True)
+                class tqdm(auto):  # type: ignore[no-redef]
+                    monitor_interval = 0  # no monitor thread, which tqdm never stops: the process goes on
+
+                extra = {"miniters": 1}  # refreshed at every commit (the monitor is what refreshes a stalled bar)
+            else:
+                from tqdm import tqdm
+
+                extra = {}
+            self.bar = tqdm(total=total, initial=done, unit="pt", desc="llmpi", dynamic_ncols=True, **extra)
 
     @property
     def rate(self) -> float:

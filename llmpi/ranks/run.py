@@ -5,7 +5,9 @@ surface (its file, directions and tuning), the blocks computed on every rank, an
     code = sweep(MPI.COMM_WORLD, lambda: load_jobs(["jobs/vgg56.yaml"], []), restart=False, debug=False,
                  interrupts=protocol.Interrupts().install())
 
-Called on every rank alike (SPMD): ``python -m llmpi.sweep`` is argument parsing around it. It wires the layers
+Called on every rank alike (SPMD): ``python -m llmpi.sweep`` is argument parsing around ``sweep``, which prints how
+:func:`execute` ended and returns the exit status; ``llmpi.surface`` (``llmpi.ranks.api``) calls ``execute`` itself,
+with parts of the job given in memory, and turns its ending into a Surface or an exception. It wires the layers
 below: the jobs (``llmpi.job``), what a rank loads and computes (``worker``: data, θ*, directions, evaluators), rank
 0's preparation of each surface (``fingerprint``, ``llmpi.space.plan``, the store of ``llmpi.file``), the run's
 record (``record``), and the ``protocol`` between ranks. The exit status is the command's (``llmpi.job.exits``).
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..job.errors import JobError
 from ..job.exits import EXIT_DISK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -48,12 +51,14 @@ Reply = tuple[int, int, int, dict[str, np.ndarray], int, float, float]
 
 
 class SetupFailed(Exception):
-    """Raised on every rank when any rank failed during set-up; carries the first failure and its exit status."""
+    """Raised on every rank when any rank failed during set-up; carries the first failure and its exit status, and
+    on the rank where it happened the exception itself (``original``: ``llmpi.surface`` raises it there)."""
 
-    def __init__(self, user: bool, message: str, code: int | None = None) -> None:
+    def __init__(self, user: bool, message: str, code: int | None = None, original: BaseException | None = None):
         super().__init__(message)
         self.user = user
         self.code = code if code is not None else EXIT_USAGE if user else EXIT_FAILED
+        self.original = original
 
 
 def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
@@ -64,22 +69,24 @@ def collective(comm: Any, step: Callable[[], Any], debug: bool) -> Any:
     from ..job.exits import explain
     from .protocol import where
 
-    failure = None
+    failure, mine = None, None
     try:
         value = step()
     except Exception as e:
-        value = None
+        value, mine = None, e
         explained = explain(e)
         if explained is not None:
             code, message = explained
             failure = (code, message + (f"\n{traceback.format_exc()}" if debug else ""), where(comm))
         else:
             failure = (EXIT_FAILED, traceback.format_exc(), where(comm))
-    failures = [f for f in comm.allgather(failure) if f is not None]
-    if failures:
-        code, message, place = failures[0]
+    everyone = comm.allgather(failure)
+    first = next((rank for rank, f in enumerate(everyone) if f is not None), None)
+    if first is not None:
+        code, message, place = everyone[first]
         user = code != EXIT_FAILED
-        raise SetupFailed(user, message if user else f"{place}:\n{message}", code)
+        original = mine if first == comm.Get_rank() else None
+        raise SetupFailed(user, message if user else f"{place}:\n{message}", code, original)
     return value
 
 
@@ -127,14 +134,9 @@ def open_store(
     its directions, full or recipe (``llmpi.space.plan.store_mode``)."""
     from ..file.store import SurfaceStore
     from ..job import config
-    from ..space import checkpoint
-    from .fingerprint import Identity, fingerprint
+    from .fingerprint import fingerprint
 
-    identity = Identity(
-        checkpoint.sha256_file(job.model.checkpoint),
-        {split: samples.info for split, samples in loaded.splits.items()},
-        loaded.bn_samples and loaded.bn_samples.info,
-    )
+    identity = loaded.identity()  # θ*'s and the data's bytes (of files, or of what was given in memory)
     infos = loaded.infos
     attrs = {
         "dataset": "; ".join(info.describe() for info in infos),
@@ -179,7 +181,7 @@ def prepare(
     mode = planning.store_mode(job, loaded.model)  # directions.store resolved: full or recipe
 
     def plan_new() -> Planned:
-        planned = planning.plan_directions(job, loaded.model, grid.ndim, mode, loaded.device)
+        planned = planning.plan_directions(job, loaded.model, grid.ndim, mode, loaded.device, loaded.given)
         made["directions"] = planning.planned_directions(planned)
         made["values"] = values = PointValues.build(job, loaded, made["directions"])
         made["tuning"] = tuning = tune(job, values, grid.size, ranks)
@@ -273,14 +275,16 @@ class Inputs:
     needed (their data from the rank's shared cache). Each is given out once: an evaluator takes the network over
     (moves it to the device, converts its dtype), so a surface built again loads θ* again."""
 
-    def __init__(self, jobs: Sequence[Job], device: Any, cache: Any, first: Loaded) -> None:
-        self.jobs, self.device, self.cache = jobs, device, cache
+    def __init__(self, jobs: Sequence[Job], device: Any, cache: Any, first: Loaded, given: Sequence[Any]) -> None:
+        self.jobs, self.device, self.cache, self.given = jobs, device, cache, given
         self.spare: dict[int, Loaded] = {0: first}
 
     def take(self, index: int) -> Loaded:
         from .worker import load
 
-        return self.spare.pop(index) if index in self.spare else load(self.jobs[index], self.device, self.cache)
+        if index in self.spare:
+            return self.spare.pop(index)
+        return load(self.jobs[index], self.device, self.cache, self.given[index])
 
 
 def prepare_all(
@@ -437,8 +441,8 @@ class Run:
         self.finished.add(index)
         print(record.summary(), flush=True)
 
-    def end(self, outcome: Any, comm: Any) -> int:
-        """Every surface's record and the exit status, once the protocol has stopped everyone."""
+    def end(self, outcome: Any, comm: Any) -> Ended:
+        """Every surface's record and how the run ended, once the protocol has stopped everyone."""
         from . import protocol
 
         self.progress.close()
@@ -452,41 +456,84 @@ class Run:
                 record.write("complete", **extra)
         done = sum(r.done for r in self.records)
         total = sum(r.total for r in self.records)
+        message = None
         if outcome.state == protocol.HALTED:  # the disk failed under the store (a DiskError saying what to do)
-            print(f"llmpi: error: {outcome.halted_by} ({done} of {total} points done)", file=sys.stderr, flush=True)
+            message = f"llmpi: error: {outcome.halted_by} ({done} of {total} points done)"
             code = EXIT_DISK
         elif outcome.state == protocol.FAILED:
             outputs = ", ".join(r.job.output for i, r in enumerate(self.records) if i not in self.finished)
-            print(
+            message = (
                 f"llmpi: error: the sweep failed; every point finished before the failure is kept in {outputs}; "
-                f"fix the cause and rerun the same command to resume.\n{outcome.error}",
-                file=sys.stderr,
-                flush=True,
+                f"fix the cause and rerun the same command to resume.\n{outcome.error}"
             )
             code = EXIT_FAILED
         elif outcome.state == protocol.INTERRUPTED:
-            print(
+            message = (
                 f"llmpi: interrupted ({outcome.reason}) with {done} of {total} points done; "
-                f"rerun the same command to resume",
-                file=sys.stderr,
-                flush=True,
+                f"rerun the same command to resume"
             )
             code = EXIT_INTERRUPTED
         else:
             assert len(self.finished) == len(self.records), "a complete run left a surface unfinished"
             code = EXIT_OK
+        ended = Ended(code, outcome.state, message, done, total, outcome.error, outcome.halted_by, outcome.reason)
         if outcome.unresponsive:
+            if message is not None:
+                print(message, file=sys.stderr, flush=True)
             print(
                 f"llmpi: ranks {outcome.unresponsive} did not stop in time; aborting them", file=sys.stderr, flush=True
             )
             comm.Abort(code or EXIT_FAILED)
-        return code
+        return ended
+
+
+@dataclass
+class Ended:
+    """How a sweep ended on this rank: the command's exit status and the protocol's state; on rank 0 also what the
+    command prints (``message``, None for a complete run), the points done of all, and for a failure or a halt
+    what caused it. Set-up failures are raised as ``SetupFailed`` instead, before any point is computed."""
+
+    code: int
+    state: str  # protocol.COMPLETE, INTERRUPTED, FAILED or HALTED
+    message: str | None = None
+    done: int = 0
+    total: int = 0
+    error: str | None = None  # failed: the failing rank's traceback, with where it happened
+    halted_by: BaseException | None = None  # halted: the DiskError that stopped the stores
+    reason: str | None = None  # interrupted: by what (a signal, and on which rank)
 
 
 def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, debug: bool, interrupts: Any) -> int:
+    """``python -m llmpi.sweep`` on every rank: :func:`execute`, its ending printed on rank 0; the exit status, the
+    same on every rank (``llmpi.job.exits``)."""
+    try:
+        ended = execute(comm, load_jobs, restart=restart, debug=debug, interrupts=interrupts)
+    except SetupFailed as e:
+        if comm.Get_rank() == 0:
+            print(f"llmpi: error: {e}", file=sys.stderr, flush=True)
+        return e.code
+    if ended.message is not None:
+        print(ended.message, file=sys.stderr, flush=True)
+    return ended.code
+
+
+def execute(
+    comm: Any,
+    load_jobs: Callable[[], Sequence[Job]],
+    *,
+    restart: bool,
+    debug: bool,
+    interrupts: Any,
+    given: Sequence[Any] = (),
+    bar: bool | None = None,
+) -> Ended:
     """Sweep the jobs ``load_jobs`` gives on rank 0 (called there only, inside the collective set-up) over every rank
-    of ``comm``; the exit status, the same on every rank (``llmpi.job.exits``). ``interrupts``: the
-    ``protocol.Interrupts`` whose requests stop the sweep resumably."""
+    of ``comm``: how it ended on this rank (the state is the same on every rank), or ``SetupFailed`` on every rank
+    before any point is computed. The one code path of ``python -m llmpi.sweep`` and ``llmpi.surface``.
+
+    ``interrupts``: the ``protocol.Interrupts`` whose requests stop the sweep resumably. ``given``: per job, the
+    parts this rank holds in memory (``llmpi.job.memory.Given``) or None; every rank must hold rank 0's (their
+    hashes are compared). ``bar``: progress as a tqdm.auto bar (a notebook's), else ``record.Progress``'s choice."""
     from mpi4py import MPI
 
     from ..file.grid import Grid
@@ -494,7 +541,7 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
     from . import placement, protocol
     from .faults import Faults
     from .record import Progress
-    from .worker import DataCache, Surfaces, hessian_batch, load, look
+    from .worker import DataCache, Surfaces, differing, hessian_batch, load, look
 
     rank, size = comm.Get_rank(), comm.Get_size()
     faults = Faults.from_env(rank)
@@ -505,6 +552,7 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
         # every process alone as "rank 0 of 1" (an MPI that does not speak the launcher's language) is refused
         collective(comm, lambda: placement.check_launch(os.environ, size, protocol.library()), debug)
         jobs = comm.bcast(collective(comm, lambda: list(load_jobs()) if rank == 0 else None, debug))
+        given = list(given) or [None] * len(jobs)
         for job in jobs if rank == 0 else ():
             for caution in job.cautions:
                 print(f"llmpi: warning: {job.name}: {caution}", file=sys.stderr, flush=True)
@@ -517,20 +565,26 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
             )
         # which GPU and how many threads: decided from what every rank of the node sees (llmpi.ranks.placement)
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        spec = jobs[0].runtime
-        seen = collective(comm, lambda: look(spec.device), debug)
-        bound = placement.bind(local.allgather(seen), local.Get_rank(), spec.threads, spec.device != "cpu")
+        try:
+            spec = jobs[0].runtime
+            seen = collective(comm, lambda: look(spec.device), debug)
+            bound = placement.bind(local.allgather(seen), local.Get_rank(), spec.threads, spec.device != "cpu")
+        finally:
+            local.Free()  # a process that sweeps again (a notebook) must not collect communicators
         cache = DataCache()
 
         def set_up() -> tuple[Any, int, Loaded]:
             faults.at_setup()
             device, threads = configure(jobs[0], bound)
-            return device, threads, load(jobs[0], device, cache)
+            return device, threads, load(jobs[0], device, cache, given[0])
 
         # Every rank loads the first surface's inputs at once (a missing file on one node is a clean error now).
         device, threads, first = collective(comm, set_up, debug)
+        if any(g is not None for g in given):  # parts given in memory: every rank must hold rank 0's
+            held = comm.allgather(first.held())
+            collective(comm, lambda: _refuse(differing(held)), debug)
         places = comm.gather(bound.place(rank, str(device), threads, os.getpid()))
-        inputs = Inputs(jobs, device, cache, first)
+        inputs = Inputs(jobs, device, cache, first, given)
         plans: dict[int, Plan] = {}  # every surface's, from rank 0
         me = protocol.where(comm)
         surfaces = Surfaces(lambda index: build(plans[index], inputs.take(index), me))
@@ -547,7 +601,7 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
         if rank != 0:
             outcome = protocol.run(comm, [], compute, lambda results: None, interrupts)
             codes = {protocol.COMPLETE: EXIT_OK, protocol.INTERRUPTED: EXIT_INTERRUPTED, protocol.HALTED: EXIT_DISK}
-            return codes.get(outcome.state, EXIT_FAILED)
+            return Ended(codes.get(outcome.state, EXIT_FAILED), outcome.state)
 
         print("\n".join(placement.describe(places)), flush=True)
         for warning in placement.warnings(places):
@@ -574,16 +628,17 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
                 )
         if compiled is not None and max(compiled) > 0:
             print(f"llmpi: compiled in {max(compiled):.1f} s (the slowest rank; once per rank and surface)", flush=True)
-        run = Run(prepared, places, Progress(total, total - sum(p.plan.todo for p in prepared)))
+        run = Run(prepared, places, Progress(total, total - sum(p.plan.todo for p in prepared), bar=bar))
         run.start()
         # a failing disk (a DiskError from a store) stops the run like an interruption; every rank exits 74
         tasks = tasks_of(prepared, size)
         outcome = protocol.run(comm, tasks, compute, run.commit, interrupts, halt_on=(DiskError,), tick=run.tick)
         return run.end(outcome, comm)
-    except SetupFailed as e:
-        if rank == 0:
-            print(f"llmpi: error: {e}", file=sys.stderr, flush=True)
-        return e.code
     finally:
         for p in prepared:
             p.store.close()
+
+
+def _refuse(message: str | None) -> None:
+    if message is not None:
+        raise JobError(message)

@@ -17,7 +17,7 @@ import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from ..compute.data import Samples
 from ..compute.evaluate import Tuning
 from ..job.config import DataSpec, Job
 from ..job.errors import JobError
+from ..job.memory import Given, given_part, is_memory
 from . import placement
 
 
@@ -38,18 +39,27 @@ class DataCache:
         self._samples: dict[tuple, Samples] = {}
 
     @staticmethod
-    def key(spec: DataSpec, split: str, subset: int | None) -> tuple:
+    def key(spec: DataSpec, split: str, subset: int | None, given: Given | None = None) -> tuple:
         kwargs = tuple(sorted((k, repr(v)) for k, v in spec.kwargs.items()))
         source = (spec.factory, kwargs) if spec.factory else (spec.dataset, str(spec.root))
+        if is_memory(spec.factory):  # data given in memory: the objects themselves, not their label
+            source = (spec.factory, id(given and given.data))
         return (*source, split, subset, spec.seed)
 
-    def samples(self, spec: DataSpec, split: str, subset: int | None = None, too_many: str | None = None) -> Samples:
+    def samples(
+        self,
+        spec: DataSpec,
+        split: str,
+        subset: int | None = None,
+        too_many: str | None = None,
+        given: Given | None = None,
+    ) -> Samples:
         from ..compute.data import load_samples
 
         subset = spec.subset if subset is None else subset
-        key = self.key(spec, split, subset)
+        key = self.key(spec, split, subset, given)
         if key not in self._samples:
-            self._samples[key] = load_samples(spec, split, subset, too_many=too_many)
+            self._samples[key] = load_samples(spec, split, subset, too_many=too_many, given=given)
         return self._samples[key]
 
     def __len__(self) -> int:
@@ -68,6 +78,9 @@ class Loaded:
     has_accuracy: bool  # False for a loss factory that counts no correct predictions: no <split>_acc dataset
     splits: dict[str, Samples]
     bn_samples: Samples | None = None
+    given: Given | None = None  # the parts of the job held in memory (llmpi.surface), None for a job of files
+    network: dict[str, str] | None = None  # a network given in memory: its identity (``checkpoint.model_identity``)
+    others: dict[str, str] = field(default_factory=dict)  # other models given in memory: job key -> weights' hash
 
     @property
     def value_names(self) -> list[str]:
@@ -76,6 +89,40 @@ class Loaded:
     @property
     def infos(self) -> list[Any]:
         return [samples.info for samples in self.splits.values()]
+
+    def identity(self) -> Any:
+        """What the values come from (``fingerprint.Identity``): θ*'s bytes -- its file's SHA-256, or for a network
+        given in memory the hash of its weights, with its structure and code -- each split's selected samples, and
+        the parts given in memory (their labels and hashes)."""
+        from ..space import checkpoint
+        from .fingerprint import Identity
+
+        job, sources = self.job, {}
+        if self.network is not None:
+            weights = self.network["weights_sha256"]
+            described = {k: v for k, v in self.network.items() if k != "weights_sha256"}
+            sources["model.factory"] = {"path": job.model.factory, **described}
+        else:
+            weights = checkpoint.sha256_file(job.model.checkpoint)
+        if given_part(self.given, "loss.factory", job.loss.factory) is not None:
+            function = self.given.loss_function(job.loss.factory)
+            sources["loss.factory"] = {"path": job.loss.factory, "code_sha256": checkpoint.code_sha256(function)}
+        if given_part(self.given, "data.factory", job.data.factory) is not None:
+            sources["data.factory"] = {"path": job.data.factory}  # the data's identity is its samples' hash
+        splits = {split: samples.info for split, samples in self.splits.items()}
+        return Identity(weights, splits, self.bn_samples and self.bn_samples.info, sources, dict(self.others))
+
+    def held(self) -> dict[str, str]:
+        """The hashes of the parts given in memory on this rank (an SPMD program's ranks must hold the same)."""
+        out: dict[str, str] = {}
+        if self.network is not None:
+            out["network structure"] = self.network["structure_sha256"]
+            out["network code"] = self.network["code_sha256"]
+            out["weights (θ*)"] = self.network["weights_sha256"]
+        if is_memory(self.job.data.factory):
+            out.update({f"{split} data": samples.info.sha256 for split, samples in self.splits.items()})
+        out.update({f"model.{key} weights": sha for key, sha in self.others.items()})
+        return out
 
 
 def look(spec: str) -> placement.Seen:
@@ -87,16 +134,35 @@ def look(spec: str) -> placement.Seen:
     return placement.look(os.environ, socket.gethostname(), gpus, runtime.affinity())
 
 
-def load(job: Job, device: torch.device, cache: DataCache) -> Loaded:
+def load(job: Job, device: torch.device, cache: DataCache, given: Given | None = None) -> Loaded:
     """Everything a rank needs of ``job`` before the directions: θ*, the loss (tried once at θ* on two samples, so
-    that a loss that does not fit is a clear error now), the samples of each split, the recalibration set."""
+    that a loss that does not fit is a clear error now), the samples of each split, the recalibration set.
+    ``given``: the parts of the job held in memory (``llmpi.job.memory``); a network given in memory is copied
+    (the caller's own is never changed) and identified by its hash."""
     from ..compute import losses
+    from ..job import memory
+    from ..job.config import to_dict
     from ..space import checkpoint
 
-    splits = {split: cache.samples(job.data, split) for split in job.splits}
-    model = checkpoint.load_job_model(job.model)
+    memory.check(given, to_dict(job))  # a part labelled in memory is there
+    splits = {split: cache.samples(job.data, split, given=given) for split in job.splits}
+    network = None
+    if given_part(given, "model.checkpoint", job.model.checkpoint) is not None:
+        own = given.network("model.checkpoint", job.model.checkpoint)
+        network = checkpoint.model_identity(own)
+        model = checkpoint.copy_model(own)
+    else:
+        model = checkpoint.load_job_model(job.model)
+    if not any(p.numel() for p in model.parameters()):
+        raise JobError(
+            f"model: {job.model.label} has no parameters: a loss landscape moves a network's weights, and this one "
+            f"has none; give the trained network itself"
+        )
     first = next(iter(splits.values()))
-    loss, has_accuracy = losses.prepare(job.loss, model, *first.head(2).to())
+    function = None
+    if given_part(given, "loss.factory", job.loss.factory) is not None:
+        function = given.loss_function(job.loss.factory)
+    loss, has_accuracy = losses.prepare(job.loss, model, *first.head(2).to(), function, job.model.label)
     bn_samples = None
     ev = job.evaluation
     if ev.bn == "recalibrate":
@@ -107,8 +173,32 @@ def load(job: Job, device: torch.device, cache: DataCache) -> Loaded:
             ev.bn_batches * ev.bn_batch_size,
             too_many="evaluation.bn_batches x bn_batch_size = {subset} training samples to recalibrate BatchNorm, "
             "but the train split has {total}; lower evaluation.bn_batches or evaluation.bn_batch_size",
+            given=given,
         )
-    return Loaded(job, device, model, loss, has_accuracy, splits, bn_samples)
+    others = {}
+    for key in ("checkpoint2", "checkpoint3"):
+        value = getattr(job.model, key)
+        if given_part(given, f"model.{key}", value) is not None:
+            others[key] = checkpoint.model_identity(given.network(f"model.{key}", value))["weights_sha256"]
+    return Loaded(job, device, model, loss, has_accuracy, splits, bn_samples, given, network, others)
+
+
+def differing(held: list[dict[str, str]]) -> str | None:
+    """The message that stops an SPMD run whose ranks hold other parts in memory than rank 0 (``held``: every
+    rank's ``Loaded.held()``, in rank order), naming the first such rank; None when all agree."""
+    others = [rank for rank, mine in enumerate(held) if mine != held[0]]
+    if not others:
+        return None
+    rank, mine = others[0], held[others[0]]
+    parts = [part for part, sha in held[0].items() if mine.get(part) != sha]
+    hashes = ", ".join(f"{part} {mine.get(part, '-')[:12]} vs {held[0][part][:12]}" for part in parts)
+    also = f" (and so do ranks {', '.join(map(str, others[1:]))})" if len(others) > 1 else ""
+    return (
+        f"rank {rank} of {len(held)} holds other {', '.join(parts)} than rank 0{also}: every rank must pass "
+        f"llmpi.surface the same network, weights and data (SHA-256 {hashes}). A network trained separately on each "
+        f"rank differs in its last bits: train it on one rank and broadcast it "
+        f"(model.load_state_dict(comm.bcast(model.state_dict()))), or load one checkpoint on every rank"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,7 +217,7 @@ def make_evaluator(job: Job, loaded: Loaded, samples: Samples, directions: Any) 
     if isinstance(directions, list):
         dirs: Any = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in directions]
     elif plan.is_recipe(directions):  # this rank makes the directions itself, once it proved it can
-        plan.check_recipe(directions, loaded.model, loaded.device, job)
+        plan.check_recipe(directions, loaded.model, loaded.device, job, loaded.given)
         dirs = directions
     else:  # another split's evaluator's weights (llmpi.space.theta.Weights): one θ* on the device for all splits
         dirs = directions

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from matplotlib.ticker import MaxNLocator
 
 from ..file.store import Surface, read_surface
 from ..job.errors import JobError
@@ -145,6 +144,8 @@ class Scale:
 
 def _nice(lo: float, hi: float) -> np.ndarray:
     """About DEFAULT_LEVELS round-numbered levels covering [lo, hi]."""
+    from matplotlib.ticker import MaxNLocator  # here: reading a surface (llmpi.surface's result) needs no matplotlib
+
     ticks = MaxNLocator(DEFAULT_LEVELS).tick_values(lo, hi)
     inside = ticks[(ticks >= lo - 1e-12 * abs(lo)) & (ticks <= hi + 1e-12 * abs(hi))]
     return inside if len(inside) >= 2 else np.linspace(lo, hi, DEFAULT_LEVELS)

@@ -1,6 +1,7 @@
-"""The paper's pictures with matplotlib (Agg, headless; never opens a window): contour lines, filled contours,
-heatmap and 3D surface of a 2D landscape; loss and accuracy of 1D landscapes on twin axes; the eigen-ratio
-|λmin/λmax| of 1D landscapes with Hessian values (2D eigen-ratio maps are heat maps of ``eig_ratio``).
+"""The paper's pictures with matplotlib (Agg, headless; never opens a window; a Jupyter kernel keeps its inline
+backend): contour lines, filled contours, heatmap and 3D surface of a 2D landscape; loss and accuracy of 1D
+landscapes on twin axes; the eigen-ratio |λmin/λmax| of 1D landscapes with Hessian values (2D eigen-ratio maps
+are heat maps of ``eig_ratio``).
 
     fig = figure_2d(Landscape.read("surfaces/vgg56.h5"), "train_loss", "contour", Scale(log=True))
     save(fig, Path("surfaces/vgg56.h5_train_loss_2dcontour_log"), ("png", "pdf"))
@@ -11,13 +12,15 @@ Each ``figure_*`` returns the Figure (tests look inside it), :func:`save` writes
 from __future__ import annotations
 
 import math
+import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # before pyplot: no display, no window, whatever MPLBACKEND says
+if "ipykernel" not in sys.modules:  # a Jupyter kernel keeps its own (inline) backend: llmpi.Surface.plot draws there
+    matplotlib.use("Agg")  # before pyplot: no display, no window, whatever MPLBACKEND says
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.cm import ScalarMappable

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..file.store import WriterLock, read_run_info, read_surface
+from ..file.store import Surface, WriterLock, read_run_info, read_surface
 from ..job.errors import JobError
 
 
@@ -162,16 +162,16 @@ def _plain(value: object) -> object:
     return value
 
 
-def surface_metrics(path: str | Path, **options: float | None) -> dict:
-    """``llmpi.report.metrics.surface_metrics`` of every loss in the file:
+def surface_metrics(path: str | Path | Surface, **options: float | None) -> dict:
+    """``llmpi.report.metrics.surface_metrics`` of every loss in the file (or a surface already read):
     ``{"options": {...}, "train_loss": {...}}``."""
     from .metrics import default_fit_radius
     from .metrics import surface_metrics as compute
 
-    s = read_surface(path)
+    s = path if isinstance(path, Surface) else read_surface(path)
     losses = [k for k in s.values if k.endswith("_loss")]
     if not losses:
-        raise JobError(f"{path} holds no loss values (datasets named <split>_loss) to take metrics of")
+        raise JobError(f"{s.path} holds no loss values (datasets named <split>_loss) to take metrics of")
     given = {k: v for k, v in options.items() if v is not None}
     if "fit_radius" not in given:  # a fit that holds enough points on this grid, whatever its step
         given["fit_radius"] = default_fit_radius(s.x, s.y, given.get("radius", DEFAULT_RADIUS))

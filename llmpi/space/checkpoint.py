@@ -13,10 +13,12 @@ are filled in with 0 (the counter only matters for BatchNorm with ``momentum=Non
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import pickle
+import types
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,78 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def state_sha256(state: dict[str, torch.Tensor], chunk: int = 1 << 26) -> str:
+    """SHA-256 of a state_dict's tensors in order -- each entry's name, dtype, shape and bytes -- hashed ``chunk``
+    bytes at a time from the tensor's own memory (one copy to the CPU for tensors elsewhere)."""
+    h = hashlib.sha256()
+    for name, t in state.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
+        if t.numel():
+            flat = t.reshape(-1).view(torch.uint8).numpy()
+            for start in range(0, len(flat), chunk):
+                h.update(flat[start : start + chunk])
+    return h.hexdigest()
+
+
+def code_sha256(function: object) -> str:
+    """SHA-256 of the compiled code of a function (a callable object: its ``__call__``; a class: its ``forward``),
+    with the code it defines inside: what a change to its text changes, in a notebook too, where the source may
+    not be found. The same code gives the same hash in every process of one Python version."""
+    code = getattr(function, "__code__", None)
+    if code is None:
+        method = getattr(function, "forward", None)
+        if method is None and callable(function):
+            method = type(function).__call__
+        code = getattr(method, "__code__", None)
+    h = hashlib.sha256()
+    if code is not None:
+        _hash_code(code, h)
+    else:  # a built-in: its name is all there is
+        h.update(repr(getattr(function, "__qualname__", type(function).__qualname__)).encode())
+    return h.hexdigest()
+
+
+def _hash_code(code: types.CodeType, h: hashlib._Hash) -> None:
+    h.update(code.co_code)
+    h.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _hash_code(const, h)
+        else:
+            h.update(repr(const).encode())
+
+
+def model_identity(model: nn.Module) -> dict[str, str]:
+    """A network given in memory, identified as a checkpoint file and a factory identify one in a job file: the hash
+    of its weights (every state_dict entry: parameters and buffers), of its structure (every module's name, class and
+    settings, every entry's name, dtype and shape), and of its code (the ``forward`` of each class outside torch)."""
+    structure = hashlib.sha256()
+    code = hashlib.sha256()
+    seen: set[type] = set()
+    for name, module in model.named_modules():
+        cls = type(module)
+        structure.update(f"{name}:{cls.__module__}.{cls.__qualname__}({module.extra_repr()})\n".encode())
+        if cls not in seen and not cls.__module__.startswith("torch."):
+            seen.add(cls)
+            code.update(f"{cls.__module__}.{cls.__qualname__}:{code_sha256(cls)}\n".encode())
+    state = model.state_dict()
+    for key, t in state.items():
+        structure.update(f"{key} {t.dtype} {tuple(t.shape)}\n".encode())
+    return {
+        "weights_sha256": state_sha256(state),
+        "structure_sha256": structure.hexdigest(),
+        "code_sha256": code.hexdigest(),
+    }
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A copy of a network given in memory, in eval mode, for the sweep to move and perturb: the caller's network
+    -- its parameters, buffers, mode and device -- is never touched."""
+    with torch.no_grad():
+        return copy.deepcopy(model).eval()
 
 
 SAFETENSORS_DTYPES = {

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..file.store import Planned
 from ..job.errors import JobError
+from ..job.memory import Given, given_part
 
 
 def _numpy(direction: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -45,15 +46,26 @@ def _entries(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in perturbed_entries(model, kind).items()}
 
 
-def _other(job: Any, model: nn.Module, key: str) -> dict[str, torch.Tensor]:
-    """The entries the directions move, of the checkpoint at ``model.<key>`` loaded into a copy of θ*'s network
-    (so it fits however the network was built; a mismatch names the keys and the arch that would fit)."""
-    from .checkpoint import load_into, read_state_dict
+def other_state(job: Any, key: str, given: Given | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of the model at ``model.<key>``: its checkpoint file, or the network given in memory."""
+    from .checkpoint import read_state_dict
+
+    path = getattr(job.model, key)
+    held = given_part(given, f"model.{key}", path)
+    if held is not None:
+        return {k: v.detach() for k, v in held.network(f"model.{key}", path).state_dict().items()}
+    return read_state_dict(path)
+
+
+def _other(job: Any, model: nn.Module, key: str, given: Given | None = None) -> dict[str, torch.Tensor]:
+    """The entries the directions move, of the model at ``model.<key>`` loaded into a copy of θ*'s network (so it
+    fits however the network was built; a mismatch names the keys and the arch that would fit)."""
+    from .checkpoint import load_into
 
     path = getattr(job.model, key)
     other = copy.deepcopy(model).cpu()
     try:
-        load_into(other, read_state_dict(path), job.model.label, path)
+        load_into(other, other_state(job, key, given), job.model.label, path)
     except JobError as e:
         raise JobError(f"model.{key}: {e}") from None
     return _entries(other, job.directions.type)
@@ -75,24 +87,28 @@ def store_mode(job: Any, model: nn.Module) -> str:
     return "recipe" if parameters > LEAN_PARAMETERS else "full"
 
 
-def plan_directions(job: Any, model: nn.Module, ndim: int, store: str = "full", device: Any = "cpu") -> Planned:
+def plan_directions(
+    job: Any, model: nn.Module, ndim: int, store: str = "full", device: Any = "cpu", given: Given | None = None
+) -> Planned:
     """The directions of ``job.directions.kind`` around θ* (``model``), with what describes them; with ``store``
-    "recipe", the recipe of random directions, made entry by entry on ``device`` (rank 0's)."""
+    "recipe", the recipe of random directions, made entry by entry on ``device`` (rank 0's). ``given``: the other
+    models of an interpolation or a plane, where they were given in memory."""
     from . import between as paths
     from . import directions, pca
 
     spec = job.directions
     if store == "recipe":
-        return _plan_recipe(job, model, ndim, device)
+        return _plan_recipe(job, model, ndim, device, given)
     base = _entries(model, spec.type)
     try:
         if spec.kind == "random":
             dirs = directions.random_directions(base, spec.seed, spec.norm, spec.ignore, count=ndim)
             return Planned([_numpy(d) for d in dirs])
         if spec.kind == "interpolate":
-            return Planned([_numpy(paths.interpolation(base, _other(job, model, "checkpoint2")))])
+            return Planned([_numpy(paths.interpolation(base, _other(job, model, "checkpoint2", given)))])
         if spec.kind == "plane":
-            plane = paths.plane_through(base, _other(job, model, "checkpoint2"), _other(job, model, "checkpoint3"))
+            second, third = (_other(job, model, key, given) for key in ("checkpoint2", "checkpoint3"))
+            plane = paths.plane_through(base, second, third)
             names = [job.model.checkpoint, job.model.checkpoint2, job.model.checkpoint3]
             return Planned(
                 [_numpy(d) for d in plane.directions],
@@ -148,13 +164,13 @@ def is_recipe(directions: Any) -> bool:
     return isinstance(directions, Recipe)
 
 
-def check_recipe(recipe: Any, model: nn.Module, device: Any, job: Any) -> None:
+def check_recipe(recipe: Any, model: nn.Module, device: Any, job: Any, given: Given | None = None) -> None:
     """On every rank, before its first point: the recipe fits this network and this device makes its numbers
-    (a difference recipe first attaches the other checkpoints, read here)."""
+    (a difference recipe first attaches the other checkpoints, read here, or the models given in memory)."""
     from .directions import perturbed_entries
 
     if recipe.kind != "random":
-        recipe.others = dict(recipe_sources(job))
+        recipe.others = dict(recipe_sources(job, given))
     entries = perturbed_entries(model, recipe.type)
     try:
         recipe.check_entries(entries)
@@ -166,21 +182,20 @@ def check_recipe(recipe: Any, model: nn.Module, device: Any, job: Any) -> None:
 SOURCES = {"interpolate": ("checkpoint2",), "plane": ("checkpoint2", "checkpoint3")}
 
 
-def recipe_sources(job: Any) -> list[tuple[str, dict]]:
+def recipe_sources(job: Any, given: Given | None = None) -> list[tuple[str, dict]]:
     """The other checkpoints a difference recipe reads, (job key, state_dict), memory-mapped: every rank reads
-    them itself (the page cache is shared by the ranks of a node), so no direction is ever sent."""
-    from .checkpoint import read_state_dict
-
+    them itself (the page cache is shared by the ranks of a node), so no direction is ever sent. Models given in
+    memory are each rank's own (an SPMD program's ranks hold the same: the sweep checks their hashes)."""
     out = []
     for key in SOURCES.get(job.directions.kind, ()):
         try:
-            out.append((key, read_state_dict(getattr(job.model, key))))
+            out.append((key, other_state(job, key, given)))
         except JobError as e:
             raise JobError(f"model.{key}: {e}") from None
     return out
 
 
-def _plan_recipe(job: Any, model: nn.Module, ndim: int, device: Any) -> Planned:
+def _plan_recipe(job: Any, model: nn.Module, ndim: int, device: Any, given: Given | None = None) -> Planned:
     """The recipe of the job's directions (random, or differences of checkpoints), made on ``device``."""
     from . import between as paths
     from .directions import perturbed_entries
@@ -193,7 +208,7 @@ def _plan_recipe(job: Any, model: nn.Module, ndim: int, device: Any) -> Planned:
         return Planned([], recipe=recipe.to_arrays())
     assert spec.kind in SOURCES, "config refuses a recipe for pca"
     try:
-        recipe, gram = plan_difference(entries, recipe_sources(job), spec.kind, spec.type, device=device)
+        recipe, gram = plan_difference(entries, recipe_sources(job, given), spec.kind, spec.type, device=device)
         if spec.kind == "plane":
             paths.check_plane(gram)
     except ValueError as e:
