@@ -2,6 +2,7 @@
 arch ``tinynet``, and the sweep's command line with it registered:
 
     mpirun -n 3 python -m tinynet job.yaml          # = python -m llmpi.sweep job.yaml, with arch tinynet known
+    mpirun -n 3 python -m tinynet spectrum job.yaml # = python -m llmpi.spectrum job.yaml, likewise
 
 (tests/ on PYTHONPATH). The real sweep runs unchanged; only the registry gains one entry before the job loads.
 """
@@ -27,6 +28,14 @@ class TinyNet(nn.Module):
         return self.linear(self.pool(self.bn1(self.conv1(x)).relu()).flatten(1))
 
 
+def detached_loss(model: nn.Module, batch):
+    """A loss factory that forgets the graph (computed under no_grad): a Hessian of it must be refused clearly."""
+    import torch
+
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="sum"), len(batch[1]), None
+
+
 def register() -> None:
     from llmpi import models
 
@@ -36,6 +45,10 @@ def register() -> None:
 register()
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["spectrum"]:
+        from llmpi.spectrum import main
+
+        sys.exit(main(sys.argv[2:]))
     from llmpi.sweep import main
 
     sys.exit(main())

@@ -80,6 +80,7 @@ def directions_fields(job: Job, store: str) -> dict:
     del fields["store"]
     if store == "recipe":
         fields["store"] = "recipe"
+    del fields["spectrum"]  # kind hessian: what determines its eigenvectors is added by _kind_and_metrics
     return fields
 
 
@@ -116,4 +117,41 @@ def _kind_and_metrics(job: Job) -> dict:
     if job.metrics:
         out["metrics"] = list(job.metrics)
         out["hessian"] = to_dict(job.hessian)
+        if not job.hessian.trace:  # as before the trace existed, so that those files resume
+            del out["hessian"]["trace"], out["hessian"]["trace_probes"]
     return out
+
+
+def spectrum_fingerprint(job: Job, identity: Identity) -> dict:
+    """The fingerprint fields of a spectrum file (``python -m llmpi.spectrum``): the network, θ*, the data of the
+    job's first split, the loss, the precision, the parameters the Hessian is over, and the analyses' settings.
+    Out: the batch size, ``spectrum.block`` and ``spread``, the rank count, the output (last bits at most)."""
+    from ..job.factories import identity as source_identity
+
+    model, data, loss, spec = job.model, job.data, job.loss, job.spectrum
+    split = job.splits[0]
+    settings: dict = {"analyses": list(spec.analyses), "images": spec.images, "seed": spec.seed}
+    for analysis in spec.analyses:
+        settings[analysis] = to_dict(getattr(spec, analysis))
+    return {
+        "format": FORMAT,
+        "kind": "spectrum",
+        "arch": model.arch,
+        "model": {"factory": model.factory and source_identity(model.factory), "kwargs": model.kwargs},
+        "data_factory": {"factory": data.factory and source_identity(data.factory), "kwargs": data.kwargs},
+        "loss": {
+            "name": None if loss.factory else loss.name,
+            "factory": loss.factory and source_identity(loss.factory),
+        },
+        "precision": job.runtime.precision,
+        "checkpoint_sha256": identity.checkpoint_sha256,
+        "data": {
+            "dataset": None if data.factory else data.dataset,
+            "split": split,
+            "subset": data.subset,
+            "seed": data.seed,
+            "images_sha256": identity.splits[split].sha256,
+        },
+        "ignore": job.directions.ignore,
+        "spectrum": settings,
+    }
