@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .job.errors import JobError
-from .report.landscape import EIG_NAMES, LOSS_SPAN, Landscape, Scale, names_to_draw, quantity
+from .report.landscape import EIG_NAMES, LOSS_SPAN, TRACE_NAMES, Landscape, Scale, names_to_draw, quantity
 
 PICTURE_FORMATS = ("png", "pdf")
 PICTURE_SUFFIXES = ("png", "pdf", "svg")
@@ -77,7 +77,7 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                         continue
                     raise JobError(f"{land.path} has a single point along one axis; --kind {kind} needs 2 or more")
                 for name in names_to_draw(land, values, scale):
-                    if lenient and name in EIG_NAMES and kind != "heat":
+                    if lenient and name in (*EIG_NAMES, *TRACE_NAMES) and kind != "heat":
                         continue  # contour lines of an eigen-ratio say little; the paper draws heat maps
                     base = land.path.with_name(f"{land.path.name}_{name}_{static.KINDS_2D[kind]}{log}")
                     if kind == "surface":
@@ -94,7 +94,7 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                 for land in flat:
                     for name in values or ():
                         land.values(name)  # raises, naming what the file has
-                curves = None if values is None else [v for v in values if v not in EIG_NAMES]
+                curves = None if values is None else [v for v in values if v not in (*EIG_NAMES, *TRACE_NAMES)]
                 if curves is None or curves:
                     make = lambda flat=flat, curves=curves: static.figure_1d(flat, curves, scale)
                     out.append(Output(_overlay_base(flat, f"1d_loss_acc{log}"), PICTURE_SUFFIXES, _picture(make)))
@@ -102,6 +102,10 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                 if eig and (values is None or any(v in EIG_NAMES for v in values)):
                     make = lambda eig=eig: static.figure_1d_eig(eig, scale)
                     out.append(Output(_overlay_base(eig, "1d_eig_ratio"), PICTURE_SUFFIXES, _picture(make)))
+                traced = [land for land in flat if "trace" in land.names]
+                if traced and (values is None or "trace" in values):
+                    make = lambda traced=traced: static.figure_1d_trace(traced)
+                    out.append(Output(_overlay_base(traced, "1d_trace"), PICTURE_SUFFIXES, _picture(make)))
         elif kind == "html":
             for ndim in (2, 1):
                 group = [land for land in lands if land.ndim == ndim]

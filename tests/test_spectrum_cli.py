@@ -40,19 +40,8 @@ def tiny(fixture_data, tmp_path_factory):
     import tinynet
 
     d = tmp_path_factory.mktemp("spectrum")
-    torch.manual_seed(1)
-    model = tinynet.TinyNet()
-    images, labels = data.load_cifar10(fixture_data.root, "train", download=False)
-    x, y = data.normalize(images[:200]), torch.as_tensor(labels[:200])
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model.train()
-    for s in torch.randperm(200).split(25):
-        loss = torch.nn.functional.cross_entropy(model(x[s]), y[s])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
     path = d / "tiny.pt"
-    torch.save({"state_dict": model.state_dict()}, path)
+    tinynet.train(fixture_data.root, path)
     fx = Fixture(fixture_data.root, path, "tinynet")
     job = spectrum_job(fx, d / "three.h5")
     result = run_cli("tinynet", "spectrum", str(write_job(d / "job.yaml", job)), ranks=3, env=ENV)

@@ -36,6 +36,27 @@ def detached_loss(model: nn.Module, batch):
         return torch.nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="sum"), len(batch[1]), None
 
 
+def train(root, path, seed: int = 1) -> None:
+    """A tinynet trained briefly (one pass, 200 images of the CIFAR-format folder ``root``) saved to ``path``: a
+    network near a minimum, with a Hessian of a few large eigenvalues over a bulk, as real ones have."""
+    import torch
+
+    from llmpi.compute import data
+
+    torch.manual_seed(seed)
+    model = TinyNet()
+    images, labels = data.load_cifar10(root, "train", download=False)
+    x, y = data.normalize(images[:200]), torch.as_tensor(labels[:200])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train()
+    for s in torch.randperm(200).split(25):
+        loss = torch.nn.functional.cross_entropy(model(x[s]), y[s])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save({"state_dict": model.state_dict()}, path)
+
+
 def register() -> None:
     from llmpi import models
 

@@ -276,6 +276,25 @@ def extreme_eigenvalues(
     ``op`` maps a float64 vector of length ``n`` to its product with the matrix; for a ``HessianOperator``,
     ``n`` and ``device`` come from it and ``between_batches`` is handed on to every product.
     """
+    return extremes_and_basis(
+        op, n, tol=tol, max_hvps=max_hvps, basis=basis, seed=seed, device=device, between_batches=between_batches
+    )[0]
+
+
+def extremes_and_basis(
+    op: Callable[[torch.Tensor], torch.Tensor] | HessianOperator,
+    n: int | None = None,
+    *,
+    tol: float = 1e-3,
+    max_hvps: int = 300,
+    basis: int = 40,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    between_batches: Callable[[], None] | None = None,
+) -> tuple[EigenResult, torch.Tensor, np.ndarray]:
+    """``extreme_eigenvalues``, with the Lanczos basis it ended with: its orthonormal rows V (k, n) and the
+    projected matrix T = V H Vᵀ (k, k), exact to rounding (``hessian.trace`` takes tr(T) as the trace's share in
+    the span of V, llmpi.compute.spectrum.deflated_trace)."""
     if isinstance(op, HessianOperator):
         n, device = op.n, op.device
         hessian = op
@@ -317,7 +336,7 @@ def extreme_eigenvalues(
         scale = max(abs(theta[0]), abs(theta[-1]))
         converged = bool(residuals[0] <= tol * scale and residuals[-1] <= tol * scale)
         if converged or hvps >= max_hvps or k == n:
-            return EigenResult(
+            result = EigenResult(
                 max_eig=float(theta[-1]),
                 min_eig=float(theta[0]),
                 max_residual=float(residuals[-1]),
@@ -326,6 +345,7 @@ def extreme_eigenvalues(
                 hvps=hvps,
                 tol=tol,
             )
+            return result, V[:k], T[:k, :k].copy()
         if k < m:
             V[k] = w / beta
             k += 1

@@ -287,6 +287,21 @@ def probe_values(Z: torch.Tensor, HZ: torch.Tensor, sizes: Sequence[int]) -> tup
     return products.sum(dim=1).cpu().numpy(), segment_sums(products, sizes).cpu().numpy()
 
 
+def deflated_trace(
+    matvec: Matvec, basis: torch.Tensor, projected: np.ndarray, probes: int, seed: int
+) -> tuple[float, float]:
+    """The trace from an orthonormal basis V (rows) with T = V H Vᵀ already known (a Lanczos run's, as the sweep's
+    ``hessian.trace`` has at every point): tr(T) exactly, plus Hutchinson on the rest with ``probes`` probes
+    (indices 0, 1, ... of ``seed``: the same probes wherever it is called). (trace, standard error)."""
+    if probes < 2:
+        raise ValueError(f"probes must be at least 2 for a standard error, not {probes}")
+    n = basis.shape[1]
+    flat = Deflation(basis, float(np.trace(projected)), np.zeros(1))
+    Z = flat.project(torch.stack([rademacher(n, seed, i, device=basis.device) for i in range(probes)]))
+    samples = (Z * matvec(Z)).sum(dim=1).cpu().numpy()
+    return flat.exact + float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(probes))
+
+
 @dataclass
 class TraceEstimate:
     """The trace from the first ``used`` samples: its value, standard error, per entry; the running values."""

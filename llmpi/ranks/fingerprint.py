@@ -114,6 +114,13 @@ def _kind_and_metrics(job: Job) -> dict:
         for path in files:
             h.update(f"{path.name}:{sha256_file(path)}\n".encode())
         out["trajectory"] = {"snapshots": len(files), "sha256": h.hexdigest()}
+    if job.directions.kind == "hessian":  # what determines the eigenvectors: the spectrum file's own fingerprint
+        from ..file.spectrum import read_spectrum
+
+        try:
+            out["spectrum"] = read_spectrum(job.directions.spectrum).attrs["fingerprint"]
+        except JobError as e:
+            raise JobError(f"directions.spectrum: {e}") from None
     if job.metrics:
         out["metrics"] = list(job.metrics)
         out["hessian"] = to_dict(job.hessian)

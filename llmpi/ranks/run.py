@@ -437,6 +437,7 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
     from . import placement, protocol
     from .faults import Faults
     from .record import Progress
+    from .spectrum import eigenvectors_first
     from .worker import DataCache, Surfaces, hessian_batch, load, look
 
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -473,6 +474,10 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
         # Every rank loads the first surface's inputs at once (a missing file on one node is a clean error now).
         device, threads, first = collective(comm, set_up, debug)
         places = comm.gather(bound.place(rank, str(device), threads, os.getpid()))
+        jobs = list(jobs)  # directions.kind hessian: the eigenvectors first, on every rank (llmpi.ranks.spectrum)
+        code = eigenvectors_first(comm, jobs, device, cache, restart=restart, debug=debug, interrupts=interrupts)
+        if code:
+            return code
         inputs = Inputs(jobs, device, cache, first)
         plans: dict[int, Plan] = {}  # every surface's, from rank 0
         surfaces = Surfaces(lambda index: build(plans[index], inputs.take(index)))
@@ -509,7 +514,8 @@ def sweep(comm: Any, load_jobs: Callable[[], Sequence[Job]], *, restart: bool, d
                 batch = hessian_batch(p.plan.job, p.plan.tuning)
                 print(
                     f"llmpi: Hessian extremes at every point: Lanczos to tol {h.tol:g} (at most {h.max_hvps} "
-                    f"products), over {h.images or 'all'} of the {p.plan.job.splits[0]} images, batch {batch}",
+                    f"products), over {h.images or 'all'} of the {p.plan.job.splits[0]} images, batch {batch}"
+                    + (f"; the trace from its basis and {h.trace_probes} probes" if h.trace else ""),
                     flush=True,
                 )
         if compiled is not None and max(compiled) > 0:

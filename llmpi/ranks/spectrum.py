@@ -84,9 +84,10 @@ class At:
 class Ranks:
     """This rank in the computation: its part of every agreement, and the failure it has to report at the next."""
 
-    def __init__(self, comm: Any, interrupts: Any) -> None:
+    def __init__(self, comm: Any, interrupts: Any, debug: bool = False) -> None:
         from .protocol import where
 
+        self.debug = debug
         self.step = Lockstep(comm)
         self.rank, self.size = self.step.rank, self.step.size
         self.interrupts = interrupts
@@ -114,6 +115,8 @@ class Ranks:
             explained = explain(e)
             if explained is not None:
                 code, message = explained
+                if self.debug:
+                    message = f"{traceback.format_exc()}{message}"
                 return (DISK if code == EXIT_DISK else USER_ERROR), message, None
             return ERROR, f"{self.where}:\n{traceback.format_exc()}", None
 
@@ -283,6 +286,7 @@ def compute(
     attrs: dict | None = None,
     identity: Any = None,
     quiet: bool = False,
+    debug: bool = False,
 ) -> int:
     """The job's spectrum over the samples of ``at``, on every rank of ``comm``; the exit status (the same on every
     rank). ``identity`` (``llmpi.ranks.fingerprint.Identity``) and ``attrs`` describe the inputs in the file (rank
@@ -290,7 +294,7 @@ def compute(
     from ..job import config
     from .faults import Faults
 
-    ranks = Ranks(comm, interrupts)
+    ranks = Ranks(comm, interrupts, debug)
     faults = Faults.from_env(ranks.rank)
     say = Say(ranks.rank if not quiet else -1)
     store: SpectrumStore | None = None
@@ -333,7 +337,7 @@ def compute(
         ranks.agree()  # rank 0's last writes reached the disk before anyone reports success
         return EXIT_OK
     except Halt as halt:
-        return _report(halt.verdict, ranks, job)
+        return _report(halt.verdict, ranks, job.spectrum.output)
     finally:
         if store is not None:
             store.close()
@@ -390,23 +394,19 @@ def _share_heavy(ranks: Ranks, store: SpectrumStore | None, layout: Layout, stat
     return out
 
 
-def _report(verdict: Verdict, ranks: Ranks, job: Job) -> int:
+def _report(verdict: Verdict, ranks: Ranks, output: str | None) -> int:
     """Rank 0 says why the run ended (the first failure, else the interruption); every rank returns its status."""
     priority = [ERROR, DISK, USER_ERROR, STOP]
     status = next(s for s in priority if any(d[0] == s for d in verdict.details.values()))
     _, detail = next(d for _, d in sorted(verdict.details.items()) if d[0] == status)
+    kept = f"what was finished is kept in {output}: " if output else ""
     if ranks.rank == 0:
         if status == STOP:
-            print(
-                f"llmpi: interrupted ({detail}); what was finished is kept in {job.spectrum.output}: rerun the same "
-                f"command to resume",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"llmpi: interrupted ({detail}); {kept}rerun the same command to resume", file=sys.stderr, flush=True)
         elif status == ERROR:
             print(
-                f"llmpi: error: the spectrum failed; what was finished is kept in {job.spectrum.output}: fix the "
-                f"cause and rerun the same command to resume.\n{detail}",
+                f"llmpi: error: the spectrum failed; {kept}fix the cause and rerun the same command to resume.\n"
+                f"{detail}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -677,55 +677,110 @@ class Phases:
 
 def spectrum(comm: Any, load_job: Callable[[], Job], *, restart: bool, debug: bool, interrupts: Any) -> int:
     """``python -m llmpi.spectrum``: the job ``load_job`` gives on rank 0, its spectrum on every rank of ``comm``;
-    the exit status, the same on every rank."""
+    the exit status, the same on every rank. A failure of the set-up on any rank (a missing file on one node)
+    ends every rank at once, reported by rank 0."""
     from mpi4py import MPI
 
-    from ..space import checkpoint
+    from ..compute import runtime
     from . import placement, protocol
-    from .fingerprint import Identity
-    from .run import SetupFailed, collective, configure
     from .worker import DataCache, load, look
 
-    rank, size = comm.Get_rank(), comm.Get_size()
+    ranks = Ranks(comm, interrupts, debug)
+    rank, size = ranks.rank, ranks.size
     try:
-        collective(comm, lambda: placement.check_launch(os.environ, size, protocol.library()), debug)
-        job = comm.bcast(collective(comm, lambda: check_job(load_job()) if rank == 0 else None, debug))
+        ranks.run(lambda: placement.check_launch(os.environ, size, protocol.library()))
+        job = ranks.step.bcast(ranks.run(lambda: check_job(load_job()) if rank == 0 else None))
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        seen = collective(comm, lambda: look(job.runtime.device), debug)
+        seen = ranks.run(lambda: look(job.runtime.device))
         bound = placement.bind(
             local.allgather(seen), local.Get_rank(), job.runtime.threads, job.runtime.device != "cpu"
         )
 
         def set_up() -> tuple[Any, At, Any, dict]:
-            device, _ = configure(job, bound)
+            device = runtime.pick_device(job.runtime.device, bound.gpu)
+            runtime.configure(device, bound.threads, job.runtime.precision, job.runtime.kernels)
             loaded = load(job, device, DataCache())
             at = loaded_at(job, loaded, device)
-            identity = None
-            attrs: dict = {}
-            if rank == 0:
-                identity = Identity(
-                    checkpoint.sha256_file(job.model.checkpoint),
-                    {split: samples.info for split, samples in loaded.splits.items()},
-                )
-                info = next(iter(loaded.splits.values())).info
-                attrs = {
-                    "dataset": info.describe(),
-                    "synthetic": info.synthetic,
-                    "arch": job.model.label,
-                    "split": job.splits[0],
-                    "images": len(at.labels),
-                }
+            identity, attrs = inputs_identity(job, loaded, at) if rank == 0 else (None, {})
             return device, at, identity, attrs
 
-        device, at, identity, attrs = collective(comm, set_up, debug)
-        places = comm.gather(bound.place(rank, str(device), torch.get_num_threads(), os.getpid()))
+        device, at, identity, attrs = ranks.run(set_up)
+        places = comm.gather(bound.place(rank, str(device), bound.threads, os.getpid()))
         if rank == 0:
             print("\n".join(placement.describe(places)), flush=True)
-    except SetupFailed as e:
+    except Halt as halt:
+        return _report(halt.verdict, ranks, None)
+    return compute(
+        comm, job, at, device, restart=restart, interrupts=interrupts, attrs=attrs, identity=identity, debug=debug
+    )
+
+
+def inputs_identity(job: Job, loaded: Any, at: At) -> tuple[Any, dict]:
+    """Rank 0: what a spectrum file records of its inputs, (fingerprint identity, root attributes)."""
+    from ..space import checkpoint
+    from .fingerprint import Identity
+
+    identity = Identity(
+        checkpoint.sha256_file(job.model.checkpoint),
+        {split: samples.info for split, samples in loaded.splits.items()},
+    )
+    info = next(iter(loaded.splits.values())).info
+    attrs = {
+        "dataset": info.describe(),
+        "synthetic": info.synthetic,
+        "arch": job.model.label,
+        "split": job.splits[0],
+        "images": len(at.labels),
+    }
+    return identity, attrs
+
+
+def spectrum_path(job: Job) -> str:
+    """Where a sweep of ``directions.kind: hessian`` without ``directions.spectrum`` keeps the spectrum it computes
+    first: next to its surface, ``surfaces/<name>.spectrum.h5``."""
+    from pathlib import Path
+
+    return str(Path(job.output).with_suffix(".spectrum.h5"))
+
+
+def eigenvectors_first(
+    comm: Any, jobs: list[Job], device: Any, cache: Any, *, restart: bool, debug: bool, interrupts: Any
+) -> int:
+    """Every rank, before a sweep prepares its surfaces: the top eigenvectors of each ``directions.kind: hessian``
+    job that names no ``directions.spectrum``, computed on every rank (``spectrum.topk``'s settings, k = 1 for a line
+    and 2 for a plane) into ``spectrum_path(job)``, which the job then names (in ``jobs``, replaced). A file already
+    complete is only read. The exit status (0, or why the sweep must end now)."""
+    from .worker import load
+
+    rank = comm.Get_rank()
+    for index, job in enumerate(jobs):
+        if job.directions.kind != "hessian" or job.directions.spectrum is not None:
+            continue
+        path = spectrum_path(job)
+        ndim = 1 if job.grid.y is None else 2
+        topk = dataclasses.replace(job.spectrum.topk, k=ndim, bottom=0, basis=max(job.spectrum.topk.basis, ndim + 2))
+        first = derived(job, analyses=["topk"], output=path, topk=topk)
+
+        def set_up(first: Job = first) -> tuple[At, Any, dict]:
+            loaded = load(first, device, cache)
+            at = loaded_at(first, loaded, device)
+            identity, attrs = inputs_identity(first, loaded, at) if rank == 0 else (None, {})
+            return at, identity, attrs
+
+        ranks = Ranks(comm, interrupts, debug)
+        try:
+            at, identity, attrs = ranks.run(set_up)
+        except Halt as halt:
+            return _report(halt.verdict, ranks, None)
         if rank == 0:
-            print(f"llmpi: error: {e}", file=sys.stderr, flush=True)
-        return e.code
-    return compute(comm, job, at, device, restart=restart, interrupts=interrupts, attrs=attrs, identity=identity)
+            print(f"llmpi: {job.name}: directions.kind hessian: the top {ndim} eigenvector(s) first -> {path}")
+        code = compute(
+            comm, first, at, device, restart=restart, interrupts=interrupts, attrs=attrs, identity=identity, debug=debug
+        )
+        if code != EXIT_OK:
+            return code
+        jobs[index] = dataclasses.replace(job, directions=dataclasses.replace(job.directions, spectrum=path))
+    return EXIT_OK
 
 
 def check_job(job: Job) -> Job:
