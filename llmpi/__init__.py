@@ -27,7 +27,8 @@ checked by ``make lint`` and ``make test``):
 * ``report/`` -- what a surface file says for people: ``summary`` (what ``status`` reports), ``metrics``
   (sharpness, curvature, basin), and its pictures: ``landscape`` (a surface read for drawing: values, labels,
   scales, marks), ``static`` (matplotlib: contours, heat maps, 3D, 1D curves), ``viewer`` (the offline HTML
-  viewer), ``paraview`` (legacy VTK);
+  viewer), ``paraview`` (legacy VTK); and of a spectrum file, ``spectrum`` (its numbers for ``status``, its density
+  and per-layer traces);
 * ``compute/`` -- the values at a point, never MPI: ``evaluate`` (loss and accuracy over the data), ``forward``
   (eager, folded, compiled), ``fold`` (BatchNorm folded), ``batches`` (data on the device or streamed), ``losses``,
   ``hessian`` (Hessian-vector products, Lanczos), ``spectrum`` (top-k eigenpairs, Hutchinson's trace per entry,

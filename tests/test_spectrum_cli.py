@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import signal
 import subprocess
@@ -243,3 +244,64 @@ def test_another_jobs_file_is_refused_and_restart_replaces_it(tiny, tmp_path):
     assert "holds another job's spectrum (spectrum.seed: file 0, job 5)" in one_error(
         run_cli("tinynet", "spectrum", str(job), env=ENV)
     )
+
+
+# -- what status and plot make of a spectrum file ------------------------------------------------------------------
+
+
+def test_status_summarises_a_spectrum_file(tiny, capsys):
+    from llmpi import status
+
+    _, d, _ = tiny
+    assert status.main([str(d / "three.h5")]) == 0
+    text = capsys.readouterr().out
+    s = read_spectrum(d / "three.h5")
+    assert "spectrum fixture -- tinynet on" in text and "Hessian over 268 parameters in 2 entries" in text
+    assert f"top-4 eigenvalues: {s.get('topk/values')[0]:.6g}" in text and "most negative" in text
+    assert f"trace: {s.get('trace/value')[0]:.6g} ±" in text and f"{s.trace_used} probes" in text
+    assert "conv1.weight" in text and "linear.weight" in text
+    assert "density: 6 runs x 8 steps, complete" in text and "live: no run is writing it" in text
+    assert status.main([str(d / "three.h5"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "spectrum" and info["trace"]["final"] and len(info["trace"]["layers"]) == 2
+    assert info["topk"]["values"] == pytest.approx(s.get("topk/values").tolist())
+    assert status.main([str(d / "three.h5"), "--metrics"]) == 0  # the metrics are a surface's: nothing to add
+
+
+def test_plot_draws_the_density_and_the_layers(tiny, tmp_path, capsys):
+    from llmpi import plot
+    from llmpi.report.spectrum import SpectrumView, figure_density, figure_layers
+
+    _, d, _ = tiny
+    assert plot.main([str(d / "three.h5"), "-o", f"{tmp_path}/"]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["three.h5_density.pdf", "three.h5_density.png", "three.h5_layers.pdf", "three.h5_layers.png"]
+    view = SpectrumView.read(d / "three.h5")
+    fig = figure_density(view)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    top = read_spectrum(d / "three.h5").get("topk/values")[:4]
+    marked = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert np.allclose(marked, sorted(top))
+    bars = figure_layers(view).axes[0].patches
+    assert [b.get_width() for b in bars] == pytest.approx(read_spectrum(d / "three.h5").get("trace/layers"))
+    assert plot.main([str(d / "three.h5"), "--kind", "contour"]) == 2
+    assert "is a spectrum file; --kind contour draws surfaces" in capsys.readouterr().err
+
+
+def test_a_partial_file_shows_what_is_done(tiny, tmp_path, capsys):
+    """A spectrum stopped in its trace: status gives the running estimate, plot the layers so far; the density,
+    not begun, is refused by name when asked for."""
+    from llmpi import plot, status
+
+    fx, _, _ = tiny
+    job = write_job(tmp_path / "p.yaml", spectrum_job(fx, tmp_path / "p.h5", analyses=["topk", "trace", "density"]))
+    killed = run_cli("tinynet", "spectrum", str(job), env={**ENV, "LLMPI_FAULT": "kill:stage=done:after=4"})
+    assert killed.returncode != 0
+    assert status.main([str(tmp_path / "p.h5")]) == 0
+    text = capsys.readouterr().out
+    assert "trace: running" in text and "density: 6 runs x 8 steps, 0 of 6 runs done" in text
+    assert plot.main([str(tmp_path / "p.h5"), "-o", f"{tmp_path}/"]) == 0  # the layers; no density yet
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["p.h5_layers.png"]
+    assert plot.main([str(tmp_path / "p.h5"), "--kind", "density"]) == 2
+    assert "no run of its density is done yet" in capsys.readouterr().err

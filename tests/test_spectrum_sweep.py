@@ -185,3 +185,15 @@ def test_files_without_the_trace_keep_their_fingerprint():
     fields = fingerprint(from_dict(type_job(), base), Identity("sha", {"train": info}))
     assert "trace" not in fields["hessian"] and "spectrum" not in fields["directions"]
     assert fields["directions"]["norm"] == "filter"
+
+
+def test_the_trace_map_is_drawn_as_a_heat_map(plane, tmp_path):
+    from llmpi import plot
+
+    _, d, _ = plane
+    assert plot.main([str(d / "plane.h5"), "-o", f"{tmp_path}/"]) == 0
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert "plane.h5_trace_2dheat.png" in names and "plane.h5_trace_2dcontour.png" not in names
+    assert "plane.h5_trace_se_2dheat.png" not in names  # the standard error only when asked for
+    assert plot.main([str(d / "plane.h5"), "--value", "trace_se", "--kind", "heat", "-o", f"{tmp_path}/"]) == 0
+    assert (tmp_path / "plane.h5_trace_se_2dheat.png").exists()

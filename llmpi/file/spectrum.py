@@ -12,9 +12,10 @@ G its grid's points. Float datasets are float64, NaN until written.
 * ``parameters/names`` (E,) the entries' names, in the order of every flat vector; ``parameters/sizes`` (E,) int64;
   ``parameters/names`` carries the attribute ``shapes`` (JSON);
 * ``topk/values`` (K,): the ``top`` largest eigenvalues descending, then the ``bottom`` most negative ascending
-  (attributes ``top``, ``bottom``, ``tol``); ``topk/vectors`` (K, n) the unit eigenvectors; ``topk/products``
-  (K, n) H·v of each; ``topk/residuals`` (K,) ‖Hv − λv‖ measured; ``topk/converged`` (K,) uint8; ``topk/hvps`` (1,)
-  int64 the products spent; ``topk/done`` (1,) uint8;
+  (the group's attributes ``top`` and ``bottom``, also root attributes ``topk_top``, ``topk_bottom``);
+  ``topk/vectors`` (K, n) the unit eigenvectors; ``topk/products`` (K, n) H·v of each; ``topk/residuals`` (K,)
+  ‖Hv − λv‖ measured; ``topk/converged`` (K,) uint8; ``topk/hvps`` (1,) int64 the products spent; ``topk/done``
+  (1,) uint8;
 * ``trace/samples`` (P,) probe p's sample (zᵀHz, of the projected probe when the trace is deflated);
   ``trace/entries`` (P, E) its terms per entry; ``trace/done`` (P,) uint8; ``trace/exact`` (1,) and
   ``trace/exact_entries`` (E,) the deflated part's exact share (0 when not deflated; ``trace/exact_done`` (1,)
@@ -281,6 +282,7 @@ def _create(path: Path, layout: Layout, fingerprint: dict, job_yaml: str, attrs:
         if layout.top + layout.bottom:
             f["topk"].attrs["top"] = layout.top
             f["topk"].attrs["bottom"] = layout.bottom
+            f.attrs["topk_top"], f.attrs["topk_bottom"] = layout.top, layout.bottom
         f.attrs["kind"] = KIND
         f.attrs["analyses"] = json.dumps(layout.analyses)
         f.attrs["parameters"] = layout.entries.n

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..file.spectrum import is_spectrum
 from ..file.store import WriterLock, read_run_info, read_surface
 from ..job.errors import JobError
 
@@ -29,8 +30,12 @@ def duration(seconds: float) -> str:
 
 
 def summarize(path: str | Path) -> dict:
-    """Everything ``status`` reports, as plain data."""
+    """Everything ``status`` reports, as plain data (a spectrum file's: ``llmpi.report.spectrum.summary``)."""
     path = Path(path)
+    if is_spectrum(path):
+        from .spectrum import summary
+
+        return summary(path)
     s = read_surface(path)
     job = yaml.safe_load(s.attrs.get("job", "")) or {}
     done = int(s.done.sum())
@@ -249,6 +254,10 @@ def render_metrics(metrics: dict) -> str:
 
 
 def render(info: dict) -> str:
+    if info.get("kind") == "spectrum":
+        from .spectrum import render as render_spectrum
+
+        return render_spectrum(info)
     lines = [f"{info['file']}: {info['job']} -- {info['arch']} on {info['data']}"]
     if info.get("directions_described"):
         recipe = info.get("directions_store") == "recipe"
