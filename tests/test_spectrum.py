@@ -346,3 +346,16 @@ def test_the_hessian_parameters_follow_ignore():
     assert sum(p.numel() for p in hessian_parameters(model, "biasbn").values()) == 108 + 216 + 18
     H, _, _ = dense_hessian(model, list(hessian_parameters(model, "none")), *conv_problem()[1:])
     assert H.shape == (363, 363)
+
+
+def test_a_top_k_resumed_from_a_restart_state_is_bitwise_the_uninterrupted_run():
+    n = 200
+    rng = np.random.default_rng(7)
+    A = known_spectrum(n, np.r_[[9.0, 7.0, 6.5, 4.0], rng.uniform(-1, 2, n - 5), [-3.0]], seed=8)
+    states = []
+    kwargs = dict(top=3, bottom=1, tol=1e-10, max_hvps=3000, basis=10, seed=2)
+    whole = top_eigenpairs(matvec_of(A), n, on_restart=states.append, **kwargs)
+    assert len(states) > 3 and states[1].basis.shape[1] == n
+    later = top_eigenpairs(matvec_of(A), n, resume=states[2], **kwargs)
+    assert np.array_equal(later.values, whole.values) and torch.equal(later.vectors, whole.vectors)
+    assert later.hvps == whole.hvps

@@ -305,3 +305,21 @@ def test_a_partial_file_shows_what_is_done(tiny, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["p.h5_layers.png"]
     assert plot.main([str(tmp_path / "p.h5"), "--kind", "density"]) == 2
     assert "no run of its density is done yet" in capsys.readouterr().err
+
+
+@pytest.mark.mpi
+def test_a_top_k_stopped_between_restarts_resumes_from_its_last_restart(tiny, tmp_path):
+    """A small basis restarts every few products; a run that fails after 12 of them leaves its last restart's
+    Lanczos state beside the file, and the rerun continues from it to the same bits as an uninterrupted run."""
+    fx, _, _ = tiny
+    spec = {"analyses": ["topk"], "topk": {"k": 4, "bottom": 1, "tol": 1.0e-6, "basis": 8}}
+    ref = write_job(tmp_path / "ref.yaml", spectrum_job(fx, tmp_path / "ref.h5", **spec))
+    assert run_cli("tinynet", "spectrum", str(ref), ranks=2, env=ENV).returncode == 0
+    job = write_job(tmp_path / "job.yaml", spectrum_job(fx, tmp_path / "cut.h5", **spec))
+    failed = run_cli("tinynet", "spectrum", str(job), ranks=2, env={**ENV, "LLMPI_FAULT": "raise:rank=0:after=12"})
+    assert failed.returncode == 1 and (tmp_path / "cut.h5.topk-state").exists()
+    resumed = run_cli("tinynet", "spectrum", str(job), ranks=2, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "top-k: resuming after" in resumed.stdout
+    assert not (tmp_path / "cut.h5.topk-state").exists()
+    same_files(tmp_path / "ref.h5", tmp_path / "cut.h5")

@@ -112,8 +112,14 @@ def top_eigenpairs(
     basis: int = 40,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    resume: LanczosState | None = None,
+    on_restart: Callable[[LanczosState], None] | None = None,
 ) -> Eigenpairs:
-    """The ``top`` largest and ``bottom`` most negative eigenpairs of the symmetric operator (module docstring)."""
+    """The ``top`` largest and ``bottom`` most negative eigenpairs of the symmetric operator (module docstring).
+
+    ``on_restart`` receives the state after every thick restart (the kept Ritz vectors, the residual direction,
+    the projected matrix, the products spent, the generator): what a run killed later resumes from, handed back as
+    ``resume`` -- it then continues with the same bits as if it had never stopped."""
     if not 1e-14 <= tol < 1:
         raise ValueError(f"tol must be in [1e-14, 1), not {tol}")
     m = _check_counts(n, top, bottom, basis)
@@ -125,11 +131,19 @@ def top_eigenpairs(
     device = torch.device(device)
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    start = torch.randn(n, generator=generator, dtype=torch.float64)
     V = torch.empty((m + 1, n), dtype=torch.float64, device=device)
-    V[0] = (start / start.norm()).to(device)
     T = np.zeros((m, m))
-    k, hvps = 1, 0
+    if resume is None:
+        start = torch.randn(n, generator=generator, dtype=torch.float64)
+        V[0] = (start / start.norm()).to(device)
+        k, hvps = 1, 0
+    else:
+        k, hvps = len(resume.basis), resume.hvps
+        if resume.basis.shape[1] != n or k > m:
+            raise ValueError(f"a Lanczos state of {tuple(resume.basis.shape)} cannot resume a basis of {m} x {n}")
+        V[:k] = torch.as_tensor(resume.basis).to(device)
+        T[: k - 1, : k - 1] = resume.projected
+        generator.set_state(torch.as_tensor(resume.generator, dtype=torch.uint8))
     while True:
         j = k - 1
         w = matvec(V[j].unsqueeze(0))[0]
@@ -179,6 +193,20 @@ def top_eigenpairs(
         T[np.arange(r), np.arange(r)] = theta[chosen]
         T[r, :r] = T[:r, r] = beta * S[k - 1, chosen]
         k = r + 1
+        if on_restart is not None:
+            on_restart(LanczosState(V[:k].cpu().numpy().copy(), T[:r, :r].copy(), hvps, generator.get_state().numpy()))
+
+
+@dataclass
+class LanczosState:
+    """Where a thick-restarted Lanczos run stands right after a restart: the basis (the kept Ritz vectors, then the
+    residual direction whose product is next), the projected matrix of the kept vectors, the products spent and
+    the generator's state (it makes fresh directions should the Krylov space become invariant)."""
+
+    basis: np.ndarray  # (k, n) float64
+    projected: np.ndarray  # (k - 1, k - 1): diag(θ) of the kept Ritz values
+    hvps: int
+    generator: np.ndarray  # uint8, torch.Generator.get_state()
 
 
 def _wanted(k: int, top: int, bottom: int) -> np.ndarray:

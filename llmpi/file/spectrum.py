@@ -450,3 +450,46 @@ def read_eigenvectors(path: str | Path, count: int | None = None) -> tuple[Entri
         if count > top:
             raise StoreError(f"{path} holds the top {top} eigenpairs; {count} are needed")
         return _entries(f), f["topk/values"][:count], f["topk/vectors"][:count]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The top-k's Lanczos state between restarts: a sidecar, <file>.topk-state
+
+
+def state_path(path: str | Path) -> Path:
+    """Where a spectrum file's unfinished top-k keeps its Lanczos state: ``<file>.topk-state`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".topk-state")
+
+
+def save_lanczos_state(path: str | Path, key: str, arrays: dict[str, np.ndarray]) -> None:
+    """Replace the sidecar with ``arrays`` (numpy's .npz, no pickle) under ``key`` (what it belongs to: the spectrum
+    file's fingerprint and batch size), atomically: a kill leaves the previous state or this one. Rewritten after
+    every thick restart of the top-k's Lanczos run, removed once the eigenpairs are in the file: a run killed in
+    its top-k resumes from the last restart instead of the first product."""
+    target = state_path(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, key=np.array(key), **arrays)
+
+    try:
+        atomic_replace(target, write)
+    except OSError as e:
+        raise disk_error(e, target, "writing the top-k's progress to", then=_RESUME) or e from None
+
+
+def load_lanczos_state(path: str | Path, key: str) -> dict[str, np.ndarray] | None:
+    """The sidecar's arrays when it exists and belongs to ``key``; None otherwise (the top-k starts afresh)."""
+    target = state_path(path)
+    try:
+        with np.load(target, allow_pickle=False) as f:
+            if str(f["key"]) != key:
+                return None
+            return {name: f[name] for name in f.files if name != "key"}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def remove_lanczos_state(path: str | Path) -> None:
+    state_path(path).unlink(missing_ok=True)

@@ -459,6 +459,9 @@ class Phases:
             self.say.progress(lambda: f"top-k: {self.products.products} products, {time.monotonic() - started:.0f} s")
             return out
 
+        resume = self._lanczos_state()
+        if resume is not None:
+            self.say(f"top-k: resuming after {resume.hvps} products (from {self.job.spectrum.output}.topk-state)")
         pairs = top_eigenpairs(
             matvec,
             self.products.n,
@@ -469,6 +472,8 @@ class Phases:
             basis=spec.basis,
             seed=self.spec.seed,
             device=self.device,
+            resume=resume,
+            on_restart=self._save_lanczos_state,
         )
         pairs = verified(matvec, pairs, spec.tol)
         vectors, W = pairs.vectors.cpu().numpy(), pairs.products.cpu().numpy()
@@ -484,9 +489,44 @@ class Phases:
             {"topk/done": (np.ones(1), 0)},
         )
         self.ranks.agree()
+        if self.store is not None:
+            from ..file.spectrum import remove_lanczos_state
+
+            self.ranks.on_root(lambda: remove_lanczos_state(self.store.path))
         self.heavy = {"topk/vectors": vectors, "topk/products": W}
         self.state["topk/values"] = pairs.values
         self._say_topk(pairs.values, pairs.residuals, pairs.hvps, pairs.converged)
+
+    def _state_key(self) -> str:
+        return f"{self.store.attr('fingerprint')}:batch {self.products.whole.batch_size}"
+
+    def _save_lanczos_state(self, state: Any) -> None:
+        """Rank 0 keeps the Lanczos state of every thick restart (llmpi.file.spectrum's sidecar)."""
+        from ..file.spectrum import save_lanczos_state
+
+        if self.store is None:
+            return
+        arrays = {
+            "basis": state.basis,
+            "projected": state.projected,
+            "hvps": np.array(state.hvps),
+            "generator": state.generator,
+        }
+        self.ranks.on_root(lambda: save_lanczos_state(self.store.path, self._state_key(), arrays))
+
+    def _lanczos_state(self) -> Any:
+        """The state an earlier, killed run of this top-k left (rank 0 reads it, every rank gets it), or None."""
+        from ..compute.spectrum import LanczosState
+        from ..file.spectrum import load_lanczos_state
+
+        found = load_lanczos_state(self.store.path, self._state_key()) if self.store is not None else None
+        shape = self.ranks.step.bcast(None if found is None else found["basis"].shape)
+        if shape is None:
+            return None
+        small = self.ranks.step.bcast(None if found is None else {k: v for k, v in found.items() if k != "basis"})
+        basis = found["basis"] if found is not None else np.empty(shape, dtype=np.float64)
+        self.ranks.step.comm.Bcast(basis, root=0)
+        return LanczosState(basis, small["projected"], int(small["hvps"]), small["generator"])
 
     def _say_topk(self, values, residuals, hvps: int, converged=None) -> None:
         top = self.layout.top
