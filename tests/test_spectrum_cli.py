@@ -175,7 +175,7 @@ def test_kill_9_inside_writes_then_resume_equals_an_uninterrupted_run(tiny, tmp_
 def test_an_interruption_keeps_finished_work_and_a_rerun_finishes(tiny, tmp_path):
     fx, _, _ = tiny
     job = write_job(tmp_path / "job.yaml", spectrum_job(fx, tmp_path / "int.h5", analyses=["topk", "density"],
-                                                         trace={"deflate": False}))  # fmt: skip
+                                                         trace={"deflate": 0}))  # fmt: skip
     slow = {**ENV, "LLMPI_FAULT": "slow:seconds=0.15"}  # every product a little slower: time to interrupt
     cmd = [*mpirun(2), sys.executable, "-m", "tinynet", "spectrum", str(job)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(slow), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -215,7 +215,7 @@ def test_bad_input_is_one_line(tiny, tmp_path):
     cases = [
         ({"topk": {"k": 300, "basis": 310}}, "300 eigenpairs, but the Hessian of tinynet is over 268 parameters"),
         ({"trace": {"max_probes": 0}}, "zero probes estimate nothing"),
-        ({"analyses": ["trace"]}, "spectrum.trace.deflate takes the top-k"),
+        ({"analyses": ["trace"]}, "spectrum.trace.deflate takes the exact share"),
         ({"topk": {"k": 3, "bottom": 0, "basis": 4}}, "spectrum.topk.basis 4 cannot hold 3 eigenpairs"),
     ]
     for i, (spec, words) in enumerate(cases):

@@ -26,11 +26,13 @@ multiplicity > 1 once: a degenerate top-k shows one copy and the next distinct e
 **Trace** (``probe_values``, ``Deflation``, ``estimate``): Hutchinson's estimator with Rademacher probes z
 (entries ±1, ``rademacher``: a function of the seed and the probe's index only, so any rank makes the same probe),
 E[zᵀHz] = tr(H). Its variance, 2(‖H‖²_F − Σ H²_ii), is dominated by the few large outlying eigenvalues of a
-network's Hessian; with the top-k eigenvectors Q (orthonormal rows) and W = HQ known, the trace splits exactly as
+network's Hessian; with orthonormal vectors Q (rows) and W = HQ known, the trace splits exactly as
 tr(H) = tr(QᵀHQ) + tr(PHP), P = I − QᵀQ, and only the second part is estimated, with the projected probes Pz
-(Hutch++'s idea, here with the eigenvectors the top-k analysis found anyway). Per parameter entry e (a tensor,
-"per layer"), the trace of H's diagonal block is estimated from the same probes: Σ_{x∈e} (Pz)_x (HPz)_x, plus the
-block's exact share of the deflated part, Σ_{x∈e} [(QᵀMQ)_xx + 2 (Qᵀ(PW))_xx] with M = QᵀW. The entries' traces
+(Hutch++'s idea, here with the Ritz vectors of largest |θ| that the top-k's Lanczos basis holds anyway: any
+orthonormal Q keeps the estimator unbiased, and the better Q spans the outliers, the less variance is left).
+Per parameter entry e (a tensor, "per layer"), the trace of H's diagonal block is estimated from the same probes:
+Σ_{x∈e} (Pz)_x (HPz)_x, plus the block's exact share of the deflated part, Σ_{x∈e} [(QᵀMQ)_xx + 2 (Qᵀ(PW))_xx] with
+M = QᵀW. The entries' traces
 add up to the total in every sample. ``estimate`` gives the running mean and its standard error, and the probe
 count at which the relative standard error first reaches its target.
 
@@ -77,6 +79,8 @@ class Eigenpairs:
     top: int
     bottom: int
     products: torch.Tensor | None = None  # (k, n) H·y, set by ``verified``
+    ritz_vectors: torch.Tensor | None = None  # (d, n) the final basis's Ritz vectors of largest |θ| (``ritz=d``)
+    ritz_values: np.ndarray | None = None  # (d,) their Ritz values
 
     @property
     def scale(self) -> float:
@@ -114,12 +118,15 @@ def top_eigenpairs(
     device: torch.device | str = "cpu",
     resume: LanczosState | None = None,
     on_restart: Callable[[LanczosState], None] | None = None,
+    ritz: int = 0,
 ) -> Eigenpairs:
     """The ``top`` largest and ``bottom`` most negative eigenpairs of the symmetric operator (module docstring).
 
     ``on_restart`` receives the state after every thick restart (the kept Ritz vectors, the residual direction,
     the projected matrix, the products spent, the generator): what a run killed later resumes from, handed back as
-    ``resume`` -- it then continues with the same bits as if it had never stopped."""
+    ``resume`` -- it then continues with the same bits as if it had never stopped. ``ritz``: also return that many
+    Ritz vectors of the final basis, those of largest |θ| (orthonormal; the wanted pairs' vectors among them when
+    ritz covers them): the trace's deflation space, which costs no product more than the basis did."""
     if not 1e-14 <= tol < 1:
         raise ValueError(f"tol must be in [1e-14, 1), not {tol}")
     m = _check_counts(n, top, bottom, basis)
@@ -163,6 +170,8 @@ def top_eigenpairs(
             ok[:] = True  # the Krylov space is invariant: its Ritz pairs are eigenpairs
         if (complete and ok.all()) or hvps >= max_hvps or k == n:
             vectors = torch.from_numpy(np.ascontiguousarray(S[:, wanted].T)).to(device) @ V[:k]
+            largest = np.argsort(-np.abs(theta), kind="stable")[: min(ritz, k)]
+            ritz_vectors = torch.from_numpy(np.ascontiguousarray(S[:, largest].T)).to(device) @ V[:k]
             return Eigenpairs(
                 values=theta[wanted].copy(),
                 vectors=_fix_signs(vectors),
@@ -171,6 +180,8 @@ def top_eigenpairs(
                 hvps=hvps,
                 top=top,
                 bottom=bottom,
+                ritz_vectors=ritz_vectors if ritz else None,
+                ritz_values=theta[largest].copy() if ritz else None,
             )
         if invariant:  # an invariant subspace smaller than the pairs asked for: go on from a fresh direction
             fresh = torch.randn(n, generator=generator, dtype=torch.float64).to(device)
@@ -255,6 +266,8 @@ def verified(matvec: Matvec, pairs: Eigenpairs, tol: float) -> Eigenpairs:
         top=pairs.top,
         bottom=pairs.bottom,
         products=W,
+        ritz_vectors=pairs.ritz_vectors,
+        ritz_values=pairs.ritz_values,
     )
 
 

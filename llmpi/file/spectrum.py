@@ -16,6 +16,9 @@ G its grid's points. Float datasets are float64, NaN until written.
   ``topk/vectors`` (K, n) the unit eigenvectors; ``topk/products`` (K, n) H·v of each; ``topk/residuals`` (K,)
   ‖Hv − λv‖ measured; ``topk/converged`` (K,) uint8; ``topk/hvps`` (1,) int64 the products spent; ``topk/done``
   (1,) uint8;
+* ``trace/basis`` (D, n), ``trace/basis_values`` (D,), ``trace/basis_count`` (1,) int64: the trace's deflation
+  space, the D Ritz vectors of largest |θ| of the top-k's final Lanczos basis (written with the top-k; rows past
+  the count are zero), and ``trace/basis_products`` (D, n) H·q of each (``trace/basis_done`` (1,) uint8);
 * ``trace/samples`` (P,) probe p's sample (zᵀHz, of the projected probe when the trace is deflated);
   ``trace/entries`` (P, E) its terms per entry; ``trace/done`` (P,) uint8; ``trace/exact`` (1,) and
   ``trace/exact_entries`` (E,) the deflated part's exact share (0 when not deflated; ``trace/exact_done`` (1,)
@@ -81,6 +84,7 @@ class Layout:
     runs: int = 0  # the density's runs (0: no density)
     steps: int = 0
     points: int = 0  # the density's grid
+    deflate: int = 0  # the trace's deflation vectors (0: plain Hutchinson)
 
     @property
     def analyses(self) -> list[str]:
@@ -120,6 +124,15 @@ class Layout:
                 "trace/running_se": ((p,), f8, np.nan),
                 "trace/used": ((1,), i8, 0),
             }
+            if self.deflate:
+                d = self.deflate
+                out |= {
+                    "trace/basis": ((d, n), f8, np.nan),
+                    "trace/basis_values": ((d,), f8, np.nan),
+                    "trace/basis_count": ((1,), i8, 0),
+                    "trace/basis_products": ((d, n), f8, np.nan),
+                    "trace/basis_done": ((1,), u1, 0),
+                }
         if self.runs:
             r, m, g = self.runs, self.steps, self.points
             out |= {
@@ -390,7 +403,7 @@ class Spectrum:
         return bool(self.values.get("density/complete", np.zeros(1))[0])
 
 
-LARGE = ("topk/vectors", "topk/products")
+LARGE = ("topk/vectors", "topk/products", "trace/basis", "trace/basis_products")
 
 
 def is_spectrum(path: str | Path) -> bool:

@@ -233,7 +233,8 @@ def layout_of(job: Job, entries: Any) -> Layout:
     probes = spec.trace.max_probes if "trace" in spec.analyses else 0
     runs = spec.density.runs if "density" in spec.analyses else 0
     steps = min(spec.density.steps, entries.n) if runs else 0
-    return Layout(entries, top, bottom, probes, runs, steps, spec.density.points if runs else 0)
+    deflate = min(spec.trace.deflate, entries.n) if probes else 0
+    return Layout(entries, top, bottom, probes, runs, steps, spec.density.points if runs else 0, deflate)
 
 
 def spread(job: Job, analysis: str, size: int) -> str:
@@ -370,25 +371,25 @@ def _loaded_fingerprint(job: Job, at: At) -> dict:
 
 
 def _resume_state(store: SpectrumStore, layout: Layout) -> dict:
-    """What the file says is done (rank 0), small enough to broadcast (the eigenvectors go separately)."""
+    """What the file says is done (rank 0), small enough to broadcast (the vectors go separately)."""
+    from ..file.spectrum import LARGE
+
     state: dict = {"batch_size": json.loads(store.attr("computed"))["batch_size"]}
-    names = layout.datasets()
-    for name in names:
-        if name in ("topk/vectors", "topk/products"):
-            continue
-        state[name] = store.read(name)
+    for name in layout.datasets():
+        if name not in LARGE:
+            state[name] = store.read(name)
     return state
 
 
 def _share_heavy(ranks: Ranks, store: SpectrumStore | None, layout: Layout, state: dict) -> dict:
-    """The stored eigenvectors and their products on every rank, when the file has them (the trace's deflation
-    needs them): broadcast as raw float64 buffers."""
-    if "topk/done" not in state or not state["topk/done"][0]:
-        return {}
-    k, n = layout.top + layout.bottom, layout.entries.n
+    """The stored deflation space of the trace (and its products, once computed) on every rank, when the file has
+    it: broadcast as raw float64 buffers."""
     out = {}
-    for name in ("topk/vectors", "topk/products"):
-        buffer = store.read(name) if ranks.rank == 0 else np.empty((k, n), dtype=np.float64)
+    shapes = layout.datasets()
+    for name, flag in (("trace/basis", "topk/done"), ("trace/basis_products", "trace/basis_done")):
+        if name not in shapes or not state[flag][0]:
+            continue
+        buffer = store.read(name) if ranks.rank == 0 else np.empty(shapes[name][0], dtype=np.float64)
         ranks.step.comm.Bcast(buffer, root=0)
         out[name] = buffer
     return out
@@ -474,26 +475,37 @@ class Phases:
             device=self.device,
             resume=resume,
             on_restart=self._save_lanczos_state,
+            ritz=self.layout.deflate,
         )
         pairs = verified(matvec, pairs, spec.tol)
         vectors, W = pairs.vectors.cpu().numpy(), pairs.products.cpu().numpy()
-        self.commit(
-            {
-                "topk/values": (pairs.values, 0),
-                "topk/residuals": (pairs.residuals, 0),
-                "topk/converged": (pairs.converged.astype(np.uint8), 0),
-                "topk/vectors": (vectors, 0),
-                "topk/products": (W, 0),
-                "topk/hvps": (np.array([pairs.hvps]), 0),
-            },
-            {"topk/done": (np.ones(1), 0)},
-        )
+        values = {
+            "topk/values": (pairs.values, 0),
+            "topk/residuals": (pairs.residuals, 0),
+            "topk/converged": (pairs.converged.astype(np.uint8), 0),
+            "topk/vectors": (vectors, 0),
+            "topk/products": (W, 0),
+            "topk/hvps": (np.array([pairs.hvps]), 0),
+        }
+        if self.layout.deflate:  # the trace's deflation space, from the same basis: written with the eigenpairs
+            d, count = self.layout.deflate, len(pairs.ritz_values)
+            basis = np.zeros((d, self.products.n))
+            basis[:count] = pairs.ritz_vectors.cpu().numpy()
+            ritz_values = np.full(d, np.nan)
+            ritz_values[:count] = pairs.ritz_values
+            values |= {
+                "trace/basis": (basis, 0),
+                "trace/basis_values": (ritz_values, 0),
+                "trace/basis_count": (np.array([count]), 0),
+            }
+            self.heavy["trace/basis"] = basis
+            self.state["trace/basis_count"] = np.array([count])
+        self.commit(values, {"topk/done": (np.ones(1), 0)})
         self.ranks.agree()
         if self.store is not None:
             from ..file.spectrum import remove_lanczos_state
 
             self.ranks.on_root(lambda: remove_lanczos_state(self.store.path))
-        self.heavy = {"topk/vectors": vectors, "topk/products": W}
         self.state["topk/values"] = pairs.values
         self._say_topk(pairs.values, pairs.residuals, pairs.hvps, pairs.converged)
 
@@ -543,12 +555,20 @@ class Phases:
     # -- trace ------------------------------------------------------------------------------------------------
 
     def _deflation(self) -> Any:
+        """The trace's deflation: the stored Ritz vectors and their products (formed now, once, if not yet)."""
         from ..compute.spectrum import Deflation
 
-        if not self.spec.trace.deflate:
+        if not self.layout.deflate:
             return Deflation.none(self.products.n, len(self.sizes), self.device)
-        Q = torch.from_numpy(np.asarray(self.heavy["topk/vectors"])).to(self.device)
-        W = torch.from_numpy(np.asarray(self.heavy["topk/products"])).to(self.device)
+        count = int(self.state["trace/basis_count"][0])
+        Q = torch.from_numpy(np.asarray(self.heavy["trace/basis"])[:count]).to(self.device)
+        if "trace/basis_products" not in self.heavy:
+            W = torch.cat([self.products.data(Q[s : s + self.spec.block]) for s in range(0, count, self.spec.block)])
+            products = np.zeros((self.layout.deflate, self.products.n))
+            products[:count] = W.cpu().numpy()
+            self.commit({"trace/basis_products": (products, 0)}, {"trace/basis_done": (np.ones(1), 0)})
+            self.heavy["trace/basis_products"] = products
+        W = torch.from_numpy(np.asarray(self.heavy["trace/basis_products"])[:count]).to(self.device)
         return Deflation.of(Q, W, self.sizes)
 
     def trace(self) -> None:
@@ -602,7 +622,7 @@ class Phases:
             )
             self.ranks.agree()
         result = estimate(np.array(samples), np.array(per_entry), flat.exact, flat.exact_entries, used)
-        deflated = f", {len(flat.Q)} eigenpairs deflated (exact part {flat.exact:.6g})" if len(flat.Q) else ""
+        deflated = f", {len(flat.Q)} Ritz vectors deflated (exact part {flat.exact:.6g})" if len(flat.Q) else ""
         reached = "" if result.relative_se <= spec.rel_se else f" (the cap of {cap} probes: rel_se not reached)"
         self.say(
             f"trace {result.value:.6g} ± {result.se:.3g} ({100 * result.relative_se:.2f}% standard error) from "
