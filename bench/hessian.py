@@ -88,9 +88,8 @@ class HessianProfile:
 
 
 PROFILES = {
-    "tiny": HessianProfile("resnet8", 32, "tinycnn", 1, 1, 2, 64, 2, 4, 2, 6, 400, 6),
+    "tiny": HessianProfile("resnet8", 32, "tinycnn", 1, 1, 2, 64, 2, 4, 2, 6, 100, 6),
     "cpu": HessianProfile("resnet20", 512, "smallcnn", 3, 3, 4, 256, 8, 20, 10, 50, 20000, 40),
-    "gpu": HessianProfile("resnet56", 10000, "smallcnn", 3, 3, 8, 4096, 8, 20, 10, 80, 40000, 100),
 }
 
 

@@ -100,6 +100,17 @@ def test_the_trace_map_matches_dense_traces(plane):
         assert abs(trace - np.trace(H)) <= 4 * se + 1e-4 * abs(trace), (i, j)
 
 
+def test_status_describes_the_hessian_plane(plane, capsys):
+    from llmpi import status
+
+    _, d, _ = plane
+    assert status.main([str(d / "plane.h5")]) == 0
+    text = capsys.readouterr().out
+    assert "directions: hessian: the top eigenvector(s) v1 and v2 of the Hessian at θ* (λ = " in text
+    assert "unit, from " in text and "plane.spectrum.h5" in text
+    assert "trace: " in text and "trace_se: " in text
+
+
 @pytest.mark.mpi
 def test_a_rerun_resumes_without_computing_again(plane):
     _, d, _ = plane

@@ -86,6 +86,7 @@ class HessianOperator:
         *,
         loss: Any = "crossentropy",
         total: int | None = None,
+        batch_key: str = "hessian.batch_size",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
@@ -104,6 +105,7 @@ class HessianOperator:
         if total is not None and total < 1:
             raise ValueError(f"total must be a positive number of samples, not {total}")
         self.total = total
+        self.batch_key = batch_key  # the job key an out-of-memory message tells the user to set
         self.products = 0
 
     def count(self) -> int:
@@ -160,7 +162,7 @@ class HessianOperator:
             return f"with Hessian batch {2 * self.batch_size}; retrying the product with {self.batch_size}"
 
         def advice() -> str:
-            fixed = "" if self.shrink_on_oom else "set hessian.batch_size smaller or to auto, or "
+            fixed = "" if self.shrink_on_oom else f"set {self.batch_key} smaller or to auto, or "
             return (
                 f"a Hessian-vector product over batches of {self.batch_size} images does not fit; {fixed}use a "
                 "larger device"

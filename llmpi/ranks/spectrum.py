@@ -162,9 +162,12 @@ class Products:
         batches = math.ceil(every / batch_size)
         lo, hi = (batches * ranks.rank // ranks.size, batches * (ranks.rank + 1) // ranks.size)
         start, stop = lo * batch_size, min(hi * batch_size, every)
-        self.whole = HessianOperator(at.model, at.images, at.labels, batch_size, ignore, loss=at.loss)
+        key = "spectrum.batch_size"  # what an out-of-memory error tells the user to set
+        self.whole = HessianOperator(at.model, at.images, at.labels, batch_size, ignore, loss=at.loss, batch_key=key)
         self.share = (
-            HessianOperator(at.model, at.images[start:stop], at.labels[start:stop], batch_size, ignore, loss=at.loss)
+            HessianOperator(
+                at.model, at.images[start:stop], at.labels[start:stop], batch_size, ignore, loss=at.loss, batch_key=key
+            )
             if stop > start
             else None
         )

@@ -143,6 +143,15 @@ def describe_directions(job: dict, extras: dict) -> str | None:
             f"pca: the top two principal components of the trajectory {d.get('trajectory')}{share}, {rescale}, "
             f"ignore {d.get('ignore')}; {stats}"
         )
+    if kind == "hessian":
+        values = extras.get("eigenvalues")
+        which = "v1 and v2" if values is not None and len(values) > 1 else "v1"
+        at = f" (λ = {', '.join(f'{float(v):.6g}' for v in values)})" if values is not None else ""
+        how = "unit" if d.get("norm") in (None, "none") else f"{d.get('norm')}-normalised"
+        return (
+            f"hessian: the top eigenvector(s) {which} of the Hessian at θ*{at}, {how}, from "
+            f"{d.get('spectrum')}; ignore {d.get('ignore')}; {stats}"
+        )
     return f"random (seed {d.get('seed')}), {d.get('norm')} norm, ignore {d.get('ignore')}; {stats}"
 
 
