@@ -41,6 +41,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,12 +408,22 @@ LARGE = ("topk/vectors", "topk/products", "trace/basis", "trace/basis_products")
 
 
 def is_spectrum(path: str | Path) -> bool:
-    """Whether ``path`` is an HDF5 file llmpi wrote as a spectrum (False for surfaces and anything else)."""
+    """Whether ``path`` is an HDF5 file llmpi wrote as a spectrum (False for surfaces, missing files and anything
+    that is not HDF5). A read that fails on an HDF5 file is tried once more, then reported (never taken for "no")."""
     try:
-        with h5py.File(path, "r", locking=False) as f:
-            return _plain(f.attrs.get("kind", "")) == KIND
+        if not h5py.is_hdf5(path):
+            return False
     except OSError:
         return False
+    for attempt in range(2):
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                return _plain(f.attrs.get("kind", "")) == KIND
+        except OSError as e:
+            if attempt:
+                raise StoreError(f"{path} cannot be read ({e})") from None
+            time.sleep(0.1)
+    return False
 
 
 def _open(path: Path) -> h5py.File:

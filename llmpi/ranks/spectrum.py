@@ -566,6 +566,7 @@ class Phases:
         count = int(self.state["trace/basis_count"][0])
         Q = torch.from_numpy(np.asarray(self.heavy["trace/basis"])[:count]).to(self.device)
         if "trace/basis_products" not in self.heavy:
+            self.say(f"trace: the products of its {count} deflation vectors first")
             W = torch.cat([self.products.data(Q[s : s + self.spec.block]) for s in range(0, count, self.spec.block)])
             products = np.zeros((self.layout.deflate, self.products.n))
             products[:count] = W.cpu().numpy()
