@@ -22,9 +22,11 @@ PyHessian at equal accuracy, measured side by side in one run (``python -m bench
    timed on a fixed number of probes; the probes it needs for the same standard error follow from its measured
    variance, and its time from its measured time per probe (extrapolated when that exceeds what was run, and said
    so). Its own stopping rule's answer (tol 1e-3) and error are reported as well.
-4. **The density** of ``SmallCNN`` by llmpi's SLQ against the dense spectrum smoothed with the same width: the L1
-   distance of the two densities, and PyHessian's ``density()`` where it runs (on torch 2.x it calls the removed
-   ``torch.eig``).
+4. **The density** of ``SmallCNN`` by llmpi's SLQ against its dense spectrum: the Wasserstein-1 distance of the two
+   spectral measures, the L1 distance of both smoothed alike, the moments; and PyHessian's ``density()`` where it
+   runs (on torch 2.x it calls the removed ``torch.eig``).
+5. **Spread.** ``python -m llmpi.spectrum`` under ``mpirun -n 2`` with the trace's probes and the density's runs
+   split over the ranks' data (``spread: data``) against whole on each rank (``whole``), interleaved: wall time.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class HessianProfile:
     block: int
     small_images: int  # SmallCNN: trace and density
     small_epochs: int
-    topk: int  # the trace's deflation
+    topk: int  # the trace's deflation: Ritz vectors of the top-5's Lanczos basis (spectrum.trace.deflate)
     density_runs: int
     density_steps: int
     trace_cap: int  # llmpi's probes at most (the target is usually met long before)
@@ -279,16 +281,19 @@ def dense(op: HessianOperator, block: int = 64) -> np.ndarray:
     return 0.5 * (H + H.T)
 
 
-def llmpi_trace(op: HessianOperator, profile: HessianProfile, deflate: bool) -> dict:
-    """llmpi's estimator run to the target with its own stopping rule (top-k first when deflated)."""
+def llmpi_trace(op: HessianOperator, profile: HessianProfile, deflate: bool, probes: int | None = None) -> dict:
+    """llmpi's estimator run to the target with its own stopping rule (top-k first when deflated), or for exactly
+    ``probes`` probes (to measure its variance)."""
     t0 = time.perf_counter()
     hvps = 0
-    if deflate:
-        pairs = verified(
-            op.many, top_eigenpairs(op.many, op.n, top=profile.topk, tol=1e-3, basis=3 * profile.topk), 1e-3
-        )
-        flat = Deflation.of(pairs.vectors, pairs.products, op.sizes)
-        hvps += pairs.hvps
+    if deflate:  # as llmpi.spectrum with --set spectrum.topk.tol=1e-3: top-5, its basis's Ritz vectors deflated
+        top = min(5, profile.topk)
+        pairs = top_eigenpairs(op.many, op.n, top=top, tol=1e-3, basis=max(40, 2 * profile.topk), ritz=profile.topk)
+        pairs = verified(op.many, pairs, 1e-3)
+        Q = pairs.ritz_vectors
+        W = torch.cat([op.many(Q[s : s + profile.block]) for s in range(0, len(Q), profile.block)])
+        flat = Deflation.of(Q, W, op.sizes)
+        hvps += pairs.hvps + len(Q)
     else:
         flat = Deflation.none(op.n, len(op.sizes), op.device)
     samples: list[float] = []
@@ -300,7 +305,10 @@ def llmpi_trace(op: HessianOperator, profile: HessianProfile, deflate: bool) -> 
         values, _ = probe_values(Z, op.many(Z), op.sizes)
         samples += list(values)
         hvps += len(values)
-        used = stopping_count(np.array(samples), flat.exact, TRACE_TARGET, 10, profile.trace_cap)
+        if probes is not None:
+            used = probes if len(samples) >= probes else None
+        else:
+            used = stopping_count(np.array(samples), flat.exact, TRACE_TARGET, 10, profile.trace_cap)
     mean, se = running(np.array(samples[:used]), flat.exact)
     return {
         "value": float(mean[-1]),
@@ -325,18 +333,23 @@ def trace_and_density(profile: HessianProfile, op: HessianOperator, side: dict |
         f"{time.perf_counter() - t0:.0f} s, trace {exact:.7g}, λ from {eig[0]:.4g} to {eig[-1]:.4g}"
     )
     out: dict = {"parameters": op.n, "exact_trace": exact, "eigenvalues": [float(eig[0]), float(eig[-1])]}
-    rows = {}
-    for name, deflate in (("llmpi_deflated", True), ("llmpi_plain", False)):
-        run = llmpi_trace(op, profile, deflate)
-        run["error"] = abs(run["value"] - exact) / abs(exact)
-        rows[name] = run
-        state = "" if run["reached"] else f" (the cap of {profile.trace_cap} probes before the target)"
-        say(
-            f"    {name:<15} {run['value']:.7g} ± {run['se']:.2g} (error {run['error']:.1e}) from {run['probes']} "
-            f"probes, {run['hvps']} products, {run['seconds']:.1f} s{state}"
-        )
-    out.update(rows)
-    mine = rows["llmpi_deflated"]
+    mine = llmpi_trace(op, profile, deflate=True)
+    mine["error"] = abs(mine["value"] - exact) / abs(exact)
+    state = "" if mine["reached"] else f" (the cap of {profile.trace_cap} probes before the target)"
+    say(
+        f"    llmpi (top-5, {profile.topk} deflated)  {mine['value']:.7g} ± {mine['se']:.2g} (error {mine['error']:.1e}) "
+        f"from {mine['probes']} probes, {mine['hvps']} products with the top-k, {mine['seconds']:.1f} s{state}"
+    )
+    out["llmpi_deflated"] = mine
+    plain = llmpi_trace(op, profile, deflate=False, probes=profile.pyhessian_probes)
+    plain_needed = math.ceil((plain["per_probe_std"] / (TRACE_TARGET * abs(exact))) ** 2)
+    plain["probes_needed"], plain["seconds_needed"] = plain_needed, plain_needed * plain["seconds"] / plain["probes"]
+    out["llmpi_plain"] = plain
+    say(
+        f"    llmpi plain (PyHessian's estimator): per-probe std {plain['per_probe_std']:.3g} against "
+        f"{mine['per_probe_std']:.3g} deflated: {plain_needed} probes for the target, {plain['seconds_needed']:.0f} s "
+        f"(extrapolated from {plain['probes']} probes)"
+    )
     if side is not None and isinstance(side.get("trace"), dict) and "samples" in side["trace"]:
         t = side["trace"]
         samples = np.array(t["samples"])
@@ -425,6 +438,77 @@ def compare_density(nodes: list, weights: list, eig: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# 5. how the ranks share the trace's probes and the density's runs: data or whole
+
+
+def spread(profile: HessianProfile, root: Path, work: Path, ranks: int = 2) -> dict:
+    """``mpirun -n ranks python -m llmpi.spectrum`` with ``spectrum.spread`` data, then whole, then data and whole
+    again (interleaved): a fixed number of probes and runs (``min_probes = max_probes``, no top-k), wall time from
+    start to exit, and whether the two give the same values."""
+    from llmpi.file.spectrum import read_spectrum
+
+    from .__main__ import run_command
+
+    launcher = Path(sys.executable).parent / "mpirun"
+    mpirun = [str(launcher) if launcher.exists() else "mpirun", "-n", str(ranks)]
+
+    ckpt = work / f"{profile.arch}_spread.pt"
+    torch.save(
+        {
+            "state_dict": trained(
+                profile.arch, root, profile.images, profile.epochs, work, torch.device("cpu")
+            ).state_dict()
+        },
+        ckpt,
+    )
+    probes = ranks * profile.block  # a round of whole probes on every rank; data mode takes them a block at a time
+    times: dict[str, list[float]] = {"data": [], "whole": []}
+    values = {}
+    for _ in range(2):
+        for mode in ("data", "whole"):
+            out = work / f"spread_{mode}.h5"
+            job = fixtures.write_job(
+                work / f"spread_{mode}.yaml",
+                name=f"spread_{mode}",
+                model={"arch": profile.arch, "checkpoint": str(ckpt)},
+                data={"dataset": "cifar10", "root": str(root), "split": "train", "subset": profile.images, "seed": 0},
+                directions={"ignore": "none"},
+                runtime={"device": "cpu", "threads": 1},
+                spectrum={
+                    "analyses": ["trace", "density"],
+                    "output": str(out),
+                    "spread": mode,
+                    "block": profile.block,
+                    "trace": {"deflate": 0, "min_probes": probes, "max_probes": probes, "rel_se": 1e-9},
+                    "density": {"runs": 2 * ranks, "steps": 2 * profile.block, "points": 100},
+                },
+            )
+            t0 = time.perf_counter()
+            done = run_command([*mpirun, sys.executable, "-m", "llmpi.spectrum", str(job), "--restart"], 7200)
+            if done.returncode != 0:
+                raise RuntimeError(f"llmpi.spectrum failed:\n{done.stdout}\n{done.stderr}")
+            times[mode].append(time.perf_counter() - t0)
+            s = read_spectrum(out)
+            values[mode] = (float(s.get("trace/value")[0]), s.get("density/nodes"))
+    data_s, whole_s = statistics.median(times["data"]), statistics.median(times["whole"])
+    trace_gap = abs(values["data"][0] - values["whole"][0]) / abs(values["whole"][0])
+    nodes_gap = float(np.nanmax(np.abs(values["data"][1] - values["whole"][1])) / np.nanmax(np.abs(values["whole"][1])))
+    say(
+        f"  spread over {ranks} ranks ({probes} probes, {2 * ranks} runs x {2 * profile.block} steps, "
+        f"{profile.arch} on {profile.images} images): data {data_s:.0f} s, whole {whole_s:.0f} s (median of 2 "
+        f"each) -> whole/data {whole_s / data_s:.2f}; values differ by {trace_gap:.1e} (trace), {nodes_gap:.1e} "
+        f"(nodes)"
+    )
+    return {
+        "ranks": ranks,
+        "seconds": times,
+        "whole_over_data": whole_s / data_s,
+        "trace_relative_gap": trace_gap,
+        "nodes_relative_gap": nodes_gap,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def pyhessian_side(python: str, request: dict, work: Path) -> dict:
@@ -451,7 +535,7 @@ def save_inputs(model, x, y, work: Path, name: str) -> tuple[str, str]:
     return str(weights), str(data_path)
 
 
-def run(profile: HessianProfile, work: Path, pyhessian: str | None, threads: int) -> dict:
+def run(profile: HessianProfile, work: Path, pyhessian: str | None, threads: int, with_spread: bool = True) -> dict:
     device = torch.device("cpu")
     torch.set_num_threads(threads)
     root = fixtures.write_dataset(work / "data", max(4 * profile.images, 4 * profile.small_images, 2048))
@@ -510,6 +594,8 @@ def run(profile: HessianProfile, work: Path, pyhessian: str | None, threads: int
             work,
         )
     results["trace"] = trace_and_density(profile, small_op, side)
+    if with_spread:
+        results["spread"] = spread(profile, root, work)
     return results
 
 
@@ -521,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, help="override the profile's images for the products and top eigenvalue")
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--work", type=Path, help="keep data and checkpoints here (default: a temp dir)")
+    p.add_argument("--no-spread", action="store_true", help="skip the data-against-whole runs under mpirun")
     args = p.parse_args(argv)
     profile = PROFILES[args.profile]
     if args.images:
@@ -529,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, images=args.images)
     work = args.work or Path(tempfile.mkdtemp(prefix="llmpi-bench-hessian-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = run(profile, work, args.pyhessian, args.threads or runtime.usable_cores())
+    results = run(profile, work, args.pyhessian, args.threads or runtime.usable_cores(), not args.no_spread)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0

@@ -10,6 +10,7 @@ from conftest import run_cli
 
 
 @pytest.mark.slow
+@pytest.mark.mpi  # the spread section runs llmpi.spectrum under mpirun
 def test_the_hessian_bench_measures_what_it_says(tmp_path):
     args = ["--profile", "tiny", "--threads", "1", "--json", str(tmp_path / "out.json"), "--work", str(tmp_path)]
     result = run_cli("bench.hessian", *args, timeout=900, cores=1)
@@ -26,3 +27,5 @@ def test_the_hessian_bench_measures_what_it_says(tmp_path):
         assert abs(t[name]["value"] - t["exact_trace"]) <= 4 * t[name]["se"], name
     assert max(t["density"]["moment_errors"]) < 0.5 and 0 <= t["density"]["l1_smoothed"] <= 2
     assert "products" in result.stdout and "top eigenvalue: reference" in result.stdout
+    s = out["spread"]  # the same values whichever way the ranks share the probes and runs
+    assert s["trace_relative_gap"] < 1e-6 and s["nodes_relative_gap"] < 1e-6 and s["whole_over_data"] > 0
