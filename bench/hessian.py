@@ -338,7 +338,8 @@ def trace_and_density(profile: HessianProfile, op: HessianOperator, side: dict |
     state = "" if mine["reached"] else f" (the cap of {profile.trace_cap} probes before the target)"
     say(
         f"    llmpi (top-5, {profile.topk} deflated)  {mine['value']:.7g} ± {mine['se']:.2g} "
-        f"(error {mine['error']:.1e}) from {mine['probes']} probes, {mine['hvps']} products with the top-k, {mine['seconds']:.1f} s{state}"
+        f"(error {mine['error']:.1e}) from {mine['probes']} probes, {mine['hvps']} products with the top-k, "
+        f"{mine['seconds']:.1f} s{state}"
     )
     out["llmpi_deflated"] = mine
     plain = llmpi_trace(op, profile, deflate=False, probes=profile.pyhessian_probes)
