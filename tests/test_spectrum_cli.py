@@ -21,6 +21,8 @@ from mpilaunch import REPO, env, mpirun
 from llmpi.compute import data
 from llmpi.compute.spectrum import slq_start
 from llmpi.file.spectrum import read_eigenvectors, read_spectrum
+from llmpi.job.config import Job, from_dict
+from llmpi.job.errors import JobError
 from llmpi.space import checkpoint
 
 ENV = {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}  # python -m tinynet spectrum: llmpi.spectrum with tinynet known
@@ -157,7 +159,7 @@ def test_kill_9_inside_writes_then_resume_equals_an_uninterrupted_run(tiny, tmp_
     spec = {"trace": {"rel_se": 0.05, "min_probes": 6, "max_probes": 40}}
     reference = write_job(tmp_path / "ref.yaml", spectrum_job(fx, tmp_path / "ref.h5", **spec))
     assert run_cli("tinynet", "spectrum", str(reference), ranks=2, env=ENV).returncode == 0
-    for trial, (stage, after) in enumerate([("between", 1), ("done", 3), ("values", 5)]):
+    for trial, (stage, after) in enumerate([("between", 1), ("done", 4)]):  # in the top-k's commit, in the trace
         out = tmp_path / f"killed{trial}.h5"
         job = write_job(tmp_path / f"k{trial}.yaml", spectrum_job(fx, out, **spec))
         killed = run_cli(
@@ -212,15 +214,30 @@ def one_error(result: subprocess.CompletedProcess) -> str:
 
 def test_bad_input_is_one_line(tiny, tmp_path):
     fx, _, _ = tiny
-    cases = [
-        ({"topk": {"k": 300, "basis": 310}}, "300 eigenpairs, but the Hessian of tinynet is over 268 parameters"),
+    cases = [  # one found by the loader, one only once the network is there
         ({"trace": {"max_probes": 0}}, "zero probes estimate nothing"),
-        ({"analyses": ["trace"]}, "spectrum.trace.deflate takes the exact share"),
-        ({"topk": {"k": 3, "bottom": 0, "basis": 4}}, "spectrum.topk.basis 4 cannot hold 3 eigenpairs"),
+        ({"topk": {"k": 300, "basis": 310}}, "300 eigenpairs, but the Hessian of tinynet is over 268 parameters"),
     ]
     for i, (spec, words) in enumerate(cases):
         job = write_job(tmp_path / f"{i}.yaml", spectrum_job(fx, tmp_path / f"{i}.h5", **spec))
         assert words in one_error(run_cli("tinynet", "spectrum", str(job), env=ENV))
+    base = {"name": "x", "model": {"arch": "resnet8", "checkpoint": "c.pt"}}
+    for spec, words in [
+        ({"analyses": ["trace"]}, "spectrum.trace.deflate takes the exact share"),
+        ({"analyses": ["trace"], "trace": {"deflate": 0}}, None),  # plain Hutchinson needs no top-k
+        ({"topk": {"k": 3, "bottom": 0, "basis": 4}}, "spectrum.topk.basis 4 cannot hold 3 eigenpairs"),
+        ({"topk": {"k": 0}}, "ask for at least one"),
+        ({"trace": {"min_probes": 1}}, "min_probes must be between 2 and max_probes"),
+        ({"trace": {"deflate": 50}}, "more vectors than the top-k's Lanczos basis holds"),
+        ({"density": {"runs": 0}}, "leave density out of spectrum.analyses"),
+        ({"analyses": ["topk", "topk"]}, "an analysis twice"),
+        ({"sigma": 1}, "unknown key 'spectrum.sigma'"),
+    ]:
+        if words is None:
+            from_dict(Job, {**base, "spectrum": spec})
+        else:
+            with pytest.raises(JobError, match=words):
+                from_dict(Job, {**base, "spectrum": spec})
     job = spectrum_job(fx, tmp_path / "bf.h5")
     job["runtime"]["precision"] = "bf16"
     assert "fp32 or tf32" in one_error(run_cli("tinynet", "spectrum", str(write_job(tmp_path / "bf.yaml", job)),
