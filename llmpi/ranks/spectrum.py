@@ -664,12 +664,12 @@ class Phases:
     # -- density ----------------------------------------------------------------------------------------------
 
     def density(self) -> None:
-        from ..compute.spectrum import auto_sigma, density, density_grid, slq, slq_start
+        from ..compute.spectrum import auto_sigma, density, density_grid
 
         spec, state, layout = self.spec.density, self.state, self.layout
         done = state["density/done"].astype(bool)
         mode = spread(self.job, "density", self.ranks.size)
-        steps, n = layout.steps, self.products.n
+        steps = layout.steps
         nodes = [state["density/nodes"][r, : state["density/steps"][r]] for r in range(layout.runs)]
         weights = [state["density/weights"][r, : state["density/steps"][r]] for r in range(layout.runs)]
         if done.any() and not done.all():
@@ -677,30 +677,8 @@ class Phases:
         started = time.monotonic()
         while not done.all():
             todo = [r for r in range(layout.runs) if not done[r]]
-            per_round = self.spec.block * (self.ranks.size if mode == "whole" else 1)
-            chosen = todo[:per_round]
-
-            def runs(mine: list[int], product: Callable, check: Callable | None) -> list:
-                if not mine and check is None:
-                    return []
-                starts = torch.stack([slq_start(n, self.spec.seed, r, self.device) for r in mine]) if mine else None
-                if starts is None:  # no run of this round here: keep in step with the ranks that have some
-                    for _ in range(steps):
-                        check()
-                    return []
-                found = slq(product, starts, steps, check)
-                return list(zip(mine, *found))
-
-            if mode == "data":
-                results = runs(chosen, self.products.data, None)
-            else:
-                mine = chosen[self.ranks.rank :: self.ranks.size]
-                status, detail, mine_results = self.ranks.attempt(
-                    lambda mine=mine: runs(mine, self.products.alone, self.ranks.agree)
-                )
-                self.ranks.agree(status, detail)  # every rank's runs finished before the results are gathered
-                results = [item for part in self.ranks.step.comm.allgather(mine_results) for item in part]
-            for r, theta, tau in sorted(results, key=lambda item: item[0]):
+            chosen = todo[: self.spec.block * (self.ranks.size if mode == "whole" else 1)]
+            for r, theta, tau in self._runs(chosen, mode, done, started):
                 row_nodes, row_weights = np.full(steps, np.nan), np.full(steps, np.nan)
                 row_nodes[: len(theta)], row_weights[: len(tau)] = theta, tau
                 self.commit(
@@ -713,9 +691,6 @@ class Phases:
                 )
                 nodes[r], weights[r] = theta, tau
                 done[r] = True
-            self.say.progress(
-                lambda: f"density: {int(done.sum())} of {layout.runs} runs, {time.monotonic() - started:.0f} s"
-            )
         if not state["density/complete"][0]:
             sigma = spec.sigma if spec.sigma != "auto" else auto_sigma(nodes)
             grid = density_grid(nodes, sigma, layout.points)
@@ -733,6 +708,41 @@ class Phases:
         self.say(
             f"density from {layout.runs} runs x {steps} steps: Ritz nodes from {every.min():.6g} to {every.max():.6g}"
         )
+
+    def _runs(self, chosen: list[int], mode: str, done: np.ndarray, started: float) -> list:
+        """The SLQ runs ``chosen``, on every rank: [(run, nodes, weights), ...] in run order. Whole: each rank
+        takes every size-th of them as one block, the ranks agreeing after every step; data: all together, every
+        product summed over the ranks' shares."""
+        from ..compute.spectrum import slq, slq_start
+
+        steps, n = self.layout.steps, self.products.n
+        taken = [0]
+
+        def stepped() -> None:
+            if mode == "whole":
+                self.ranks.agree()
+            taken[0] += 1
+            self.say.progress(
+                lambda: (
+                    f"density: step {taken[0]} of {steps} of runs {chosen[0]}-{chosen[-1]} ({int(done.sum())} "
+                    f"of {self.layout.runs} runs done), {time.monotonic() - started:.0f} s"
+                )
+            )
+
+        def runs(mine: list[int], product: Callable) -> list:
+            if not mine:  # no run of this round here: keep in step with the ranks that have some
+                for _ in range(steps):
+                    stepped()
+                return []
+            starts = torch.stack([slq_start(n, self.spec.seed, r, self.device) for r in mine])
+            return list(zip(mine, *slq(product, starts, steps, stepped)))
+
+        if mode == "data":
+            return runs(chosen, self.products.data)
+        mine = chosen[self.ranks.rank :: self.ranks.size]
+        status, detail, found = self.ranks.attempt(lambda: runs(mine, self.products.alone))
+        self.ranks.agree(status, detail)  # every rank's runs finished before the results are gathered
+        return sorted((item for part in self.ranks.step.comm.allgather(found) for item in part), key=lambda i: i[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------
