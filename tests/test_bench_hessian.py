@@ -22,6 +22,9 @@ def test_the_hessian_bench_measures_what_it_says(tmp_path):
     assert p["llmpi_vs_bare_relative_difference"] < 1e-5  # the same product, summed in float64
     top = out["top_eigenvalue"]
     assert top["llmpi"][-1]["error"] <= 1e-3 and top["reference"]["residual"] < 1e-5 * abs(top["reference"]["value"])
+    main = out["trace_main"]  # spreads and times per probe on the main network, what a 1% error would take
+    assert main["llmpi_deflated"]["probes"] == main["llmpi_plain"]["probes"] == 4
+    assert main["llmpi_deflated"]["seconds_needed"] > 0 and main["llmpi_fixed_products"] > 0
     t = out["trace"]
     for name in ("llmpi_deflated", "llmpi_plain"):
         assert abs(t[name]["value"] - t["exact_trace"]) <= 4 * t[name]["se"], name
