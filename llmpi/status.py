@@ -3,6 +3,7 @@
     python -m llmpi.status surfaces/vgg56.h5
     python -m llmpi.status surfaces/vgg56.h5 --json
     python -m llmpi.status surfaces/vgg56.h5 --metrics --radius 0.2 --threshold 0.5
+    python -m llmpi.status spectra/resnet20.h5           # a spectrum file: top-k, trace (per entry), density
 
 Reads the file without locking it (never blocks or disturbs the writer), ``<file>.run.json`` for what the last or
 current run is doing (per-rank throughput, ETA), and ``<file>.lock`` to tell whether a sweep is live on it.
@@ -16,7 +17,10 @@ storing them (full, read-only, ...), they are printed, the file stays as it was,
 error and exit status 74.
 
 A file with Hessian values says how many points stopped at ``hessian.max_hvps`` before converging
-(``eig_converged`` 0), and the largest relative residual (``eig_residual``).
+(``eig_converged`` 0), and the largest relative residual (``eig_residual``). A spectrum file
+(``python -m llmpi.spectrum``) says which of its analyses are done: the top-k eigenvalues with their residuals,
+the trace with its standard error (the running estimate while probes are still being added) and the entries with
+the largest traces, the density's runs (``--json``: every entry's trace).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from .report.summary import DEFAULT_RADIUS, METRIC_OPTIONS, render, store_metric
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m llmpi.status", description=__doc__.split("\n\n")[0])
-    p.add_argument("files", nargs="+", help="surface files (.h5)")
+    p.add_argument("files", nargs="+", help="surface or spectrum files (.h5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--metrics", action="store_true",
@@ -62,6 +66,8 @@ def command(files: list[str], as_json: bool, metrics: bool, options: dict) -> No
     infos = [summarize(f) for f in files]
     fault: DiskError | None = None
     for info in infos if metrics else ():
+        if info.get("kind") == "spectrum":
+            continue  # the metrics are a surface's; a spectrum's numbers are all in its summary
         try:
             info["metrics"] = surface_metrics(info["file"], **options)
         except JobError:

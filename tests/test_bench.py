@@ -16,8 +16,9 @@ pytestmark = pytest.mark.mpi  # the stress section runs the sweep under mpirun
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """The tiny profile without its Hessian section (tests/test_bench_hessian.py runs that on its own)."""
     d = tmp_path_factory.mktemp("bench")
-    args = ["--profile", "tiny", "--json", str(d / "out.json"), "--work", str(d / "work")]
+    args = ["--profile", "tiny", "--json", str(d / "out.json"), "--work", str(d / "work"), "--no-hessian"]
     result = run_cli("bench", *args, timeout=600, cores=1)  # one thread: other tests run beside it
     assert result.returncode == 0, result.stdout + result.stderr
     (results,) = json.loads((d / "out.json").read_text())

@@ -18,7 +18,7 @@ import pytest
 from mpilaunch import REPO
 
 LLMPI = REPO / "llmpi"
-COMMANDS = {"sweep", "status", "train", "slurm", "directions", "jobschema", "plot"}
+COMMANDS = {"sweep", "spectrum", "status", "train", "slurm", "directions", "jobschema", "plot"}
 ROOMS = {"ranks", "report", "compute", "space", "file", "job", "models"}
 
 

@@ -1,5 +1,5 @@
 """What a user of pip gets: a wheel that builds from the source tree and carries the package data (viewer, job
-schemas), the licence, the pinned requirements and the five console scripts, each of which answers --help."""
+schemas), the licence, the pinned requirements and the six console scripts, each of which answers --help."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from conftest import REPO
 
 SCRIPTS = {
     "llmpi-sweep": "llmpi.sweep:main",
+    "llmpi-spectrum": "llmpi.spectrum:main",
     "llmpi-plot": "llmpi.plot:main",
     "llmpi-status": "llmpi.status:main",
     "llmpi-train": "llmpi.train:main",

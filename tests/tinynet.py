@@ -3,6 +3,7 @@ arch ``tinynet`` (and ``refusednet``, the same network through an operator torch
 sweep's command line with them registered:
 
     mpirun -n 3 python -m tinynet job.yaml          # = python -m llmpi.sweep job.yaml, with arch tinynet known
+    mpirun -n 3 python -m tinynet spectrum job.yaml # = python -m llmpi.spectrum job.yaml, likewise
 
 (tests/ on PYTHONPATH). The real sweep runs unchanged; only the registry gains one entry before the job loads.
 """
@@ -42,6 +43,34 @@ class RefusedNet(TinyNet):
     def forward(self, x):
         return halve(super().forward(x))
 
+def detached_loss(model: nn.Module, batch):
+    """A loss factory that forgets the graph (computed under no_grad): a Hessian of it must be refused clearly."""
+    import torch
+
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="sum"), len(batch[1]), None
+
+
+def train(root, path, seed: int = 1) -> None:
+    """A tinynet trained briefly (one pass, 200 images of the CIFAR-format folder ``root``) saved to ``path``: a
+    network near a minimum, with a Hessian of a few large eigenvalues over a bulk, as real ones have."""
+    import torch
+
+    from llmpi.compute import data
+
+    torch.manual_seed(seed)
+    model = TinyNet()
+    images, labels = data.load_cifar10(root, "train", download=False)
+    x, y = data.normalize(images[:200]), torch.as_tensor(labels[:200])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train()
+    for s in torch.randperm(200).split(25):
+        loss = torch.nn.functional.cross_entropy(model(x[s]), y[s])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save({"state_dict": model.state_dict()}, path)
+
 
 def register() -> None:
     from llmpi import models
@@ -53,6 +82,10 @@ def register() -> None:
 register()
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["spectrum"]:
+        from llmpi.spectrum import main
+
+        sys.exit(main(sys.argv[2:]))
     from llmpi.sweep import main
 
     sys.exit(main())

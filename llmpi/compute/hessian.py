@@ -44,12 +44,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..job.errors import JobError
 from .oom import retry_halving
 
 
@@ -63,7 +65,15 @@ def hessian_parameters(model: nn.Module, ignore: str) -> dict[str, nn.Parameter]
 
 
 class HessianOperator:
-    """v -> H·v for the mean loss over resident data at the model's current weights (flat float64 vectors)."""
+    """v -> H·v for the mean loss over resident data at the model's current weights (flat float64 vectors).
+
+    ``loss``: ``"crossentropy"`` (the default, the sweep's), ``"mse"`` (``llmpi.compute.losses``' convention), or a
+    ``llmpi.compute.losses.FactoryLoss`` whose function returns ``(summed loss, samples, correct)`` with the summed
+    loss a tensor that autograd can differentiate twice. ``total``: the number the summed losses are divided by --
+    by default the samples held here; the sum of every rank's when each rank holds a share of the data (then each
+    rank's product is its share of H·v, and the shares add up to the product of the whole selection).
+    ``many(V)`` multiplies several vectors with one forward and one backward per batch (the double backward is
+    per vector): the per-vector results are the same bits as ``__call__``'s."""
 
     def __init__(
         self,
@@ -73,12 +83,18 @@ class HessianOperator:
         batch_size: int,
         ignore: str = "biasbn",
         shrink_on_oom: bool = False,
+        *,
+        loss: Any = "crossentropy",
+        total: int | None = None,
+        batch_key: str = "hessian.batch_size",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
         if len(labels) == 0:
             raise ValueError("the Hessian needs at least one image")
-        self.model = model
+        if isinstance(loss, str) and loss not in ("crossentropy", "mse"):
+            raise ValueError(f"loss must be 'crossentropy', 'mse' or a loss factory, not {loss!r}")
+        self.model, self.loss = model, loss
         self.images, self.labels, self.batch_size, self.shrink_on_oom = images, labels, batch_size, shrink_on_oom
         self.params = list(hessian_parameters(model, ignore).values())
         if not self.params:
@@ -86,7 +102,26 @@ class HessianOperator:
         self.sizes = [p.numel() for p in self.params]
         self.n = sum(self.sizes)
         self.device = self.params[0].device
+        if total is not None and total < 1:
+            raise ValueError(f"total must be a positive number of samples, not {total}")
+        self.total = total
+        self.batch_key = batch_key  # the job key an out-of-memory message tells the user to set
         self.products = 0
+
+    def count(self) -> int:
+        """The samples the losses here are sums over: the labels held, or what a loss factory counts (one forward
+        pass without gradients over the data)."""
+        if isinstance(self.loss, str):
+            return len(self.labels)
+        from .losses import factory_result
+
+        self.model.eval()
+        n = 0
+        with torch.no_grad():
+            for start in range(0, len(self.labels), self.batch_size):
+                batch = (self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size])
+                n += factory_result(self.loss.spec, self._call_factory(batch))[1]
+        return n
 
     def __call__(self, v: torch.Tensor, between_batches: Callable[[], None] | None = None) -> torch.Tensor:
         """H·v (float64, on the model's device); ``between_batches`` is called before each batch (for stops).
@@ -95,18 +130,29 @@ class HessianOperator:
         product starts over (its value then may differ in the last bits); otherwise the error says what to set."""
         if v.shape != (self.n,):
             raise ValueError(f"expected a vector of {self.n} entries, got shape {tuple(v.shape)}")
+        return self.many(v.unsqueeze(0), between_batches)[0]
+
+    def many(self, V: torch.Tensor, between_batches: Callable[[], None] | None = None) -> torch.Tensor:
+        """H·V for the rows of ``V`` (k, n): (k, n) float64 on the model's device. One forward and one backward
+        with graph per batch serve every row; each row then takes its own double backward."""
+        if V.dim() != 2 or V.shape[1] != self.n or V.shape[0] < 1:
+            raise ValueError(f"expected vectors of {self.n} entries in rows, got shape {tuple(V.shape)}")
+        if self.total is None:
+            self.total = self.count()
+            if self.total < 1:
+                raise ValueError("the loss counted no samples: there is no mean loss to take the Hessian of")
         self.model.eval()
         pieces = [
-            chunk.view_as(p).to(p.dtype) for chunk, p in zip(torch.split(v.to(self.device), self.sizes), self.params)
+            [chunk.view_as(p).to(p.dtype) for chunk, p in zip(torch.split(v.to(self.device), self.sizes), self.params)]
+            for v in V
         ]
-        total = len(self.labels)
         frozen = [p for p in self.params if not p.requires_grad]  # a caller may have frozen them for speed
         for p in frozen:
             p.requires_grad_(True)
 
         def product() -> torch.Tensor:
-            out = torch.zeros(self.n, dtype=torch.float64, device=self.device)
-            self._accumulate(pieces, out, total, between_batches)
+            out = torch.zeros((len(pieces), self.n), dtype=torch.float64, device=self.device)
+            self._accumulate(pieces, out, self.total, between_batches)
             return out
 
         def shrink() -> str | None:
@@ -116,7 +162,7 @@ class HessianOperator:
             return f"with Hessian batch {2 * self.batch_size}; retrying the product with {self.batch_size}"
 
         def advice() -> str:
-            fixed = "" if self.shrink_on_oom else "set hessian.batch_size smaller or to auto, or "
+            fixed = "" if self.shrink_on_oom else f"set {self.batch_key} smaller or to auto, or "
             return (
                 f"a Hessian-vector product over batches of {self.batch_size} images does not fit; {fixed}use a "
                 "larger device"
@@ -127,30 +173,65 @@ class HessianOperator:
         finally:
             for p in frozen:
                 p.requires_grad_(False)
-        self.products += 1
+        self.products += len(pieces)
         return out
 
+    def _call_factory(self, batch: tuple[torch.Tensor, torch.Tensor]) -> Any:
+        from ..job.factories import invoke
+        from .losses import FACTORY_KEY
+
+        return invoke(self.loss.function, self.loss.spec, FACTORY_KEY, self.model, batch)
+
+    def _summed_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """The batch's summed loss as a differentiable tensor (None when a loss factory counted no samples)."""
+        if not isinstance(self.loss, str):
+            result = self._call_factory((x, y))
+            from .losses import factory_result
+
+            _, count, _ = factory_result(self.loss.spec, result)  # its shape and count checked as for a sweep
+            summed = result[0]
+            if not isinstance(summed, torch.Tensor) or not summed.requires_grad:
+                raise JobError(
+                    f"loss.factory: {self.loss.spec!r} returned a summed loss without a graph ("
+                    f"{'a tensor that does not require grad' if isinstance(summed, torch.Tensor) else 'a number'}): "
+                    "the Hessian differentiates it twice, so compute it from the model's output without "
+                    "torch.no_grad(), .item(), .detach() or float()"
+                )
+            return summed if count else None
+        logits = self.model(x)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # a softmax in half precision would lose the small eigenvalues
+        if self.loss == "crossentropy":
+            return F.cross_entropy(logits, y, reduction="sum")
+        probabilities = torch.softmax(logits, dim=-1)  # mse: the paper's code's softmax against one-hot targets
+        return (probabilities - F.one_hot(y, logits.shape[-1]).to(probabilities.dtype)).square().mean(dim=-1).sum()
+
     def _accumulate(
-        self, pieces: list[torch.Tensor], out: torch.Tensor, total: int, between_batches: Callable[[], None] | None
+        self,
+        pieces: list[list[torch.Tensor]],
+        out: torch.Tensor,
+        total: int,
+        between_batches: Callable[[], None] | None,
     ) -> None:
         with torch.enable_grad():
-            for start in range(0, total, self.batch_size):
+            for start in range(0, len(self.labels), self.batch_size):
                 if between_batches is not None:
                     between_batches()
                 x = self.images[start : start + self.batch_size]
                 y = self.labels[start : start + self.batch_size]
-                logits = self.model(x)
-                if logits.dtype in (torch.float16, torch.bfloat16):
-                    logits = logits.float()  # a softmax in half precision would lose the small eigenvalues
-                loss = F.cross_entropy(logits, y, reduction="sum") / total
+                summed = self._summed_loss(x, y)
+                if summed is None:
+                    continue
+                loss = summed / total
                 grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-                dot = sum((g * u).sum() for g, u in zip(grads, pieces) if g is not None)
-                if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
-                    continue  # the loss is linear in every parameter here: this batch adds nothing
-                hv = torch.autograd.grad(dot, self.params, allow_unused=True)
-                out += torch.cat(
-                    [(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, self.params)]
-                ).double()
+                for row, vector in enumerate(pieces):
+                    dot = sum((g * u).sum() for g, u in zip(grads, vector) if g is not None)
+                    if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+                        break  # the loss is linear in every parameter here: this batch adds nothing
+                    hv = torch.autograd.grad(dot, self.params, allow_unused=True, retain_graph=row < len(pieces) - 1)
+                    out[row] += torch.cat(
+                        [(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, self.params)]
+                    ).double()
 
 
 @dataclass(frozen=True)
@@ -197,6 +278,25 @@ def extreme_eigenvalues(
     ``op`` maps a float64 vector of length ``n`` to its product with the matrix; for a ``HessianOperator``,
     ``n`` and ``device`` come from it and ``between_batches`` is handed on to every product.
     """
+    return extremes_and_basis(
+        op, n, tol=tol, max_hvps=max_hvps, basis=basis, seed=seed, device=device, between_batches=between_batches
+    )[0]
+
+
+def extremes_and_basis(
+    op: Callable[[torch.Tensor], torch.Tensor] | HessianOperator,
+    n: int | None = None,
+    *,
+    tol: float = 1e-3,
+    max_hvps: int = 300,
+    basis: int = 40,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    between_batches: Callable[[], None] | None = None,
+) -> tuple[EigenResult, torch.Tensor, np.ndarray]:
+    """``extreme_eigenvalues``, with the Lanczos basis it ended with: its orthonormal rows V (k, n) and the
+    projected matrix T = V H Vᵀ (k, k), exact to rounding (``hessian.trace`` takes tr(T) as the trace's share in
+    the span of V, llmpi.compute.spectrum.deflated_trace)."""
     if isinstance(op, HessianOperator):
         n, device = op.n, op.device
         hessian = op
@@ -238,7 +338,7 @@ def extreme_eigenvalues(
         scale = max(abs(theta[0]), abs(theta[-1]))
         converged = bool(residuals[0] <= tol * scale and residuals[-1] <= tol * scale)
         if converged or hvps >= max_hvps or k == n:
-            return EigenResult(
+            result = EigenResult(
                 max_eig=float(theta[-1]),
                 min_eig=float(theta[0]),
                 max_residual=float(residuals[-1]),
@@ -247,6 +347,7 @@ def extreme_eigenvalues(
                 hvps=hvps,
                 tol=tol,
             )
+            return result, V[:k], T[:k, :k].copy()
         if k < m:
             V[k] = w / beta
             k += 1

@@ -116,16 +116,18 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class DirectionsSpec:
-    kind: Literal["random", "interpolate", "plane", "pca"] = _why(
+    kind: Literal["random", "interpolate", "plane", "pca", "hessian"] = _why(
         "random",
         "Gaussian directions, the paper's main method; interpolate: the line checkpoint -> checkpoint2; plane: "
-        "through checkpoint, checkpoint2, checkpoint3; pca: top-2 principal components of a training trajectory",
+        "through checkpoint, checkpoint2, checkpoint3; pca: top-2 principal components of a training trajectory; "
+        "hessian: the top eigenvector of the Hessian at θ* (a line), or the top two (a plane)",
     )
     seed: int = _why(0, "directions are reproducible from the seed alone (kind random)")
-    norm: Literal["filter", "layer", "weight", "none"] = _why(
-        "filter",
-        "filter normalisation makes sharpness comparable across nets (the paper's point); kind random only: "
-        "interpolate and plane use the checkpoints' differences as they are",
+    norm: Literal["filter", "layer", "weight", "none"] | None = _why(
+        None,
+        "null: the kind's own -- filter for random (filter normalisation makes sharpness comparable across nets, "
+        "the paper's point), none for hessian (unit eigenvectors, PyHessian's picture; filter rescales them "
+        "filter-wise); interpolate and plane use the checkpoints' differences as they are",
     )
     ignore: Literal["biasbn", "none"] = _why(
         "biasbn", "the paper zeroes biases and BatchNorm parameters (kinds random and pca; the Hessian's parameters)"
@@ -140,10 +142,25 @@ class DirectionsSpec:
     store: Literal["auto", "full", "recipe"] = _why(
         "auto",
         "full (the directions in the file, 4 bytes per parameter each) up to 100 M parameters, where that is under "
-        "1 GB and any script can read them; recipe above (a few MB: how every rank makes them; not for kind pca)",
+        "1 GB and any script can read them; recipe above (a few MB: how every rank makes them; not for kind pca "
+        "or hessian)",
+    )
+    spectrum: str | None = _why(
+        None,
+        "kind hessian only: a spectrum file of this network at θ* (python -m llmpi.spectrum) to take the "
+        "eigenvectors from; null: the sweep computes them first, on every rank, into <output>.spectrum.h5",
     )
 
     def __post_init__(self) -> None:
+        if self.norm is None:  # the kind's own normalisation: see the key's reason
+            object.__setattr__(self, "norm", "none" if self.kind == "hessian" else "filter")
+        if self.spectrum is not None and self.kind != "hessian":
+            raise JobError(f"directions.spectrum is for directions.kind: hessian, not {self.kind}; drop it")
+        if self.kind == "hessian" and self.store == "recipe":
+            raise JobError(
+                "directions.store: recipe makes random directions and differences of checkpoints; kind hessian's "
+                "eigenvectors are stored in full: set directions.store: full (or auto)"
+            )
         if self.trajectory is not None and self.kind != "pca":
             raise JobError(f"directions.trajectory is for directions.kind: pca, not {self.kind}; drop it")
         if self.rescale != "none" and self.kind != "pca":
@@ -255,6 +272,8 @@ class EvaluationSpec:
 # the spectrum but may fall short of its ends), the larger relative residual of the two extreme Ritz pairs, and the
 # Hessian-vector products the point cost.
 HESSIAN_VALUES = ["max_eig", "min_eig", "eig_ratio", "eig_converged", "eig_residual", "eig_hvps"]
+# What ``hessian.trace: true`` adds after them: the trace estimate and its standard error (llmpi.compute.spectrum).
+TRACE_VALUES = ["trace", "trace_se"]
 
 
 @dataclass(frozen=True)
@@ -273,6 +292,14 @@ class HessianSpec:
     batch_size: int | Auto = _why(
         "auto", "the loss's batch, at most 512: a double backward keeps the graph, several times a forward's memory"
     )
+    trace: bool = _why(
+        False,
+        "also the trace of the Hessian at every point (datasets trace, trace_se): the Lanczos basis's exact share "
+        "plus Hutchinson on the rest, with trace_probes probes from a fixed seed (the same probes at every point)",
+    )
+    trace_probes: int = _why(
+        10, "Rademacher probes per point for hessian.trace: one product each, the standard error ~ 1/sqrt(probes)"
+    )
     ignore: Literal["biasbn", "none"] | None = _why(
         None,
         "null: the parameters the directions move (directions.ignore; the paper's Hessian); biasbn: tensors of two "
@@ -286,6 +313,10 @@ class HessianSpec:
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise JobError(f"hessian.batch_size must be 'auto' or a positive integer, not {self.batch_size}")
+        if self.trace_probes < 2:
+            raise JobError(
+                f"hessian.trace_probes must be at least 2 (a standard error needs two samples), not {self.trace_probes}"
+            )
         if not 1e-12 <= self.tol < 1:
             raise JobError(f"hessian.tol must be in [1e-12, 1), not {self.tol}")
         if self.max_hvps < 1:
@@ -294,6 +325,163 @@ class HessianSpec:
             raise JobError(f"hessian.basis must be at least 3, not {self.basis}")
         if self.images is not None and self.images < 1:
             raise JobError(f"hessian.images must be null or a positive number of images, not {self.images}")
+
+
+SPECTRUM_ANALYSES = ("topk", "trace", "density")
+
+
+@dataclass(frozen=True)
+class TopkSpec:
+    """``spectrum.topk``: the largest (and most negative) eigenpairs, by Lanczos (llmpi.compute.spectrum)."""
+
+    k: int = _why(5, "the top five eigenvalues with their eigenvectors: the outliers that carry most of the curvature")
+    bottom: int = _why(0, "the most negative eigenpairs too (0: none): how non-convex θ* is along its worst directions")
+    tol: float = _why(
+        1e-6,
+        "each pair's residual ‖Hv − λv‖ <= tol · |λmax|, measured with one more product per pair: every value is then "
+        "within tol·|λmax| of an eigenvalue (in practice far closer), and 1e-6 costs few products beyond 1e-3",
+    )
+    max_hvps: int = _why(1000, "Hessian-vector products at most: a cap on the cost (top-5 typically takes 50-150)")
+    basis: int = _why(
+        40, "Lanczos vectors kept (float64 on the device: 40 x resnet56's 0.85 M parameters = 280 MB), then restarts"
+    )
+
+    def __post_init__(self) -> None:
+        if self.k < 0 or self.bottom < 0 or self.k + self.bottom < 1:
+            raise JobError(
+                f"spectrum.topk asks for {self.k} top and {self.bottom} bottom eigenpairs: ask for at least one "
+                "(spectrum.topk.k: 5), or leave topk out of spectrum.analyses"
+            )
+        if not 1e-14 <= self.tol < 1:
+            raise JobError(f"spectrum.topk.tol must be in [1e-14, 1), not {self.tol}")
+        if self.max_hvps < self.k + self.bottom:
+            raise JobError(
+                f"spectrum.topk.max_hvps {self.max_hvps} cannot find {self.k + self.bottom} eigenpairs: give at least "
+                "that many products (the default 1000 is a cap, rarely reached)"
+            )
+        if self.basis < self.k + self.bottom + 2:
+            raise JobError(
+                f"spectrum.topk.basis {self.basis} cannot hold {self.k + self.bottom} eigenpairs and room to restart: "
+                f"give at least {self.k + self.bottom + 2} (about 3 x k is a good choice)"
+            )
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """``spectrum.trace``: the trace by Hutchinson, and each parameter entry's from the same probes."""
+
+    rel_se: float = _why(0.01, "stop once the standard error is 1% of the trace")
+    max_probes: int = _why(1000, "Rademacher probes at most (one product each): the cap when rel_se is not reached")
+    min_probes: int = _why(
+        10, "probes before the stopping rule is trusted: a standard error from fewer is itself noise"
+    )
+    deflate: int = _why(
+        20,
+        "Ritz vectors of the top-k's Lanczos basis (those of largest |θ|, one product each) whose exact share of "
+        "the trace is taken out, only the rest estimated (needs topk in spectrum.analyses): a network's few large "
+        "eigenvalues make most of the plain estimator's variance (resnet20: 40x fewer probes measured with 10); "
+        "0: plain Hutchinson, PyHessian's estimator",
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_probes < 1:
+            raise JobError(
+                f"spectrum.trace.max_probes must be at least 1, not {self.max_probes} (zero probes estimate nothing); "
+                "to skip the trace, leave trace out of spectrum.analyses"
+            )
+        if not 0 < self.rel_se < 1:
+            raise JobError(f"spectrum.trace.rel_se must be in (0, 1), not {self.rel_se} (0.01 = 1%)")
+        if self.deflate < 0:
+            raise JobError(
+                f"spectrum.trace.deflate must be 0 (plain Hutchinson) or a number of vectors, not {self.deflate}"
+            )
+        if not 2 <= self.min_probes <= self.max_probes:
+            raise JobError(
+                f"spectrum.trace.min_probes must be between 2 and max_probes ({self.max_probes}), not {self.min_probes}"
+            )
+
+
+@dataclass(frozen=True)
+class DensitySpec:
+    """``spectrum.density``: the eigenvalue density by stochastic Lanczos quadrature."""
+
+    runs: int = _why(10, "independent start vectors: the density is their mean (its noise falls as 1/sqrt(runs))")
+    steps: int = _why(
+        50, "Lanczos steps per run (products per run): Gauss quadrature exact for moments up to 2 x steps - 1"
+    )
+    sigma: float | Auto = _why(
+        "auto",
+        "the Gaussian width of the density on its grid; auto: sqrt(1e-5 x max(1, span of the nodes)), PyHessian's, "
+        "so the figures compare (the nodes and weights are stored: any other width can be drawn from them)",
+    )
+    points: int = _why(10000, "grid points of the stored density, enough to resolve the width over the whole span")
+
+    def __post_init__(self) -> None:
+        for name in ("runs", "steps"):
+            if getattr(self, name) < 1:
+                raise JobError(
+                    f"spectrum.density.{name} must be at least 1, not {getattr(self, name)}; to skip the density, "
+                    "leave density out of spectrum.analyses"
+                )
+        if self.sigma != "auto" and not self.sigma > 0:
+            raise JobError(f"spectrum.density.sigma must be 'auto' or positive, not {self.sigma}")
+        if self.points < 2:
+            raise JobError(f"spectrum.density.points must be at least 2, not {self.points}")
+
+
+@dataclass(frozen=True)
+class SpectrumSpec:
+    """What ``python -m llmpi.spectrum`` computes at θ* (llmpi.compute.spectrum, llmpi.ranks.spectrum)."""
+
+    analyses: list[Literal["topk", "trace", "density"]] = _why(
+        ["topk", "trace", "density"], "PyHessian's toolkit: top eigenpairs, trace (and per layer), spectral density"
+    )
+    output: str | None = _why(None, "null: spectra/<name>.h5")
+    images: int | None = _why(
+        None, "null: all the selected images (the loss's own data); N: the first N of them, as products cost ~10x"
+    )
+    batch_size: int | Auto = _why(
+        "auto", "the products' batch, a speed knob: auto is 128 images (at most the selection)"
+    )
+    block: int = _why(
+        4,
+        "probes or density runs multiplied together, one forward and backward per batch serving them all: fewer "
+        "passes, block x the memory of a product",
+    )
+    spread: Literal["auto", "data", "whole"] = _why(
+        "auto",
+        "how the trace's probes and the density's runs use the ranks: data, every product split over the ranks' "
+        "shares of the data; whole, each rank computes whole probes or runs over all the data (no communication, "
+        "results independent of the rank count); auto: whole where the ranks have enough of them to share "
+        "(the top-k always splits the data: it is one chain of products)",
+    )
+    seed: int = _why(0, "the Lanczos start vector, the trace's probes and the density's start vectors")
+    topk: TopkSpec = _why(TopkSpec, "the largest (and most negative) eigenpairs")
+    trace: TraceSpec = _why(TraceSpec, "the trace and the trace of each parameter entry")
+    density: DensitySpec = _why(DensitySpec, "the eigenvalue spectral density")
+
+    def __post_init__(self) -> None:
+        if not self.analyses:
+            raise JobError(f"spectrum.analyses is empty: list one or more of {', '.join(SPECTRUM_ANALYSES)}")
+        if len(set(self.analyses)) != len(self.analyses):
+            raise JobError(f"spectrum.analyses lists an analysis twice: {self.analyses}")
+        if self.images is not None and self.images < 1:
+            raise JobError(f"spectrum.images must be null or a positive number of images, not {self.images}")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise JobError(f"spectrum.batch_size must be 'auto' or a positive integer, not {self.batch_size}")
+        if self.block < 1:
+            raise JobError(f"spectrum.block must be a positive integer, not {self.block}")
+        if "trace" in self.analyses and self.trace.deflate and "topk" not in self.analyses:
+            raise JobError(
+                "spectrum.trace.deflate takes the exact share of the top-k's Lanczos vectors out of the trace, but "
+                "spectrum.analyses has no topk: add topk (a few dozen products that typically cut the probes the "
+                "trace needs tenfold or more), or set spectrum.trace.deflate: 0"
+            )
+        if "trace" in self.analyses and self.trace.deflate > self.topk.basis:
+            raise JobError(
+                f"spectrum.trace.deflate {self.trace.deflate} asks for more vectors than the top-k's Lanczos basis "
+                f"holds (spectrum.topk.basis {self.topk.basis}): at most that many"
+            )
 
 
 @dataclass(frozen=True)
@@ -319,12 +507,22 @@ class Job:
         "eig_residual and eig_hvps at every point",
     )
     hessian: HessianSpec = _why(HessianSpec, "how metrics: [hessian] computes the extreme eigenvalues")
+    spectrum: SpectrumSpec = _why(
+        SpectrumSpec, "python -m llmpi.spectrum: top-k eigenpairs, trace and spectral density at θ*"
+    )
     output: str | None = _why(None, "null: surfaces/<name>.h5")
     runtime: RuntimeSpec = _why(RuntimeSpec, "devices, threads and speed knobs (precision is part of the result)")
 
     def __post_init__(self) -> None:
         if self.output is None:
             object.__setattr__(self, "output", f"surfaces/{self.name}.h5")
+        if self.spectrum.output is None:
+            object.__setattr__(self.spectrum, "output", f"spectra/{self.name}.h5")
+        if self.hessian.trace and "hessian" not in self.metrics:
+            raise JobError(
+                "hessian.trace: true adds the trace to metrics: [hessian] (it reuses the Lanczos basis of each "
+                "point): add hessian to metrics, or drop hessian.trace"
+            )
         if len(set(self.metrics)) != len(self.metrics):
             raise JobError(f"metrics lists a metric twice: {self.metrics}")
         if self.runtime.hold_directions == "regenerate" and self.directions.store == "full":
@@ -357,7 +555,13 @@ class Job:
     def _check_kind(self) -> None:
         """What each directions.kind needs of the other sections (cross-section rules, one message each)."""
         kind, m = self.directions.kind, self.model
-        needs = {"random": (), "pca": (), "interpolate": ("checkpoint2",), "plane": ("checkpoint2", "checkpoint3")}
+        needs = {
+            "random": (),
+            "pca": (),
+            "hessian": (),
+            "interpolate": ("checkpoint2",),
+            "plane": ("checkpoint2", "checkpoint3"),
+        }
         for key in ("checkpoint2", "checkpoint3"):
             if key in needs[kind] and getattr(m, key) is None:
                 raise JobError(f"directions.kind: {kind} needs model.{key} (the model at {_CORNER[key]})")
@@ -370,6 +574,12 @@ class Job:
             )
         if kind in ("plane", "pca") and self.grid.y is None:
             raise JobError(f"directions.kind: {kind} spans a plane: give grid.y too (e.g. grid.y: [-0.5, 1.5, 41])")
+        if kind == "hessian" and self.directions.spectrum is None and self.runtime.precision == "bf16":
+            raise JobError(
+                "directions.kind: hessian computes the top eigenvectors first, which needs runtime.precision fp32 or "
+                "tf32 (bfloat16 loses the Hessian's small eigenvalues); or give directions.spectrum, a spectrum "
+                "file computed in fp32"
+            )
 
     @property
     def cautions(self) -> list[str]:
@@ -408,6 +618,8 @@ class Job:
         names = [f"{split}_{what}" for split in self.splits for what in ("loss", "acc")[: 2 if accuracy else 1]]
         if "hessian" in self.metrics:
             names += HESSIAN_VALUES
+            if self.hessian.trace:
+                names += TRACE_VALUES
         return names
 
     @property

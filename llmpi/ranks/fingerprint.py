@@ -92,6 +92,7 @@ def directions_fields(job: Job, store: str) -> dict:
     del fields["store"]
     if store == "recipe":
         fields["store"] = "recipe"
+    del fields["spectrum"]  # kind hessian: what determines its eigenvectors is added by _kind_and_metrics
     return fields
 
 
@@ -125,6 +126,13 @@ def _kind_and_metrics(job: Job, others: Mapping[str, str]) -> dict:
         for path in files:
             h.update(f"{path.name}:{sha256_file(path)}\n".encode())
         out["trajectory"] = {"snapshots": len(files), "sha256": h.hexdigest()}
+    if job.directions.kind == "hessian":  # what determines the eigenvectors: the spectrum file's own fingerprint
+        from ..file.spectrum import read_spectrum
+
+        try:
+            out["spectrum"] = read_spectrum(job.directions.spectrum).attrs["fingerprint"]
+        except JobError as e:
+            raise JobError(f"directions.spectrum: {e}") from None
     if job.metrics:
         out["metrics"] = list(job.metrics)
         hessian = to_dict(job.hessian)
@@ -134,5 +142,42 @@ def _kind_and_metrics(job: Job, others: Mapping[str, str]) -> dict:
             del hessian["ignore"]
         else:
             hessian["ignore"] = job.hessian.parameters(job.directions)
+        if not job.hessian.trace:  # as before the trace existed, so that those files resume
+            del hessian["trace"], hessian["trace_probes"]
         out["hessian"] = hessian
     return out
+
+
+def spectrum_fingerprint(job: Job, identity: Identity) -> dict:
+    """The fingerprint fields of a spectrum file (``python -m llmpi.spectrum``): the network, θ*, the data of the
+    job's first split, the loss, the precision, the parameters the Hessian is over, and the analyses' settings.
+    Out: the batch size, ``spectrum.block`` and ``spread``, the rank count, the output (last bits at most)."""
+    from ..job.factories import identity as source_identity
+
+    model, data, loss, spec = job.model, job.data, job.loss, job.spectrum
+    split = job.splits[0]
+    settings: dict = {"analyses": list(spec.analyses), "images": spec.images, "seed": spec.seed}
+    for analysis in spec.analyses:
+        settings[analysis] = to_dict(getattr(spec, analysis))
+    return {
+        "format": FORMAT,
+        "kind": "spectrum",
+        "arch": model.arch,
+        "model": {"factory": model.factory and source_identity(model.factory), "kwargs": model.kwargs},
+        "data_factory": {"factory": data.factory and source_identity(data.factory), "kwargs": data.kwargs},
+        "loss": {
+            "name": None if loss.factory else loss.name,
+            "factory": loss.factory and source_identity(loss.factory),
+        },
+        "precision": job.runtime.precision,
+        "checkpoint_sha256": identity.checkpoint_sha256,
+        "data": {
+            "dataset": None if data.factory else data.dataset,
+            "split": split,
+            "subset": data.subset,
+            "seed": data.seed,
+            "images_sha256": identity.splits[split].sha256,
+        },
+        "ignore": job.directions.ignore,
+        "spectrum": settings,
+    }

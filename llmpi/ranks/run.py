@@ -541,6 +541,7 @@ def execute(
     from . import placement, protocol
     from .faults import Faults
     from .record import Progress
+    from .spectrum import eigenvectors_first
     from .worker import DataCache, Surfaces, differing, hessian_batch, load, look
 
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -584,6 +585,11 @@ def execute(
             held = comm.allgather(first.held())
             collective(comm, lambda: _refuse(differing(held)), debug)
         places = comm.gather(bound.place(rank, str(device), threads, os.getpid()))
+        jobs = list(jobs)  # directions.kind hessian: the eigenvectors first, on every rank (llmpi.ranks.spectrum)
+        code = eigenvectors_first(comm, jobs, device, cache, restart=restart, debug=debug, interrupts=interrupts)
+        if code:  # told already, on rank 0
+            states = {EXIT_INTERRUPTED: protocol.INTERRUPTED, EXIT_DISK: protocol.HALTED}
+            return Ended(code, states.get(code, protocol.FAILED))
         inputs = Inputs(jobs, device, cache, first, given)
         plans: dict[int, Plan] = {}  # every surface's, from rank 0
         me = protocol.where(comm)
@@ -623,7 +629,8 @@ def execute(
                 batch = hessian_batch(p.plan.job, p.plan.tuning)
                 print(
                     f"llmpi: Hessian extremes at every point: Lanczos to tol {h.tol:g} (at most {h.max_hvps} "
-                    f"products), over {h.images or 'all'} of the {p.plan.job.splits[0]} images, batch {batch}",
+                    f"products), over {h.images or 'all'} of the {p.plan.job.splits[0]} images, batch {batch}"
+                    + (f"; the trace from its basis and {h.trace_probes} probes" if h.trace else ""),
                     flush=True,
                 )
         if compiled is not None and max(compiled) > 0:

@@ -304,7 +304,7 @@ class PointValues:
         return rows
 
     def eigenvalues(self, point: tuple[float, ...], check: Callable[[], None]) -> list[float]:
-        from ..compute.hessian import HessianOperator, extreme_eigenvalues
+        from ..compute.hessian import HessianOperator, extremes_and_basis
 
         ev, spec = self.first, self.hessian
         ev.move_to(point)  # the loss of another split may have moved the weights since
@@ -313,19 +313,25 @@ class PointValues:
         ignore = spec.parameters(self.job.directions)
         x, y = ev.images[:n].to(ev.device), ev.labels[:n].to(ev.device)  # a copy only with data.placement host
         op = HessianOperator(ev.model, x, y, self.hessian_batch, ignore, auto)
-        result = extreme_eigenvalues(
+        result, basis, projected = extremes_and_basis(
             op, tol=spec.tol, max_hvps=spec.max_hvps, basis=spec.basis, seed=spec.seed, between_batches=check
         )
+        # in the order of config.HESSIAN_VALUES (then TRACE_VALUES); eig_hvps: Lanczos's products and the trace's
+        row = [result.max_eig, result.min_eig, result.ratio, float(result.converged), result.relative_residual]
+        before = op.products
+        trace = point_trace(op, basis, projected, spec, check) if spec.trace else []
+        row += [float(result.hvps + op.products - before), *trace]
         self.hessian_batch = op.batch_size  # an out-of-memory retry may have halved it: keep it for the next point
-        # in the order of config.HESSIAN_VALUES
-        return [
-            result.max_eig,
-            result.min_eig,
-            result.ratio,
-            float(result.converged),
-            result.relative_residual,
-            float(result.hvps),
-        ]
+        return row
+
+
+def point_trace(op: Any, basis: torch.Tensor, projected: np.ndarray, spec: Any, check: Callable[[], None]) -> list:
+    """``hessian.trace``: the trace at a point and its standard error, from the point's Lanczos basis (its exact
+    share) and ``hessian.trace_probes`` probes of ``hessian.seed`` on the rest (llmpi.compute.spectrum)."""
+    from ..compute.spectrum import deflated_trace
+
+    value, se = deflated_trace(lambda Z: op.many(Z, check), basis, projected, spec.trace_probes, spec.seed)
+    return [value, se]
 
 
 def tune(job: Job, values: PointValues, todo_points: int, ranks: int) -> Tuning:

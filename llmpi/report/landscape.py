@@ -16,7 +16,9 @@ map keeps the paper's colour scale, viridis from 0 to 0.5 (higher ratios clipped
 ``--vmin``/``--vmax`` say otherwise. Points whose Lanczos run stopped at ``hessian.max_hvps`` before converging
 (``eig_converged`` 0) are marked on every Hessian picture and counted in its title: their values are inner bounds
 of the spectrum's ends. ``eig_converged``, ``eig_residual`` and ``eig_hvps`` themselves are drawn only when asked
-for (``--value eig_residual``).
+for (``--value eig_residual``). The trace map (``hessian.trace``: ``trace``) is a heat map too, unmarked: the trace
+estimate is unbiased whether or not Lanczos converged; its standard error ``trace_se`` is drawn when asked for.
+A plane of ``directions.kind: hessian`` names its axes by their eigenvectors and eigenvalues.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ LOSS_SPAN = 10.0  # default contour ceiling above the lowest loss, the paper's v
 MAX_LEVELS = 1000  # a --levels step finer than this is a typo, not a picture
 EIG_NAMES = ("eig_ratio", "max_eig", "min_eig")  # metrics: [hessian]; drawn as heat maps by default
 EIG_DIAGNOSTICS = ("eig_converged", "eig_residual", "eig_hvps")  # how Lanczos ended at each point: drawn when asked
+TRACE_NAMES = ("trace",)  # hessian.trace: the trace map, drawn as a heat map by default (a curve in 1D)
+TRACE_DIAGNOSTICS = ("trace_se",)  # its standard error: drawn only when asked for
 EIG_WORDS = {
     "max_eig": "Hessian λmax",
     "min_eig": "Hessian λmin",
@@ -47,6 +51,8 @@ EIG_WORDS = {
     "eig_converged": "Lanczos converged (1) or not (0)",
     "eig_residual": "Lanczos relative residual",
     "eig_hvps": "Hessian-vector products",
+    "trace": "Hessian trace",
+    "trace_se": "standard error of the Hessian trace",
 }
 UNCONVERGED_COLOUR = "#ff2d95"  # marks unconverged Hessian points: a colour viridis never takes
 EIG_RATIO_SPAN = (0.0, 0.5)  # the paper's colour scale for |λmin/λmax| (its plot_2d_eig_ratio: vmin 0, vmax .5)
@@ -266,13 +272,14 @@ class Landscape:
 
     @property
     def kind(self) -> str:
-        """How the directions were made: 'random' (also for files that do not say), 'interpolate', 'plane', 'pca'."""
+        """How the directions were made: 'random' (also for files that do not say), 'interpolate', 'plane', 'pca',
+        'hessian'."""
         return str(self.directions_spec.get("kind") or "random")
 
     @property
     def norm(self) -> str | None:
         """The direction normalisation ('filter', ...) from the job the file records, None if it records none."""
-        return self.directions_spec.get("norm") if self.kind == "random" else None
+        return self.directions_spec.get("norm") if self.kind in ("random", "hessian") else None
 
     def axis_label(self, axis: str) -> str:
         """'α  (direction δ, filter-normalised)': the paper's names for the coordinates (in each kind's terms)."""
@@ -288,6 +295,12 @@ class Landscape:
             share = f", {100 * float(ratios[k]):.1f}% of the variance" if ratios is not None else ""
             rescaled = ", filter-rescaled" if self.directions_spec.get("rescale") == "filter" else ""
             return f"{letter}  (PCA component {k + 1} of the trajectory{share}{rescaled})"
+        if self.kind == "hessian":
+            k = 0 if axis == "x" else 1
+            values = self.surface.extras.get("eigenvalues")
+            value = f", λ{k + 1} = {float(values[k]):.4g}" if values is not None and len(values) > k else ""
+            how = f"{self.norm}-normalised" if self.norm not in (None, "none") else "unit"
+            return f"{letter}  (Hessian eigenvector v{k + 1}{value}, {how})"
         norm = self.norm
         how = f", {norm}-normalised" if norm and norm != "none" else ""
         return f"{letter}  (direction {direction}{how})"
@@ -299,6 +312,8 @@ class Landscape:
             return "L(θ1 + α·(θ2 − θ1) + β·(θ3 − θ1))"
         if self.kind == "pca":
             return "L(θ* + α·PC1 + β·PC2)"
+        if self.kind == "hessian":
+            return "L(θ* + α·v1 + β·v2)" if self.ndim == 2 else "L(θ* + α·v1)"
         return "L(θ* + α·δ + β·η)" if self.ndim == 2 else "L(θ* + α·δ)"
 
     @property
@@ -422,7 +437,8 @@ def names_to_draw(landscape: Landscape, wanted: list[str] | None, scale: Scale) 
         for name in wanted:
             landscape.values(name)  # raises, naming what the file has
         return list(wanted)
-    names = landscape.losses if scale.given else [n for n in landscape.names if n not in EIG_DIAGNOSTICS]
+    hidden = (*EIG_DIAGNOSTICS, *TRACE_DIAGNOSTICS)
+    names = landscape.losses if scale.given else [n for n in landscape.names if n not in hidden]
     if not names:
         raise JobError(f"{landscape.path} holds no loss or accuracy values to draw")
     return names

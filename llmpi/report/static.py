@@ -403,6 +403,35 @@ def figure_1d_eig(lands: Sequence[Landscape], scale: Scale) -> Figure:
     return fig
 
 
+def figure_1d_trace(lands: Sequence[Landscape]) -> Figure:
+    """The Hessian trace against α (``hessian.trace``), with a band of two standard errors (``trace_se``)."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    fig.subplots_adjust(left=0.12, right=0.95, bottom=0.3, top=0.9)
+    several = len(lands) > 1
+    for n, land in enumerate(lands):
+        colour = f"C{n % 10}" if several else "C0"
+        tag = f"{land.label}: " if several else ""
+        v = land.values("trace")
+        ax.plot(land.x, v, "-", color=colour, linewidth=1.5, label=f"{tag}{pretty('trace')}")
+        if "trace_se" in land.names:
+            se = land.values("trace_se")
+            ax.fill_between(land.x, v - 2 * se, v + 2 * se, color=colour, alpha=0.2, linewidth=0,
+                            label=f"{tag}± 2 standard errors")  # fmt: skip
+    xs = np.concatenate([land.x for land in lands])
+    ax.set_xlim(xs.min(), xs.max())
+    _mark_models(ax, lands)
+    ax.axhline(0.0, color="0.8", linewidth=0.6)
+    ax.set_xlabel(lands[0].axis_label("x"))
+    ax.set_ylabel("tr H")
+    handles, labels = ax.get_legend_handles_labels()
+    _legend_below(fig, handles, labels, 2)
+    if several:
+        _overlay_title(fig, lands, ": Hessian trace")
+    else:
+        _titles(ax, lands[0], "trace")
+    return fig
+
+
 def save(fig: Figure, base: Path, formats: Sequence[str]) -> list[Path]:
     """Write ``fig`` as ``base.<format>`` for each format and close it; the written paths."""
     out = []

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..file.spectrum import is_spectrum
 from ..file.store import Surface, WriterLock, read_run_info, read_surface
 from ..job.errors import JobError
 
@@ -29,8 +30,12 @@ def duration(seconds: float) -> str:
 
 
 def summarize(path: str | Path) -> dict:
-    """Everything ``status`` reports, as plain data."""
+    """Everything ``status`` reports, as plain data (a spectrum file's: ``llmpi.report.spectrum.summary``)."""
     path = Path(path)
+    if is_spectrum(path):
+        from .spectrum import summary
+
+        return summary(path)
     s = read_surface(path)
     job = yaml.safe_load(s.attrs.get("job", "")) or {}
     done = int(s.done.sum())
@@ -144,6 +149,15 @@ def describe_directions(job: dict, extras: dict) -> str | None:
             f"pca: the top two principal components of the trajectory {d.get('trajectory')}{share}, {rescale}, "
             f"ignore {d.get('ignore')}; {stats}"
         )
+    if kind == "hessian":
+        values = extras.get("eigenvalues")
+        which = "v1 and v2" if values is not None and len(values) > 1 else "v1"
+        at = f" (λ = {', '.join(f'{float(v):.6g}' for v in values)})" if values is not None else ""
+        how = "unit" if d.get("norm") in (None, "none") else f"{d.get('norm')}-normalised"
+        return (
+            f"hessian: the top eigenvector(s) {which} of the Hessian at θ*{at}, {how}, from "
+            f"{d.get('spectrum')}; ignore {d.get('ignore')}; {stats}"
+        )
     return f"random (seed {d.get('seed')}), {d.get('norm')} norm, ignore {d.get('ignore')}; {stats}"
 
 
@@ -255,6 +269,10 @@ def render_metrics(metrics: dict) -> str:
 
 
 def render(info: dict) -> str:
+    if info.get("kind") == "spectrum":
+        from .spectrum import render as render_spectrum
+
+        return render_spectrum(info)
     lines = [f"{info['file']}: {info['job']} -- {info['arch']} on {info['data']}"]
     if info.get("directions_described"):
         recipe = info.get("directions_store") == "recipe"

@@ -17,6 +17,13 @@ describe them (written with them, read back by plots and status).
   snapshots × parameters matrix); stores ``explained_variance_ratio`` (2,) and the trajectory in the plane,
   ``trajectory/x`` and ``trajectory/y`` (snapshots,), in training order, with the snapshot file names in the
   attribute ``snapshots`` of ``trajectory/x``.
+- ``hessian``: the top eigenvector of the Hessian at θ* (a line), or the top two (a plane), read from the spectrum
+  file ``directions.spectrum`` (``python -m llmpi.spectrum``; the sweep computes one first when the key is null). The
+  eigenvectors are unit vectors over the parameters the Hessian is over (zero on every other entry) with
+  ``norm: none``, the default for this kind; ``filter`` (``layer``, ``weight``) rescales them like a random
+  direction -- each filter to the norm of θ*'s, an entry of one dimension as a whole to its weight's norm -- so
+  the axes compare with a random plane's (they are then no longer eigenvectors). Stores ``eigenvalues`` (ndim,),
+  with the spectrum file in its attribute ``spectrum`` and the normalisation in ``norm``.
 
 Errors a job can cause (checkpoints of another architecture, three models on a line, too few snapshots) come back
 as ``JobError`` naming the key to change.
@@ -25,6 +32,7 @@ as ``JobError`` naming the key to change.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import numpy as np
@@ -81,7 +89,7 @@ def store_mode(job: Any, model: nn.Module) -> str:
     spec = job.directions
     if spec.store != "auto":
         return spec.store
-    if spec.kind == "pca":  # components of a trajectory: nothing to make them from but the trajectory itself
+    if spec.kind in ("pca", "hessian"):  # components of a trajectory, eigenvectors: stored as they are
         return "full"
     parameters = sum(t.numel() for t in perturbed_entries(model, spec.type).values())
     return "recipe" if parameters > LEAN_PARAMETERS else "full"
@@ -115,6 +123,8 @@ def plan_directions(
                 {"model_coordinates": np.asarray(plane.coordinates, dtype=np.float64)},
                 {"model_coordinates": {"names": names}},
             )
+        if spec.kind == "hessian":
+            return hessian_directions(job, model, ndim)
         if spec.kind == "pca":
             files = pca.snapshot_files(spec.trajectory)
             loaders = [lambda p=p: pca.load_snapshot(p) for p in files]
@@ -133,6 +143,58 @@ def plan_directions(
     except ValueError as e:  # paths and pca refuse what does not fit by ValueError: the job's doing
         raise JobError(f"directions.kind {spec.kind}: {e}") from None
     raise AssertionError(f"unknown directions.kind {spec.kind!r} passed validation")
+
+
+def hessian_directions(job: Any, model: nn.Module, ndim: int) -> Planned:
+    """Kind hessian: the top ``ndim`` eigenvectors of the spectrum file ``directions.spectrum``, as directions of
+    ``model``'s entries, normalised as ``directions.norm`` says (see the module docstring)."""
+    from ..file.spectrum import read_eigenvectors, read_spectrum
+    from .checkpoint import sha256_file
+    from .directions import normalize
+
+    spec = job.directions
+    path = spec.spectrum
+    try:
+        entries, values, vectors = read_eigenvectors(path, ndim)
+        fields = json.loads(read_spectrum(path).attrs["fingerprint_fields"])
+    except JobError as e:
+        raise JobError(f"directions.spectrum: {e}") from None
+    if fields.get("checkpoint_sha256") not in (None, sha256_file(job.model.checkpoint)):
+        raise JobError(
+            f"directions.spectrum: {path} is the spectrum of another θ* than model.checkpoint "
+            f"{job.model.checkpoint}; compute this one's (python -m llmpi.spectrum) or set directions.spectrum: null"
+        )
+    if fields.get("ignore") != spec.ignore:
+        raise JobError(
+            f"directions.spectrum: {path} is the Hessian over the parameters of ignore: {fields.get('ignore')}, the "
+            f"job has directions.ignore: {spec.ignore}; make them agree"
+        )
+    base = _entries(model, spec.type)
+    for name, shape in zip(entries.names, entries.shapes):
+        if name not in base or tuple(base[name].shape) != tuple(shape):
+            raise JobError(
+                f"directions.spectrum: {path} holds eigenvectors of another network ({name} of shape {tuple(shape)} "
+                f"is not one of {job.model.label}'s entries); compute this one's spectrum"
+            )
+    directions = []
+    for vector in vectors:
+        pieces = dict(zip(entries.names, np.split(vector, np.cumsum(entries.sizes)[:-1])))
+        d = {}
+        for name, w in base.items():
+            if name not in pieces:
+                d[name] = torch.zeros(w.shape, dtype=torch.float32)
+                continue
+            v = torch.from_numpy(pieces[name].reshape(w.shape)).float()
+            if v.dim() > 1:
+                d[name] = normalize(v, w.float(), spec.norm, spec.ignore)
+            elif spec.norm == "none":  # ignore: none puts biases in the Hessian: their part of the eigenvector
+                d[name] = v
+            else:  # an entry of one dimension as a single filter: to its weight's norm
+                norm = "layer" if spec.norm == "filter" else spec.norm
+                d[name] = normalize(v.reshape(1, -1), w.float().reshape(1, -1), norm, spec.ignore).reshape(w.shape)
+        directions.append(_numpy(d))
+    attrs = {"spectrum": str(path), "norm": spec.norm}
+    return Planned(directions, {"eigenvalues": np.asarray(values, dtype=np.float64)}, {"eigenvalues": attrs})
 
 
 def stored_directions(store: Any) -> Any:
