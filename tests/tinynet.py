@@ -43,6 +43,7 @@ class RefusedNet(TinyNet):
     def forward(self, x):
         return halve(super().forward(x))
 
+
 def detached_loss(model: nn.Module, batch):
     """A loss factory that forgets the graph (computed under no_grad): a Hessian of it must be refused clearly."""
     import torch

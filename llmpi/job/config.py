@@ -303,7 +303,8 @@ class HessianSpec:
     ignore: Literal["biasbn", "none"] | None = _why(
         None,
         "null: the parameters the directions move (directions.ignore; the paper's Hessian); biasbn: tensors of two "
-        "or more dimensions only; none: every parameter, biases and BatchNorm's included",
+        "or more dimensions only; none: every parameter, biases and BatchNorm's included (at every point and for "
+        "python -m llmpi.spectrum alike)",
     )
 
     def parameters(self, directions: DirectionsSpec) -> str:

@@ -178,6 +178,6 @@ def spectrum_fingerprint(job: Job, identity: Identity) -> dict:
             "seed": data.seed,
             "images_sha256": identity.splits[split].sha256,
         },
-        "ignore": job.directions.ignore,
+        "ignore": job.hessian.parameters(job.directions),  # the Hessian's parameter set
         "spectrum": settings,
     }

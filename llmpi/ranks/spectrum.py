@@ -231,7 +231,7 @@ def layout_of(job: Job, entries: Any) -> Layout:
 
         raise JobError(
             f"spectrum.topk asks for {top + bottom} eigenpairs, but the Hessian of {job.model.label} is over "
-            f"{entries.n} parameters (ignore: {job.directions.ignore}): ask for at most {entries.n}"
+            f"{entries.n} parameters (ignore: {job.hessian.parameters(job.directions)}): ask for at most {entries.n}"
         )
     probes = spec.trace.max_probes if "trace" in spec.analyses else 0
     runs = spec.density.runs if "density" in spec.analyses else 0
@@ -304,7 +304,7 @@ def compute(
     store: SpectrumStore | None = None
     try:
         at.model.eval()
-        entries = ranks.run(lambda: entries_of(at.model, job.directions.ignore))
+        entries = ranks.run(lambda: entries_of(at.model, job.hessian.parameters(job.directions)))
         layout = ranks.run(lambda: layout_of(job, entries))
 
         def open_file() -> tuple[SpectrumStore, dict]:
@@ -326,7 +326,7 @@ def compute(
         state = ranks.step.bcast(state)
         batch = state["batch_size"] if job.spectrum.batch_size == "auto" else job.spectrum.batch_size
         heavy = _share_heavy(ranks, store, layout, state)
-        products = ranks.run(lambda: Products(ranks, at, job.directions.ignore, batch, device, faults))
+        products = ranks.run(lambda: Products(ranks, at, job.hessian.parameters(job.directions), batch, device, faults))
         products.count()
         say(
             f"spectrum {job.name}: Hessian over {entries.n:,} parameters in {len(entries.names)} entries, "
@@ -368,7 +368,7 @@ def _loaded_fingerprint(job: Job, at: At) -> dict:
         "weights_sha256": h.hexdigest(),
         "data_sha256": d.hexdigest(),
         "loss": at.loss if isinstance(at.loss, str) else at.loss.spec,
-        "ignore": job.directions.ignore,
+        "ignore": job.hessian.parameters(job.directions),
         "spectrum": settings,
     }
 
@@ -834,6 +834,8 @@ def eigenvectors_first(
         ndim = 1 if job.grid.y is None else 2
         topk = dataclasses.replace(job.spectrum.topk, k=ndim, bottom=0, basis=max(job.spectrum.topk.basis, ndim + 2))
         first = derived(job, analyses=["topk"], output=path, topk=topk)
+        # the eigenvectors become directions: over the directions' parameters, whatever hessian.ignore says
+        first = dataclasses.replace(first, hessian=dataclasses.replace(first.hessian, ignore=None))
 
         def set_up(first: Job = first) -> tuple[At, Any, dict]:
             loaded = load(first, device, cache)
