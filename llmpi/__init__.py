@@ -7,10 +7,11 @@ From Python, on a network in memory (a notebook, or every rank of ``mpirun -n 8 
     import llmpi
     s = llmpi.surface(model, (inputs, targets), grid=((-1, 1, 21), (-1, 1, 21)), output="surfaces/mine.h5")
     s.plot()                                   # also llmpi.open(path), llmpi.Job, llmpi.interpolate/plane/pca
+    h = llmpi.spectrum(model, (inputs, targets), analyses=["topk", "trace", "density"])   # the Hessian at θ*
 
-The API (``surface``, ``open``, ``Surface``, ``Job``, ``interpolate``, ``plane``, ``pca``, ``JobError``,
-``SweepError``, ``Interrupted``) is imported on first use: ``import llmpi`` alone loads neither torch, nor mpi4py,
-nor h5py, nor matplotlib (every command imports this package first).
+The API (``surface``, ``spectrum``, ``open``, ``Surface``, ``Spectrum``, ``Job``, ``interpolate``, ``plane``, ``pca``,
+``JobError``, ``SweepError``, ``Interrupted``) is imported on first use: ``import llmpi`` alone loads neither torch,
+nor mpi4py, nor h5py, nor matplotlib (every command imports this package first).
 
 The map of the code. At the front door, the commands:
 
@@ -27,20 +28,20 @@ The map of the code. At the front door, the commands:
 Behind it, one room per concern; each imports only the rooms below it (``pyproject.toml``'s import contracts,
 checked by ``make lint`` and ``make test``):
 
-* ``ranks/`` -- the sweep over MPI ranks: ``run`` (the set-up every rank takes together, rank 0's preparation of
-  each surface, the blocks computed, the results committed), ``api`` (``llmpi.surface``: the same sweep called
-  from Python, on parts given in memory), ``protocol`` (how a block is handed out; MPI, never
-  torch), ``placement`` (which GPU and how many threads a rank takes), ``worker`` (what a rank loads and computes),
-  ``record`` (progress and ``<file>.run.json``), ``fingerprint`` (what decides a resume), ``faults`` (fault
-  injection for the tests), ``spectrum`` (the spectrum over the ranks in step: products summed over the ranks'
-  shares of the data, or whole probes and runs per rank), ``lockstep`` (the agreements and ordered sums of ranks in
-  step; MPI, never torch);
+* ``ranks/`` -- the sweep over MPI ranks: ``run`` (the set-up every rank takes together, rank 0's preparation of each
+  surface, the blocks computed, the results committed), ``api`` (``llmpi.surface`` and ``llmpi.spectrum``: the same
+  sweep and spectrum called from Python, on parts given in memory), ``protocol`` (how a block is handed out; MPI,
+  never torch), ``placement`` (which GPU and how many threads a rank takes), ``worker`` (what a rank loads and
+  computes), ``record`` (progress and ``<file>.run.json``), ``fingerprint`` (what decides a resume), ``faults`` (fault
+  injection for the tests), ``spectrum`` (the spectrum over the ranks in step: products summed over the ranks' shares
+  of the data, or whole probes and runs per rank), ``lockstep`` (the agreements and ordered sums of ranks in step;
+  MPI, never torch);
 * ``report/`` -- what a surface file says for people: ``surface`` (the ``Surface`` that ``llmpi.surface`` and
-  ``llmpi.open`` return: values, pictures, metrics), ``summary`` (what ``status`` reports), ``metrics``
-  (sharpness, curvature, basin), and its pictures: ``landscape`` (a surface read for drawing: values, labels,
-  scales, marks), ``static`` (matplotlib: contours, heat maps, 3D, 1D curves), ``viewer`` (the offline HTML
-  viewer), ``paraview`` (legacy VTK); and of a spectrum file, ``spectrum`` (its numbers for ``status``, its density
-  and per-layer traces);
+  ``llmpi.open`` return: values, pictures, metrics), ``summary`` (what ``status`` reports), ``metrics`` (sharpness,
+  curvature, basin), and its pictures: ``landscape`` (a surface read for drawing: values, labels, scales, marks),
+  ``static`` (matplotlib: contours, heat maps, 3D, 1D curves), ``viewer`` (the offline HTML viewer), ``paraview``
+  (legacy VTK); and of a spectrum file, ``spectrum`` (the ``Spectrum`` that ``llmpi.spectrum`` returns; its numbers
+  for ``status``, its density and per-layer traces);
 * ``compute/`` -- the values at a point, never MPI: ``evaluate`` (loss and accuracy over the data), ``forward``
   (eager, folded, compiled), ``fold`` (BatchNorm folded), ``batches`` (data on the device or streamed), ``losses``,
   ``hessian`` (Hessian-vector products, Lanczos), ``spectrum`` (top-k eigenpairs, Hutchinson's trace per entry,
@@ -72,6 +73,8 @@ from .job.version import __version__
 # The API, by where it lives; each imported on first use (PEP 562), so that ``import llmpi`` stays cheap.
 _API = {
     "surface": "llmpi.ranks.api",
+    "spectrum": "llmpi.ranks.api",
+    "Spectrum": "llmpi.report.spectrum",
     "open": "llmpi.report.surface",
     "Surface": "llmpi.report.surface",
     "Job": "llmpi.job.config",

@@ -65,7 +65,7 @@ def test_a_rank_whose_network_differs_is_named_before_any_work(tmp_path):
     assert result.returncode != 0
     message = (
         "llmpi.job.errors.JobError: rank 2 of 3 holds other weights (θ*) than rank 0: every rank must pass "
-        "llmpi.surface the same network, weights and data"
+        "llmpi.surface (or llmpi.spectrum) the same network, weights and data"
     )
     # raised on every rank alike (Open MPI's mpirun may kill the others once the first has exited: at least one)
     assert message in result.stderr, result.stderr

@@ -340,3 +340,31 @@ def test_a_top_k_stopped_between_restarts_resumes_from_its_last_restart(tiny, tm
     assert "top-k: resuming after" in resumed.stdout
     assert not (tmp_path / "cut.h5.topk-state").exists()
     same_files(tmp_path / "ref.h5", tmp_path / "cut.h5")
+
+
+@pytest.mark.mpi
+def test_the_api_on_the_network_and_data_in_memory_gives_the_commands_bits(tiny, tmp_path):
+    """llmpi.spectrum in this process, on the checkpoint's network and the selected images as tensors, against the
+    command on one rank: the same values, bit for bit (same samples, batches and products)."""
+    import tinynet
+
+    import llmpi
+
+    fx, d, _ = tiny
+    job = yaml.safe_load((d / "job.yaml").read_text())
+    job["spectrum"]["output"] = str(tmp_path / "command.h5")
+    result = run_cli("tinynet", "spectrum", str(write_job(tmp_path / "job.yaml", job)), env=ENV)
+    assert result.returncode == 0, result.stderr
+    model = tinynet.TinyNet()
+    model.load_state_dict(checkpoint.read_state_dict(fx.checkpoint))
+    raw, labels, _ = data.load_images("cifar10", fx.root, "train", IMAGES, 0)
+    spec = {k: v for k, v in job["spectrum"].items() if k != "output"}
+    got = llmpi.spectrum(
+        model, (data.normalize(raw), torch.as_tensor(labels)), output=tmp_path / "api.h5", spectrum=spec,
+        runtime=job["runtime"], directions={"ignore": job["directions"]["ignore"]},
+    )  # fmt: skip
+    command, api = read_spectrum(tmp_path / "command.h5"), read_spectrum(tmp_path / "api.h5")
+    assert set(command.values) == set(api.values)
+    for name in command.values:
+        assert np.array_equal(command.values[name], api.values[name], equal_nan=True), name
+    assert np.array_equal(read_eigenvectors(tmp_path / "command.h5")[2], got.eigenvectors)

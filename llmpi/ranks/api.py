@@ -6,6 +6,12 @@
 
     mpirun -n 4 python script.py                # every rank calls llmpi.surface alike: rank 0 coordinates, all compute
 
+    h = llmpi.spectrum(model, (x, y), spectrum={"analyses": ["topk", "trace", "density"]})
+    h.eigenvalues, h.trace, h.layer_traces; h.plot("density")
+
+``spectrum`` runs ``python -m llmpi.spectrum`` (``llmpi.ranks.spectrum``) the same way: the Hessian's top-k
+eigenpairs, trace and spectral density at θ* of the network in memory, over every rank.
+
 ``surface`` runs the sweep of ``python -m llmpi.sweep`` (``llmpi.ranks.run.execute``: the same set-up, coordinator,
 evaluator and file, hence the same bits on the equivalent job) on the ranks of ``comm``, here, in this process: one
 process alone (a notebook: MPI starts as a singleton) uses this machine's device as the command does. The parts
@@ -264,3 +270,87 @@ def _keys_section() -> str:
 
 
 surface.__doc__ = (surface.__doc__ or "").rstrip() + _keys_section()
+
+
+def spectrum(
+    model: Any = None,
+    data: Any = None,
+    *,
+    loss: Any = None,
+    analyses: Any = None,
+    output: str | Path | None = UNSET,
+    job: Job | str | Path | None = None,
+    restart: bool = False,
+    comm: Any = None,
+    **keys: Any,
+) -> Any:
+    """The Hessian's spectrum at θ* of ``model`` over ``data``, computed here by ``python -m llmpi.spectrum``'s
+    code on the ranks of ``comm``: a ``llmpi.Spectrum`` (eigenvalues, eigenvectors, trace, per-layer traces,
+    density, ``.plot()``), the same on every rank.
+
+    ``model``, ``data``, ``loss``, ``job``, ``restart``, ``comm`` and ``keys`` as for :func:`surface` (the
+    network is never changed; every rank of an SPMD program must hold the same). ``analyses``: which of
+    ``"topk"``, ``"trace"``, ``"density"`` (default: the ``spectrum`` section's, top-k and trace); every other
+    setting is the ``spectrum`` section's: ``spectrum={"topk": {"k": 10}, "trace": {"rse": 0.01}}`` or
+    ``spectrum_images=2000``; the Hessian's parameters follow ``hessian_ignore`` (else ``directions_ignore``).
+
+    ``output``: the spectrum file (``spectrum.output``), written by rank 0; calling again resumes it after an
+    interrupt or a crash at the last finished eigenpair set, probe or run. ``None`` (the default without ``job``):
+    kept in memory, in a temporary file removed at the end.
+
+    Errors as for :func:`surface`: ``llmpi.JobError`` for bad input (k larger than the parameters, zero probes, a
+    loss without a graph, any bad key), before any product; ``DiskError``; ``llmpi.SweepError`` when a rank fails;
+    ``llmpi.Interrupted`` on SIGINT, SIGTERM or SIGUSR1. Never ``SystemExit``.
+    """
+    if job is not None and not isinstance(job, Job):
+        job = Job.from_yaml(job)
+    if analyses is not None:
+        keys = {"spectrum_analyses": [analyses] if isinstance(analyses, str) else list(analyses), **keys}
+    given, raw = _job_of(model, data, loss, None, None, UNSET, job, keys)
+    section = raw.setdefault("spectrum", {})
+    if not isinstance(section, dict):
+        raise JobError("spectrum: a mapping of the spectrum section's keys, e.g. spectrum={'topk': {'k': 5}}")
+    if output is not UNSET:
+        section["output"] = None if output is None else str(output)
+    elif job is None:
+        section["output"] = None  # a spectrum kept in memory
+    memory = section.get("output") is None
+    from mpi4py import MPI
+
+    from ..compute import runtime
+    from . import protocol
+    from . import spectrum as ranks_spectrum
+
+    comm = MPI.COMM_WORLD if comm is None else comm
+    scratch: list[Path] = []
+    built: list[Job] = []
+
+    def load_job() -> Job:
+        if memory:
+            scratch.append(Path(tempfile.mkdtemp(prefix="llmpi-spectrum-")))
+            section["output"] = str(scratch[0] / "spectrum.h5")
+        built.append(Job.from_dict(raw))
+        return built[0]
+
+    saved = runtime.settings()
+    interrupts = protocol.Interrupts().install()
+    try:
+        try:
+            ranks_spectrum.spectrum(
+                comm, load_job, restart=restart, debug=False, interrupts=interrupts, given=given, raising=True
+            )
+        except Interrupted as e:
+            if memory:
+                raise Interrupted(
+                    str(e).split(";")[0] + "; what was finished is lost with output=None: give output=PATH to keep it"
+                ) from None
+            raise
+        from ..report.spectrum import Spectrum
+
+        made = Spectrum.open(built[0].spectrum.output, memory=memory) if comm.Get_rank() == 0 else None
+        return comm.bcast(made)
+    finally:
+        interrupts.restore()
+        runtime.restore(saved)
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -155,6 +155,10 @@ def spectrum_fingerprint(job: Job, identity: Identity) -> dict:
     from ..job.factories import identity as source_identity
 
     model, data, loss, spec = job.model, job.data, job.loss, job.spectrum
+
+    def source(key: str, path: str | None) -> dict | None:  # a part given in memory: its identity, found by rank 0
+        return path and (identity.sources.get(key) or source_identity(path))
+
     split = job.splits[0]
     settings: dict = {"analyses": list(spec.analyses), "images": spec.images, "seed": spec.seed}
     for analysis in spec.analyses:
@@ -163,11 +167,11 @@ def spectrum_fingerprint(job: Job, identity: Identity) -> dict:
         "format": FORMAT,
         "kind": "spectrum",
         "arch": model.arch,
-        "model": {"factory": model.factory and source_identity(model.factory), "kwargs": model.kwargs},
-        "data_factory": {"factory": data.factory and source_identity(data.factory), "kwargs": data.kwargs},
+        "model": {"factory": source("model.factory", model.factory), "kwargs": model.kwargs},
+        "data_factory": {"factory": source("data.factory", data.factory), "kwargs": data.kwargs},
         "loss": {
             "name": None if loss.factory else loss.name,
-            "factory": loss.factory and source_identity(loss.factory),
+            "factory": source("loss.factory", loss.factory),
         },
         "precision": job.runtime.precision,
         "checkpoint_sha256": identity.checkpoint_sha256,

@@ -586,7 +586,9 @@ def execute(
             collective(comm, lambda: _refuse(differing(held)), debug)
         places = comm.gather(bound.place(rank, str(device), threads, os.getpid()))
         jobs = list(jobs)  # directions.kind hessian: the eigenvectors first, on every rank (llmpi.ranks.spectrum)
-        code = eigenvectors_first(comm, jobs, device, cache, restart=restart, debug=debug, interrupts=interrupts)
+        code = eigenvectors_first(
+            comm, jobs, device, cache, restart=restart, debug=debug, interrupts=interrupts, given=given
+        )
         if code:  # told already, on rank 0
             states = {EXIT_INTERRUPTED: protocol.INTERRUPTED, EXIT_DISK: protocol.HALTED}
             return Ended(code, states.get(code, protocol.FAILED))

@@ -291,10 +291,13 @@ def compute(
     identity: Any = None,
     quiet: bool = False,
     debug: bool = False,
+    raising: bool = False,
 ) -> int:
     """The job's spectrum over the samples of ``at``, on every rank of ``comm``; the exit status (the same on every
     rank). ``identity`` (``llmpi.ranks.fingerprint.Identity``) and ``attrs`` describe the inputs in the file (rank
-    0's); without them the file records the samples it was given (a network and data loaded by the caller)."""
+    0's); without them the file records the samples it was given (a network and data loaded by the caller).
+    ``raising``: an ending other than success raises on every rank (``_exception``) instead of returning its status
+    (``llmpi.spectrum`` from Python)."""
     from ..job import config
     from .faults import Faults
 
@@ -341,7 +344,7 @@ def compute(
         ranks.agree()  # rank 0's last writes reached the disk before anyone reports success
         return EXIT_OK
     except Halt as halt:
-        return _report(halt.verdict, ranks, job.spectrum.output)
+        return _report(halt.verdict, ranks, job.spectrum.output, raising)
     finally:
         if store is not None:
             store.close()
@@ -398,12 +401,15 @@ def _share_heavy(ranks: Ranks, store: SpectrumStore | None, layout: Layout, stat
     return out
 
 
-def _report(verdict: Verdict, ranks: Ranks, output: str | None) -> int:
-    """Rank 0 says why the run ended (the first failure, else the interruption); every rank returns its status."""
+def _report(verdict: Verdict, ranks: Ranks, output: str | None, raising: bool = False) -> int:
+    """Why the run ended (the first failure, else the interruption): rank 0 says it, every rank returns its status;
+    ``raising`` (``llmpi.spectrum`` from Python): every rank raises it instead, as the exception of its kind."""
     priority = [ERROR, DISK, USER_ERROR, STOP]
     status = next(s for s in priority if any(d[0] == s for d in verdict.details.values()))
     _, detail = next(d for _, d in sorted(verdict.details.items()) if d[0] == status)
     kept = f"what was finished is kept in {output}: " if output else ""
+    if raising:
+        raise _exception(status, detail, output)
     if ranks.rank == 0:
         if status == STOP:
             print(f"llmpi: interrupted ({detail}); {kept}rerun the same command to resume", file=sys.stderr, flush=True)
@@ -417,6 +423,23 @@ def _report(verdict: Verdict, ranks: Ranks, output: str | None) -> int:
         else:
             print(f"llmpi: error: {detail}", file=sys.stderr, flush=True)
     return CODES[status]
+
+
+def _exception(status: int, detail: str, output: str | None) -> BaseException:
+    """The exception ``llmpi.spectrum`` raises for a run that ended with ``status``: the command's message, in the
+    words of a call (``output`` None: a spectrum kept in memory, whose finished units an interruption loses)."""
+    from ..job.errors import DiskError, Interrupted, JobError, SweepError
+
+    again = "call llmpi.spectrum again with the same output to resume"
+    if status == STOP:
+        then = "what was finished is lost with output=None: give output=PATH to keep it" if output is None else again
+        return Interrupted(f"llmpi: interrupted ({detail}); {then}")
+    if status == USER_ERROR:
+        return JobError(detail)
+    if status == DISK:
+        return DiskError(0, detail)
+    kept = f"what was finished is kept in {output}; fix the cause and {again}" if output else "fix the cause"
+    return SweepError(f"the spectrum failed; {kept}.\n{detail}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -749,15 +772,25 @@ class Phases:
 # The command: set-up on every rank, then compute
 
 
-def spectrum(comm: Any, load_job: Callable[[], Job], *, restart: bool, debug: bool, interrupts: Any) -> int:
+def spectrum(
+    comm: Any,
+    load_job: Callable[[], Job],
+    *,
+    restart: bool,
+    debug: bool,
+    interrupts: Any,
+    given: Any = None,
+    raising: bool = False,
+) -> int:
     """``python -m llmpi.spectrum``: the job ``load_job`` gives on rank 0, its spectrum on every rank of ``comm``;
     the exit status, the same on every rank. A failure of the set-up on any rank (a missing file on one node)
-    ends every rank at once, reported by rank 0."""
+    ends every rank at once, reported by rank 0. ``given`` (``llmpi.job.memory.Given``): the parts of the job held
+    in memory (``llmpi.spectrum`` from Python), which every rank must hold alike; ``raising``: see ``compute``."""
     from mpi4py import MPI
 
     from ..compute import runtime
     from . import placement, protocol
-    from .worker import DataCache, load, look
+    from .worker import DataCache, differing, load, look
 
     ranks = Ranks(comm, interrupts, debug)
     rank, size = ranks.rank, ranks.size
@@ -765,39 +798,55 @@ def spectrum(comm: Any, load_job: Callable[[], Job], *, restart: bool, debug: bo
         ranks.run(lambda: placement.check_launch(os.environ, size, protocol.library()))
         job = ranks.step.bcast(ranks.run(lambda: check_job(load_job()) if rank == 0 else None))
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        seen = ranks.run(lambda: look(job.runtime.device))
-        bound = placement.bind(
-            local.allgather(seen), local.Get_rank(), job.runtime.threads, job.runtime.device != "cpu"
-        )
+        try:
+            seen = ranks.run(lambda: look(job.runtime.device))
+            bound = placement.bind(
+                local.allgather(seen), local.Get_rank(), job.runtime.threads, job.runtime.device != "cpu"
+            )
+        finally:
+            local.Free()
 
-        def set_up() -> tuple[Any, At, Any, dict]:
+        def set_up() -> tuple[Any, At, Any, dict, dict]:
             device = runtime.pick_device(job.runtime.device, bound.gpu)
             runtime.configure(device, bound.threads, job.runtime.precision, job.runtime.kernels)
-            loaded = load(job, device, DataCache())
+            loaded = load(job, device, DataCache(), given)
             at = loaded_at(job, loaded, device)
             identity, attrs = inputs_identity(job, loaded, at) if rank == 0 else (None, {})
-            return device, at, identity, attrs
+            return device, at, identity, attrs, loaded.held()
 
-        device, at, identity, attrs = ranks.run(set_up)
+        device, at, identity, attrs, held = ranks.run(set_up)
+        if given is not None:  # parts given in memory: every rank must hold rank 0's
+            everyone = comm.allgather(held)
+            ranks.run(lambda: _refuse(differing(everyone)))
         places = comm.gather(bound.place(rank, str(device), bound.threads, os.getpid()))
         if rank == 0:
             print("\n".join(placement.describe(places)), flush=True)
     except Halt as halt:
-        return _report(halt.verdict, ranks, None)
+        return _report(halt.verdict, ranks, None, raising)
     return compute(
-        comm, job, at, device, restart=restart, interrupts=interrupts, attrs=attrs, identity=identity, debug=debug
+        comm,
+        job,
+        at,
+        device,
+        restart=restart,
+        interrupts=interrupts,
+        attrs=attrs,
+        identity=identity,
+        debug=debug,
+        raising=raising,
     )
+
+
+def _refuse(message: str | None) -> None:
+    if message is not None:
+        from ..job.errors import JobError
+
+        raise JobError(message)
 
 
 def inputs_identity(job: Job, loaded: Any, at: At) -> tuple[Any, dict]:
-    """Rank 0: what a spectrum file records of its inputs, (fingerprint identity, root attributes)."""
-    from ..space import checkpoint
-    from .fingerprint import Identity
-
-    identity = Identity(
-        checkpoint.sha256_file(job.model.checkpoint),
-        {split: samples.info for split, samples in loaded.splits.items()},
-    )
+    """Rank 0: what a spectrum file records of its inputs, (fingerprint identity, root attributes): θ*'s bytes (its
+    file's SHA-256, or the hash of a network given in memory) and the selected samples', as for a surface."""
     info = next(iter(loaded.splits.values())).info
     attrs = {
         "dataset": info.describe(),
@@ -806,7 +855,7 @@ def inputs_identity(job: Job, loaded: Any, at: At) -> tuple[Any, dict]:
         "split": job.splits[0],
         "images": len(at.labels),
     }
-    return identity, attrs
+    return loaded.identity(), attrs
 
 
 def spectrum_path(job: Job) -> str:
@@ -818,12 +867,21 @@ def spectrum_path(job: Job) -> str:
 
 
 def eigenvectors_first(
-    comm: Any, jobs: list[Job], device: Any, cache: Any, *, restart: bool, debug: bool, interrupts: Any
+    comm: Any,
+    jobs: list[Job],
+    device: Any,
+    cache: Any,
+    *,
+    restart: bool,
+    debug: bool,
+    interrupts: Any,
+    given: Any = (),
 ) -> int:
     """Every rank, before a sweep prepares its surfaces: the top eigenvectors of each ``directions.kind: hessian``
     job that names no ``directions.spectrum``, computed on every rank (``spectrum.topk``'s settings, k = 1 for a line
     and 2 for a plane) into ``spectrum_path(job)``, which the job then names (in ``jobs``, replaced). A file already
-    complete is only read. The exit status (0, or why the sweep must end now)."""
+    complete is only read. The exit status (0, or why the sweep must end now). ``given``: per job, the parts held in
+    memory (``llmpi.surface``), or empty."""
     from .worker import load
 
     rank = comm.Get_rank()
@@ -837,8 +895,8 @@ def eigenvectors_first(
         # the eigenvectors become directions: over the directions' parameters, whatever hessian.ignore says
         first = dataclasses.replace(first, hessian=dataclasses.replace(first.hessian, ignore=None))
 
-        def set_up(first: Job = first) -> tuple[At, Any, dict]:
-            loaded = load(first, device, cache)
+        def set_up(first: Job = first, index: int = index) -> tuple[At, Any, dict]:
+            loaded = load(first, device, cache, given[index] if given else None)
             at = loaded_at(first, loaded, device)
             identity, attrs = inputs_identity(first, loaded, at) if rank == 0 else (None, {})
             return at, identity, attrs

@@ -195,8 +195,8 @@ def differing(held: list[dict[str, str]]) -> str | None:
     also = f" (and so do ranks {', '.join(map(str, others[1:]))})" if len(others) > 1 else ""
     return (
         f"rank {rank} of {len(held)} holds other {', '.join(parts)} than rank 0{also}: every rank must pass "
-        f"llmpi.surface the same network, weights and data (SHA-256 {hashes}). A network trained separately on each "
-        f"rank differs in its last bits: train it on one rank and broadcast it "
+        f"llmpi.surface (or llmpi.spectrum) the same network, weights and data (SHA-256 {hashes}). A network "
+        f"trained separately on each rank differs in its last bits: train it on one rank and broadcast it "
         f"(model.load_state_dict(comm.bcast(model.state_dict()))), or load one checkpoint on every rank"
     )
 

@@ -5,6 +5,10 @@
     view.trace()                                   # (value, standard error, probes) -- the running one if unfinished
     figure_density(view); figure_layers(view)      # matplotlib figures (save with llmpi.report.static.save)
 
+For people in Python, :class:`Spectrum` is what ``llmpi.spectrum(model, data, ...)`` returns and ``llmpi.open``
+reads from a spectrum file: the eigenvalues, eigenvectors, trace, per-layer traces and density as numpy arrays,
+``.plot("density")``/``.plot("layers")`` as matplotlib Figures, and a one-glance ``repr``.
+
 The density figure is PyHessian's: the eigenvalue density on a log scale, with the top eigenvalues marked; a file
 whose runs are not all done shows the finished runs' Ritz nodes and weights instead (the density is stored once
 every run is in). The per-layer figure puts each parameter entry's share of the trace on a bar, with two standard
@@ -15,18 +19,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a Jupyter kernel keeps its own (inline) backend: Spectrum.plot draws there
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from ..file.spectrum import Spectrum, read_spectrum
+from ..file.spectrum import Spectrum as Stored
+from ..file.spectrum import read_eigenvectors, read_spectrum
 from ..job.errors import JobError
 
 
@@ -34,7 +41,7 @@ from ..job.errors import JobError
 class SpectrumView:
     """A spectrum file read for people: the stored values, and what follows from them."""
 
-    spectrum: Spectrum
+    spectrum: Stored
 
     @classmethod
     def read(cls, path: str | Path) -> SpectrumView:
@@ -222,7 +229,7 @@ def summary(path: str | Path) -> dict:
         "images": s.attrs.get("images"),
         "parameters": int(s.attrs.get("parameters", 0)),
         "entries": list(s.entries.names),
-        "ignore": (view.job.get("directions") or {}).get("ignore"),
+        "ignore": (view.job.get("hessian") or {}).get("ignore") or (view.job.get("directions") or {}).get("ignore"),
         "analyses": s.analyses,
         "computed": json.loads(s.attrs.get("computed", "{}")),
         "topk": view.topk(),
@@ -290,3 +297,160 @@ def render(info: dict, layers: int = 10) -> str:
     else:
         lines.append("  live: no run is writing it")
     return "\n".join(lines)
+
+
+@dataclass(repr=False)
+class Spectrum:
+    """The Hessian's spectrum at θ*, for people (``llmpi.spectrum(model, data)``, ``llmpi.open(path)``).
+
+    ``eigenvalues`` (k,) the top-k, descending (``bottom``: the most negative, ascending), with ``residuals``
+    ‖Hv − λv‖ and ``converged``; ``eigenvectors`` (k, n) unit vectors over the parameters ``names`` (flattened in
+    that order; ``eigenvector(i)`` as a mapping name -> array of the parameter's shape); ``trace`` and
+    ``trace_se`` (Hutchinson's, with ``layer_traces``: name -> (trace, standard error)); ``density``:
+    (grid, values) of the spectral density, with ``nodes`` and ``weights`` of every SLQ run. ``None`` for what the
+    job did not ask for (or has not finished: a file read while it is written). ``path``: the file, None when kept
+    in memory."""
+
+    view: SpectrumView
+    path: Path | None = None
+    vectors: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path, memory: bool = False) -> Spectrum:
+        """The spectrum file at ``path`` (also while it is written: what is finished); ``memory``: keep nothing of
+        the file but its values (it is about to go)."""
+        view = SpectrumView.read(path)
+        vectors = None
+        top = view.topk()
+        if top and top["done"] and top["top"]:
+            vectors = read_eigenvectors(path)[2]
+        return cls(view, None if memory else Path(path), vectors)
+
+    # -- the numbers -------------------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """The parameters the Hessian is over, in the order of every flat vector."""
+        return list(self.view.spectrum.entries.names)
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(shape) for shape in self.view.spectrum.entries.shapes]
+
+    def _topk(self, key: str, part: str = "top") -> np.ndarray | None:
+        top = self.view.topk()
+        if not top or not top["done"]:
+            return None
+        values = np.asarray(top[key])
+        return values[: top["top"]] if part == "top" else values[top["top"] :]
+
+    @property
+    def eigenvalues(self) -> np.ndarray | None:
+        return self._topk("values")
+
+    @property
+    def bottom(self) -> np.ndarray | None:
+        """The most negative eigenvalues, ascending (``spectrum.topk.bottom`` of them)."""
+        return self._topk("values", "bottom")
+
+    @property
+    def residuals(self) -> np.ndarray | None:
+        return self._topk("residuals")
+
+    @property
+    def converged(self) -> np.ndarray | None:
+        got = self.view.spectrum.get("topk/converged")
+        top = self.view.topk()
+        return None if got is None or not top or not top["done"] else got[: top["top"]].astype(bool)
+
+    @property
+    def eigenvectors(self) -> np.ndarray | None:
+        return self.vectors
+
+    def eigenvector(self, i: int = 0) -> dict[str, np.ndarray]:
+        """The ``i``-th top eigenvector as a mapping parameter name -> array of that parameter's shape."""
+        if self.vectors is None:
+            raise JobError("this spectrum holds no eigenvectors: ask for them with analyses including 'topk'")
+        if not 0 <= i < len(self.vectors):
+            raise JobError(f"i: this spectrum holds {len(self.vectors)} eigenvectors (0 .. {len(self.vectors) - 1})")
+        out, at = {}, 0
+        for name, shape in zip(self.names, self.shapes):
+            size = int(np.prod(shape, dtype=np.int64))
+            out[name] = self.vectors[i, at : at + size].reshape(shape)
+            at += size
+        return out
+
+    def _trace(self) -> dict | None:
+        t = self.view.trace()
+        return t if t is not None and t["final"] else None
+
+    @property
+    def trace(self) -> float | None:
+        t = self._trace()
+        return None if t is None else t["value"]
+
+    @property
+    def trace_se(self) -> float | None:
+        t = self._trace()
+        return None if t is None else t["se"]
+
+    @property
+    def layer_traces(self) -> dict[str, tuple[float, float]] | None:
+        """Each parameter's trace (its diagonal block of H) and standard error; they sum to ``trace``."""
+        t = self._trace()
+        if t is None:
+            return None
+        return {name: (v, e) for name, v, e in zip(self.names, t["layers"], t["layers_se"])}
+
+    @property
+    def density(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(grid, values): the eigenvalue density on its grid (Gaussian width ``sigma``), once every run is in."""
+        s = self.view.spectrum
+        if not s.density_complete:
+            return None
+        return s.get("density/grid"), s.get("density/values")
+
+    @property
+    def sigma(self) -> float | None:
+        d = self.view.density()
+        return d.get("sigma") if d else None
+
+    @property
+    def nodes(self) -> np.ndarray | None:
+        """(runs, steps) the Ritz values of every SLQ run (NaN where a run stopped early)."""
+        return self.view.spectrum.get("density/nodes")
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        return self.view.spectrum.get("density/weights")
+
+    # -- for people --------------------------------------------------------------------------------------------
+
+    def plot(self, kind: str = "density") -> Figure:
+        """A matplotlib Figure (inline in Jupyter): ``density`` (log scale, the top eigenvalues marked) or
+        ``layers`` (per-layer traces as bars), as ``python -m llmpi.plot`` draws them."""
+        draw = {"density": figure_density, "layers": figure_layers}
+        if kind not in draw:
+            raise JobError(f"kind {kind!r} is not one of {', '.join(draw)} (a spectrum's pictures)")
+        fig = draw[kind](self.view)
+        plt.close(fig)  # out of pyplot's list: Jupyter shows the returned figure once, not twice
+        return fig
+
+    def summary(self) -> str:
+        """What ``python -m llmpi.status`` says of it."""
+        return render(summary(self.view.path)) if self.path is not None else repr(self)
+
+    def __repr__(self) -> str:
+        s = self.view.spectrum
+        head = f"Spectrum of {self.view.name} ({s.attrs.get('arch', '?')}): Hessian over {s.entries.n:,} parameters"
+        lines = [f"{head}, {s.attrs.get('images', '?')} samples"]
+        if self.eigenvalues is not None:
+            lines.append(f"  top eigenvalues {np.array2string(self.eigenvalues, precision=6, separator=', ')}")
+        if self.trace is not None:
+            lines.append(f"  trace {self.trace:.6g} ± {self.trace_se:.2g}")
+        d = self.view.density()
+        if d is not None:
+            state = "complete" if d["complete"] else f"{d['runs_done']} of {d['runs']} runs done"
+            lines.append(f"  density {d['runs']} runs x {d['steps']} steps, {state}")
+        lines.append(f"  {'in ' + str(self.path) if self.path is not None else 'in memory'}")
+        return "\n".join(lines)

@@ -313,6 +313,13 @@ class Surface(store.Surface):
         return surface_metrics(self, **options, ratio_threshold=ratio_threshold)
 
 
-def open(path: str | Path) -> Surface:
-    """``llmpi.open(path)``: the surface file at ``path`` as a :class:`Surface`."""
+def open(path: str | Path) -> Any:
+    """``llmpi.open(path)``: the surface file at ``path`` as a :class:`Surface`, or a spectrum file
+    (``python -m llmpi.spectrum``, ``llmpi.spectrum``) as a ``llmpi.Spectrum``."""
+    from ..file.spectrum import is_spectrum
+
+    if is_spectrum(path):
+        from .spectrum import Spectrum
+
+        return Spectrum.open(path)
     return Surface.open(path)
