@@ -224,12 +224,14 @@ def compile_for(function: Callable, device: torch.device) -> Callable:
 
 
 # What compiling costs, before it is tried (runtime.compile: auto compiles only where the sweep is long enough to
-# pay for it): a fixed start plus seconds per leaf module (conv, BatchNorm, Linear ...). Measured cold (empty
-# Inductor cache) on a shared 2-core CPU: tests' 4-module tinynet 17-38 s, resnet8 (~20 modules) 18 s, resnet20
-# (~50) 18-43 s, depending on the machine's load; GPUs compile Triton kernels in parallel worker processes and take
-# about as long. A prior on the safe side, not a promise: the probe then measures.
-COMPILE_BASE_SECONDS = 10.0
-COMPILE_SECONDS_PER_MODULE = 0.5
+# pay for it): a fixed start plus seconds per leaf module (conv, BatchNorm, Linear ...), fitted to the cold
+# compilation (empty Inductor cache: what the first run on a machine pays) on a quiet 2-core CPU, 2026-12-07
+# (``python -m bench.compile``, bench/README.md): resnet8 (20 leaves) 12.3-12.6 s, resnet20 (50) 13.9-18.1 s,
+# resnet56 (140) 18.4-22.4 s; with a warm cache the same compilations take 1.9-4.7 s, and on a loaded machine 2-3x
+# the cold figures. GPUs compile Triton kernels in parallel worker processes and take about as long. A prior, not a
+# promise: the probe then measures, and run.json keeps guess and actual side by side.
+COMPILE_BASE_SECONDS = 11.0
+COMPILE_SECONDS_PER_MODULE = 0.07
 
 
 COMPILE_GUESS_VARIABLE = "LLMPI_COMPILE_GUESS_SECONDS"

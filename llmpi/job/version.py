@@ -2,4 +2,4 @@
 the viewer. ``setup.cfg`` reads it from here; it lives this low so that the file layer can stamp it without
 importing the package's front door."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
