@@ -32,9 +32,9 @@ nvidia-smi -L 2>&1 | tee "$out/device.txt"
 
 status=0
 # The GPU tests (about 1 minute): values against the CPU, precisions, the compiled path, fast kernels, lean weights
-# and host placement on the device, two ranks on one GPU.
+# and host placement on the device, two ranks on one GPU, llmpi.surface and llmpi.spectrum on a network in GPU memory.
 timeout 180 "$py" -m pytest -q -ra -p no:cacheprovider -o addopts="" \
-    tests/test_gpu_big.py tests/test_evaluate.py tests/test_cluster.py -m gpu 2>&1 | tee "$out/tests.log" || status=1
+    tests/test_gpu_big.py tests/test_evaluate.py tests/test_cluster.py tests/test_api.py tests/test_api_spectrum.py -m gpu 2>&1 | tee "$out/tests.log" || status=1
 # Every GPU figure of the speed section in one run (< 8 min: two compilations, 121 points of ResNet-56 over 50,000
 # images in bf16 and tf32, the limits, deviations and kernels).
 timeout 420 "$py" -m bench --profile gpu-short --json "$out/gpu-short.json" 2>&1 | tee "$out/bench.log" || status=1

@@ -149,3 +149,14 @@ def test_a_rank_whose_network_differs_is_named(tmp_path):
     result = run(str(tmp_path / "s.h5"), "--differ", "1", ranks=2, timeout=120)
     assert result.returncode != 0
     assert "rank 1 of 2 holds other weights (θ*) than rank 0" in result.stderr + result.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch sees no GPU here")
+def test_the_spectrum_of_a_network_on_the_gpu_matches_the_cpus():
+    model, (x, y) = network_and_data()
+    keys = {**KW, "runtime": {"threads": 1, "precision": "fp32"}}
+    cpu = llmpi.spectrum(model, (x, y), analyses=["topk"], **keys, runtime_device="cpu")
+    gpu = llmpi.spectrum(model.cuda(), (x.cuda(), y.cuda()), analyses=["topk"], **keys, runtime_device="cuda")
+    assert next(model.parameters()).is_cuda  # left where it was
+    assert np.allclose(gpu.eigenvalues, cpu.eigenvalues, rtol=1e-5, atol=0)
