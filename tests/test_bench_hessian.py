@@ -8,6 +8,8 @@ import json
 import pytest
 from conftest import run_cli
 
+pytestmark = pytest.mark.bench  # a benchmark's own test, at a tiny size: make test-bench
+
 
 @pytest.mark.slow
 @pytest.mark.mpi  # the spread section runs llmpi.spectrum under mpirun

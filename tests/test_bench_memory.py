@@ -7,6 +7,8 @@ import pytest
 
 from bench import memory
 
+pytestmark = pytest.mark.bench  # a benchmark's own test, at a tiny size: make test-bench
+
 
 def test_one_case_measures_peak_time_and_file(tmp_path):
     row = memory.run_case(tmp_path, 1, "bf16", "lean", "device", "cpu")

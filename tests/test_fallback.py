@@ -86,6 +86,7 @@ def reference(tiny, tmp_path_factory):
     return read_surface(build_once(tmp_path_factory, "fallback-reference", build) / "eager.h5")
 
 
+@pytest.mark.slow  # compiles for real (tens of seconds)
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_the_default_job_completes_and_says_how_it_fell_back(tiny, reference, tmp_path, ranks):
     result, out = run(tiny, tmp_path, "auto", ranks=ranks)
@@ -101,6 +102,7 @@ def test_the_default_job_completes_and_says_how_it_fell_back(tiny, reference, tm
     assert s.complete and all(np.array_equal(s.values[k], reference.values[k]) for k in reference.values)
 
 
+@pytest.mark.slow  # compiles for real (tens of seconds)
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_compile_true_on_a_machine_without_a_compiler_is_one_message(tiny, tmp_path, ranks):
     result, _ = run(tiny, tmp_path, "forced", ranks=ranks, compile=True)
@@ -115,6 +117,7 @@ def test_compile_true_on_a_machine_without_a_compiler_is_one_message(tiny, tmp_p
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # compiles for real (tens of seconds)
 def test_a_compiler_that_fails_to_compile_falls_back_too(tiny, reference, tmp_path):
     broken = tmp_path / "g++"
     broken.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo "g++ (broken) 12"; exit 0; }\n'
@@ -127,6 +130,7 @@ def test_a_compiler_that_fails_to_compile_falls_back_too(tiny, reference, tmp_pa
     assert np.array_equal(read_surface(out).values["train_loss"], reference.values["train_loss"])
 
 
+@pytest.mark.slow  # compiles for real (tens of seconds)
 def test_a_network_dynamo_refuses_falls_back_under_two_ranks_and_is_a_message_when_forced(tiny, tmp_path):
     """A working compiler, a network it never reaches: an operator without a fake kernel stops dynamo."""
     ok = lambda name: environment(tmp_path, name, compiler=None)
@@ -140,6 +144,7 @@ def test_a_network_dynamo_refuses_falls_back_under_two_ranks_and_is_a_message_wh
     assert "no fake impl registered" in forced.stderr and "Traceback" not in forced.stderr
 
 
+@pytest.mark.slow  # compiles for real (tens of seconds)
 def test_a_resumed_file_computed_compiled_is_not_resumed_along_another_path_unasked(tiny, tmp_path):
     """The file records the compiled path; on a machine that cannot compile, the resume says what to do instead of
     changing the last bits of the points still to compute; asked to (compile: false), it resumes and completes."""
@@ -162,6 +167,7 @@ def test_a_resumed_file_computed_compiled_is_not_resumed_along_another_path_unas
     assert read_surface(out).complete
 
 
+@pytest.mark.slow  # compiles for real (tens of seconds)
 def test_a_rank_that_cannot_compile_what_rank_0_compiled_stops_the_run_naming_itself(tiny, tmp_path):
     """Rank 0 compiles; rank 1's compiler is missing: the ranks must run one path (the same bits), so the run
     stops before any point with one message naming rank 1 and its host."""
