@@ -1,7 +1,7 @@
 """A harness that really kills sweeps: start ``mpirun -n 3 python -m llmpi.sweep``, SIGKILL one rank (coordinator or
 worker) at a seeded random moment or inside a file write, then rerun the same command to completion.
 
-Used by tests/test_faults.py (20 trials in ``make test``), ``make soak`` (many more) and bench/fault.py.
+Used by tests/test_faults.py (12 trials in ``make test``), ``make soak`` (many more) and bench/fault.py.
 """
 
 from __future__ import annotations

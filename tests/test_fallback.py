@@ -11,9 +11,12 @@ try to compile sweeps this small (it tries only where the sweep is long enough t
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,9 +56,16 @@ def sweep_job(fx: Fixture, path, arch: str = "tinynet", **runtime) -> dict:
     )
 
 
+# Where the runs whose compiler works keep their Inductor cache, shared by the tests and kept between runs: they
+# compile the same graph, and a warm cache saves each of them the cold compilation (tens of seconds on 2 busy cores).
+WORKING_CACHE = Path(tempfile.gettempdir()) / f"llmpi-tests-inductor-{os.getuid()}"
+
+
 def environment(tmp_path, name: str, compiler: str | None = "/nonexistent/g++", guess: str | None = "0") -> dict:
-    """tests/ on the path (tinynet), a fresh Inductor cache, and the compiler Inductor is to find."""
-    extra = {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}")}
+    """tests/ on the path (tinynet), the Inductor cache, and the compiler Inductor is to find. A run whose compiler
+    is broken gets a fresh cache, so that compiling really calls that compiler."""
+    cache = WORKING_CACHE if compiler is None else tmp_path / f"inductor-{name}"
+    extra = {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "TORCHINDUCTOR_CACHE_DIR": str(cache)}
     if compiler is not None:
         extra["CXX"] = compiler
     if guess is not None:
