@@ -73,7 +73,7 @@ from .job.version import __version__
 # The API, by where it lives; each imported on first use (PEP 562), so that ``import llmpi`` stays cheap.
 _API = {
     "surface": "llmpi.ranks.api",
-    "spectrum": "llmpi.ranks.api",
+    "spectrum": "llmpi.spectrum",  # the command's module, callable: llmpi.ranks.api.spectrum (see its docstring)
     "Spectrum": "llmpi.report.spectrum",
     "open": "llmpi.report.surface",
     "Surface": "llmpi.report.surface",
@@ -91,7 +91,8 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
+        module = importlib.import_module(_API[name])
+        value = module if module.__name__ == f"llmpi.{name}" else getattr(module, name)
         globals()[name] = value  # found once
         return value
     raise AttributeError(f"module 'llmpi' has no attribute {name!r}")

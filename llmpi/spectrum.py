@@ -14,13 +14,20 @@ SIGTERM/SIGUSR1/SIGINT -- incomplete but resumable: rerun the same command. ``py
 the file, ``python -m llmpi.plot`` draws it.
 
 The spectrum itself, on every rank, is ``llmpi.ranks.spectrum.spectrum``; this module parses the command line.
+
+From Python this module is also the function: ``llmpi.spectrum(model, data, ...)`` calls
+``llmpi.ranks.api.spectrum`` (the spectrum of a network in memory; ``help(llmpi.ranks.api.spectrum)``). Both names
+are the interface -- ``python -m llmpi.spectrum`` and ``llmpi.spectrum(...)`` -- and importing a submodule sets the
+package's attribute of that name, so the module itself is made callable rather than shadowed by a function.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import types
 from collections.abc import Sequence
+from typing import Any
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -60,5 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return spectrum(MPI.COMM_WORLD, job, restart=args.restart, debug=args.debug, interrupts=interrupts)
 
 
+class _Callable(types.ModuleType):
+    """``llmpi.spectrum``: the command's module, callable as the Python API."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .ranks.api import spectrum
+
+        return spectrum(*args, **kwargs)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _Callable

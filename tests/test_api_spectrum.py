@@ -68,6 +68,17 @@ def test_the_spectrum_of_a_network_in_memory_matches_its_dense_hessian_and_leave
         h.plot("bars")
 
 
+def test_llmpi_spectrum_is_the_command_and_the_function_alike():
+    """Importing the command's module sets the package's attribute ``spectrum``: the module is the callable API."""
+    import importlib
+
+    command = importlib.import_module("llmpi.spectrum")
+    assert llmpi.spectrum is command and callable(command) and callable(command.main)
+    model, data = network_and_data()
+    h = llmpi.spectrum(model, data, analyses="topk", **{**KW, "spectrum": {"topk": {"k": 1}}})
+    assert len(h.eigenvalues) == 1
+
+
 def test_a_file_is_resumed_by_a_second_call_without_a_product_and_opened_by_llmpi_open(tmp_path, monkeypatch):
     model, data = network_and_data()
     path = tmp_path / "spectrum.h5"
