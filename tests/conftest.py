@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -351,3 +352,25 @@ def other_minimisers(fixture_data, tmp_path_factory) -> list[Path]:
 
     folder = build_once(tmp_path_factory, "others", train)
     return [folder / "model2.pt", folder / "model3.pt"]
+
+
+def run_script(script: Path, *args: str, ranks: int | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """An SPMD script of tests/ (``spmd_surface.py``, ``spmd_spectrum.py``) in one process, or under mpirun with
+    ``ranks`` ranks; a time limit turns a deadlock into a failure."""
+    cmd = [sys.executable, str(script), *args]
+    if ranks is not None:
+        cmd = [*mpirun(ranks), *cmd]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch_env(), cwd=REPO)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(cmd)} did not finish within {timeout} s (deadlock?)\n{e.stdout}\n{e.stderr}")
+
+
+def rank_rows(out: str) -> dict[int, dict]:
+    """Each rank's JSON object ``{"rank": r, ...}`` printed by such a script (ranks print at once: lines may run
+    together), by rank."""
+    decoder, found = json.JSONDecoder(), {}
+    for start in (m.start() for m in re.finditer(r'\{"rank": ', out)):
+        row, _ = decoder.raw_decode(out, start)
+        found[row["rank"]] = row
+    return found

@@ -4,36 +4,21 @@ message naming it."""
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, launch_env, mpirun
+from conftest import REPO, rank_rows, run_script
 
 from llmpi.file.store import read_run_info, read_surface
 
 pytestmark = pytest.mark.mpi
 
-SCRIPT = str(REPO / "tests" / "spmd_surface.py")
+SCRIPT = REPO / "tests" / "spmd_surface.py"
 
 
 def run(*args: str, ranks: int | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, SCRIPT, *args]
-    if ranks is not None:
-        cmd = [*mpirun(ranks), *cmd]
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch_env(), cwd=REPO)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(cmd)} did not finish within {timeout} s (deadlock?)\n{e.stdout}\n{e.stderr}")
-
-
-def digests(out: str) -> dict[int, dict]:
-    """Each rank's line (ranks print at once: lines may run together)."""
-    rows = [json.loads(found) for found in re.findall(r'\{"rank": [^{}]*\}', out)]
-    return {row["rank"]: row for row in rows}
+    return run_script(SCRIPT, *args, ranks=ranks, timeout=timeout)
 
 
 def test_three_ranks_equal_one_process_and_every_rank_gets_the_surface(tmp_path):
@@ -48,15 +33,15 @@ def test_three_ranks_equal_one_process_and_every_rank_gets_the_surface(tmp_path)
     assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
     record = read_run_info(tmp_path / "three.h5")
     assert record["ranks"] == 3 and all(r["points"] > 0 for r in record["per_rank"])  # every rank computed
-    got = digests(three.stdout)
+    got = rank_rows(three.stdout)
     assert sorted(got) == [0, 1, 2] and len({row["digest"] for row in got.values()}) == 1
-    assert got[0]["digest"] == digests(one.stdout)[0]["digest"] and got[2]["done"] == 35
+    assert got[0]["digest"] == rank_rows(one.stdout)[0]["digest"] and got[2]["done"] == 35
 
 
 def test_a_surface_kept_in_memory_under_mpirun(tmp_path):
     result = run("unused", "--memory", ranks=2)
     assert result.returncode == 0, result.stderr
-    got = digests(result.stdout)
+    got = rank_rows(result.stdout)
     assert sorted(got) == [0, 1] and got[0]["digest"] == got[1]["digest"] and got[1]["where"] == "in memory"
 
 

@@ -5,15 +5,12 @@ exceptions; and an SPMD program under mpirun whose ranks all get the one-process
 from __future__ import annotations
 
 import copy
-import json
-import re
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, launch_env, mpirun
+from conftest import REPO, rank_rows, run_script
 from torch import nn
 
 import llmpi
@@ -119,26 +116,11 @@ def test_bad_input_is_one_job_error_never_system_exit(tmp_path, change, words):
     assert not (tmp_path / "s.h5").exists() or words == "graph"
 
 
-SCRIPT = str(REPO / "tests" / "spmd_spectrum.py")
+SCRIPT = REPO / "tests" / "spmd_spectrum.py"
 
 
 def run(*args: str, ranks: int | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, SCRIPT, *args]
-    if ranks is not None:
-        cmd = [*mpirun(ranks), *cmd]
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch_env(), cwd=REPO)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(cmd)} did not finish within {timeout} s (deadlock?)\n{e.stdout}\n{e.stderr}")
-
-
-def rows(out: str) -> dict[int, dict]:
-    """Each rank's JSON object (ranks print at once: lines may run together)."""
-    decoder, found = json.JSONDecoder(), {}
-    for start in (m.start() for m in re.finditer(r'\{"rank": ', out)):
-        row, _ = decoder.raw_decode(out, start)
-        found[row["rank"]] = row
-    return found
+    return run_script(SCRIPT, *args, ranks=ranks, timeout=timeout)
 
 
 @pytest.mark.mpi
@@ -147,7 +129,7 @@ def test_two_ranks_give_every_rank_the_one_process_spectrum(tmp_path):
     assert two.returncode == 0, two.stderr
     one = run(str(tmp_path / "one.h5"))
     assert one.returncode == 0, one.stderr
-    got, alone = rows(two.stdout), rows(one.stdout)[0]
+    got, alone = rank_rows(two.stdout), rank_rows(one.stdout)[0]
     assert sorted(got) == [0, 1] and got[0] == {**got[1], "rank": 0}  # the same Spectrum on every rank
     # the products are sums of the ranks' shares: the last bits may differ from one process, nothing more
     assert np.allclose(got[0]["eigenvalues"], alone["eigenvalues"], rtol=1e-6, atol=0)

@@ -52,7 +52,7 @@ import numpy as np
 from ..job.errors import DiskError, StoreError, disk_error
 from ..job.version import __version__
 from .atomic import atomic_replace
-from .store import WriterLock, fingerprint_digest
+from .store import WriterLock, fingerprint_digest, writable_output
 
 KIND = "spectrum"
 ANALYSES = ("topk", "trace", "density")
@@ -174,19 +174,7 @@ class SpectrumStore:
     ) -> SpectrumStore:
         """Open the file to resume it, or create it; refuse another job's file, a locked file, a non-HDF5 file."""
         path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise disk_error(e, path, "creating the directory of") or StoreError(
-                f"cannot create the output directory {path.parent} ({e.strerror}); set spectrum.output to a "
-                "writable place"
-            ) from None
-        if not os.access(path.parent, os.W_OK):
-            if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
-                raise disk_error(OSError(errno.EROFS, "read-only"), path, "writing" if path.exists() else "creating")
-            raise StoreError(f"the output directory {path.parent} is not writable; set spectrum.output elsewhere")
-        if path.exists() and not path.is_file():
-            raise StoreError(f"output {path} exists and is not a file; choose another spectrum.output")
+        writable_output(path, "spectrum.output")
         lock = WriterLock(path)
         lock.acquire(path)
         fd = None

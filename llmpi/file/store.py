@@ -388,6 +388,23 @@ def write_attrs(path: str | Path, attrs: dict) -> None:
         lock.release()
 
 
+def writable_output(path: Path, key: str) -> None:
+    """Make ``path``'s directory and check that a file can be written there, before its lock is taken: each
+    failure one message naming the job ``key`` to change (a failing disk as ``DiskError``)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise disk_error(e, path, "creating the directory of") or StoreError(
+            f"cannot create the output directory {path.parent} ({e.strerror}); set {key} to a writable place"
+        ) from None
+    if not os.access(path.parent, os.W_OK):
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            raise disk_error(OSError(errno.EROFS, "read-only"), path, "writing" if path.exists() else "creating")
+        raise StoreError(f"the output directory {path.parent} is not writable; set {key} to a writable place")
+    if path.exists() and not path.is_file():
+        raise StoreError(f"output {path} exists and is not a file; choose another {key}")
+
+
 class SurfaceStore:
     """The single writer of one surface file (rank 0 only).
 
@@ -426,18 +443,7 @@ class SurfaceStore:
         :class:`Planned` with the datasets that describe them. A failing disk raises :class:`DiskError`.
         """
         path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise disk_error(e, path, "creating the directory of") or StoreError(
-                f"cannot create the output directory {path.parent} ({e.strerror}); set output to a writable place"
-            ) from None
-        if not os.access(path.parent, os.W_OK):
-            if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
-                raise disk_error(OSError(errno.EROFS, "read-only"), path, "writing" if path.exists() else "creating")
-            raise StoreError(f"the output directory {path.parent} is not writable; set output to a writable place")
-        if path.exists() and not path.is_file():
-            raise StoreError(f"output {path} exists and is not a file; choose another output")
+        writable_output(path, "output")
         lock = WriterLock(path)
         lock.acquire(path)
         fd = None

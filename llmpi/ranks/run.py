@@ -326,7 +326,6 @@ def settle(values: PointValues, tuning: Tuning, job: Job, who: str | None, resum
     """
     from ..compute.evaluate import refused
     from ..compute.forward import PathFailed
-    from ..job.errors import JobError
 
     try:
         return values.settle(tuning)
@@ -542,7 +541,7 @@ def execute(
     from .faults import Faults
     from .record import Progress
     from .spectrum import eigenvectors_first
-    from .worker import DataCache, Surfaces, differing, hessian_batch, load, look
+    from .worker import DataCache, Surfaces, hessian_batch, load, look, refuse_differing
 
     rank, size = comm.Get_rank(), comm.Get_size()
     faults = Faults.from_env(rank)
@@ -583,7 +582,7 @@ def execute(
         device, threads, first = collective(comm, set_up, debug)
         if any(g is not None for g in given):  # parts given in memory: every rank must hold rank 0's
             held = comm.allgather(first.held())
-            collective(comm, lambda: _refuse(differing(held)), debug)
+            collective(comm, lambda: refuse_differing(held), debug)
         places = comm.gather(bound.place(rank, str(device), threads, os.getpid()))
         jobs = list(jobs)  # directions.kind hessian: the eigenvectors first, on every rank (llmpi.ranks.spectrum)
         code = eigenvectors_first(
@@ -646,8 +645,3 @@ def execute(
     finally:
         for p in prepared:
             p.store.close()
-
-
-def _refuse(message: str | None) -> None:
-    if message is not None:
-        raise JobError(message)

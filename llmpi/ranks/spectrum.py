@@ -790,7 +790,7 @@ def spectrum(
 
     from ..compute import runtime
     from . import placement, protocol
-    from .worker import DataCache, differing, load, look
+    from .worker import DataCache, load, look, refuse_differing
 
     ranks = Ranks(comm, interrupts, debug)
     rank, size = ranks.rank, ranks.size
@@ -817,7 +817,7 @@ def spectrum(
         device, at, identity, attrs, held = ranks.run(set_up)
         if given is not None:  # parts given in memory: every rank must hold rank 0's
             everyone = comm.allgather(held)
-            ranks.run(lambda: _refuse(differing(everyone)))
+            ranks.run(lambda: refuse_differing(everyone))
         places = comm.gather(bound.place(rank, str(device), bound.threads, os.getpid()))
         if rank == 0:
             print("\n".join(placement.describe(places)), flush=True)
@@ -835,13 +835,6 @@ def spectrum(
         debug=debug,
         raising=raising,
     )
-
-
-def _refuse(message: str | None) -> None:
-    if message is not None:
-        from ..job.errors import JobError
-
-        raise JobError(message)
 
 
 def inputs_identity(job: Job, loaded: Any, at: At) -> tuple[Any, dict]:

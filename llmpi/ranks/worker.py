@@ -183,6 +183,13 @@ def load(job: Job, device: torch.device, cache: DataCache, given: Given | None =
     return Loaded(job, device, model, loss, has_accuracy, splits, bn_samples, given, network, others)
 
 
+def refuse_differing(held: list[dict[str, str]]) -> None:
+    """Stop an SPMD run whose ranks hold other parts in memory than rank 0: ``differing``'s message as a JobError."""
+    message = differing(held)
+    if message is not None:
+        raise JobError(message)
+
+
 def differing(held: list[dict[str, str]]) -> str | None:
     """The message that stops an SPMD run whose ranks hold other parts in memory than rank 0 (``held``: every
     rank's ``Loaded.held()``, in rank order), naming the first such rank; None when all agree."""
